@@ -1,0 +1,252 @@
+"""QA inference behind one interface: a `transformers` PyTorch folder or an ONNX file run by ONNX Runtime.
+
+An engine is a callable from padded int64 inputs to (start_logits, end_logits) numpy arrays; `QAModel` pairs it
+with the tokenizer and does windows -> batches -> logits -> answers. Thread counts are always set explicitly,
+because the libraries' defaults differ and latency numbers mean nothing without them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from bench.files import EdgeQAError
+from bench.qa import Answer, QAConfig, batches, best_spans, tokenize
+from bench.squad import SquadExample
+
+log = logging.getLogger(__name__)
+
+ONNX_NAME = "model.onnx"
+TORCH_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def default_threads() -> int:
+    """Physical cores: hyper-threads do not speed up matrix products and make latency noisier."""
+    try:
+        import psutil
+
+        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    except ImportError:  # pragma: no cover - psutil is a dependency
+        return os.cpu_count() or 1
+
+
+class Engine(Protocol):
+    backend: str
+    input_names: tuple[str, ...]
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@dataclass
+class TorchEngine:
+    model: object  # a transformers *ForQuestionAnswering module
+    input_names: tuple[str, ...]
+    threads: int
+    backend: str = "torch"
+
+    def __post_init__(self) -> None:
+        import torch
+
+        torch.set_num_threads(self.threads)
+        self.model.eval()
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        with torch.inference_mode():
+            out = self.model(**{k: torch.from_numpy(v) for k, v in inputs.items()})
+        return out.start_logits.float().numpy(), out.end_logits.float().numpy()
+
+
+@dataclass
+class OrtEngine:
+    path: Path
+    threads: int
+    session: object = field(init=False, repr=False)
+    input_names: tuple[str, ...] = field(init=False)
+    backend: str = "onnxruntime"
+
+    def __post_init__(self) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # ORT raises its own Fail/InvalidGraph types
+            raise EdgeQAError(f"{self.path}: ONNX Runtime cannot load this model: {e}") from e
+        names = tuple(i.name for i in self.session.get_inputs())
+        unknown = [n for n in names if n not in MODEL_INPUTS]
+        if unknown or "input_ids" not in names:
+            raise EdgeQAError(
+                f"{self.path}: ONNX inputs {list(names)} do not match a QA model "
+                f"(expected input_ids and some of attention_mask, token_type_ids)"
+            )
+        outputs = [o.name for o in self.session.get_outputs()]
+        if outputs[:2] != ["start_logits", "end_logits"]:
+            raise EdgeQAError(f"{self.path}: ONNX outputs {outputs} are not start_logits, end_logits")
+        self.input_names = names
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        start, end = self.session.run(["start_logits", "end_logits"], dict(inputs))
+        return start, end
+
+
+@dataclass
+class QAModel:
+    """An engine and its tokenizer: questions in, answers out."""
+
+    engine: Engine
+    tokenizer: object
+    source: Path
+
+    def answer(
+        self,
+        examples: Sequence[SquadExample],
+        cfg: QAConfig = QAConfig(),
+        batch_size: int = 16,
+        allow_null: bool = False,
+        progress: bool = True,
+    ) -> dict[str, Answer]:
+        features = tokenize(self.tokenizer, [e.question for e in examples], [e.context for e in examples], cfg)
+        start, end = self.logits(features, batch_size, progress)
+        answers = best_spans(start, end, features, [e.context for e in examples], cfg, allow_null)
+        return {ex.id: a for ex, a in zip(examples, answers, strict=True)}
+
+    def logits(self, features, batch_size: int = 16, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Run every window; logits come back shaped (windows, longest window), -inf past each window's end."""
+        width = int(features.lengths.max())
+        start = np.full((len(features), width), -np.inf, dtype=np.float32)
+        end = np.full_like(start, -np.inf)
+        pad_id = self.tokenizer.pad_token_id or 0
+        bar = tqdm(total=len(features), desc=f"{self.engine.backend} inference", unit="window", disable=not progress)
+        for idx, inputs in batches(features, batch_size, pad_id, self.engine.input_names):
+            s, e = self.engine(inputs)
+            n = inputs["input_ids"].shape[1]
+            start[idx, :n] = np.where(inputs["attention_mask"] > 0, s, -np.inf) if "attention_mask" in inputs else s
+            end[idx, :n] = np.where(inputs["attention_mask"] > 0, e, -np.inf) if "attention_mask" in inputs else e
+            bar.update(len(idx))
+        bar.close()
+        return start, end
+
+
+def predict(
+    model: QAModel,
+    examples: Sequence[SquadExample],
+    cfg: QAConfig = QAConfig(),
+    batch_size: int = 16,
+    allow_null: bool = False,
+    progress: bool = True,
+) -> dict[str, str]:
+    """The official predictions mapping, {question_id: answer_text}."""
+    answers = model.answer(examples, cfg, batch_size, allow_null, progress)
+    return {qid: a.text for qid, a in answers.items()}
+
+
+def resolve_model(path: str | Path) -> tuple[str, Path, Path]:
+    """Decide the backend: (backend, model file or folder, tokenizer folder). ONNX wins when both are present."""
+    path = Path(path)
+    if not path.exists():
+        raise EdgeQAError(f"{path}: no such model file or folder")
+    if path.is_file():
+        if path.suffix != ".onnx":
+            raise EdgeQAError(f"{path}: expected a model folder or an .onnx file")
+        return "onnxruntime", path, path.parent
+    if (path / ONNX_NAME).exists():
+        return "onnxruntime", path / ONNX_NAME, path
+    if (path / "config.json").exists() and any((path / w).exists() for w in TORCH_WEIGHTS):
+        return "torch", path, path
+    raise EdgeQAError(f"{path}: not a model folder (no {ONNX_NAME}, nor config.json with model weights)")
+
+
+def load_tokenizer(folder: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    except Exception as e:  # transformers raises OSError/ValueError/KeyError for broken folders
+        raise EdgeQAError(f"{folder}: cannot load a tokenizer from this folder: {e}") from e
+    if not getattr(tokenizer, "is_fast", False):
+        raise EdgeQAError(f"{folder}: the tokenizer is not a fast tokenizer; QA needs character offsets")
+    return tokenizer
+
+
+def check_qa_config(folder: Path) -> dict:
+    """Refuse a folder whose config says it is not a question-answering model, before loading any weights."""
+    config_path = folder / "config.json"
+    if not config_path.exists():
+        return {}
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise EdgeQAError(f"{config_path}: unreadable model config: {e}") from e
+    archs = config.get("architectures") or []
+    if archs and not any(a.endswith("ForQuestionAnswering") for a in archs):
+        raise EdgeQAError(f"{folder}: not a question-answering model (architectures: {', '.join(archs)})")
+    return config
+
+
+def load_torch_qa_model(folder: str | Path):
+    """Load a `transformers` QA model, refusing one whose QA head would be freshly initialised."""
+    from transformers import AutoModelForQuestionAnswering
+
+    folder = Path(folder)
+    check_qa_config(folder)
+    try:
+        model, info = AutoModelForQuestionAnswering.from_pretrained(str(folder), output_loading_info=True)
+    except Exception as e:  # unsupported model type, broken weights, ...
+        raise EdgeQAError(f"{folder}: cannot load as a question-answering model: {e}") from e
+    missing = [k for k in info.get("missing_keys", []) if "position_ids" not in k]
+    if missing:
+        raise EdgeQAError(
+            f"{folder}: has no trained question-answering head (missing weights: {', '.join(sorted(missing)[:4])})"
+        )
+    model.eval()
+    return model
+
+
+def load_qa_model(path: str | Path, threads: int | None = None) -> QAModel:
+    """Open a PyTorch folder or an ONNX model (folder with model.onnx, or the file) with its tokenizer."""
+    threads = threads or default_threads()
+    backend, model_path, tok_folder = resolve_model(path)
+    tokenizer = load_tokenizer(tok_folder)
+    if backend == "torch":
+        model = load_torch_qa_model(model_path)
+        vocab = model.config.vocab_size
+        names = tuple(n for n in MODEL_INPUTS if n in _forward_args(model))
+        engine: Engine = TorchEngine(model, names, threads)
+    else:
+        check_qa_config(tok_folder)
+        engine = OrtEngine(model_path, threads)
+        vocab = _config_vocab(tok_folder)
+    if vocab is not None and len(tokenizer) > vocab:
+        raise EdgeQAError(
+            f"{tok_folder}: the tokenizer has {len(tokenizer)} tokens but the model's vocabulary has {vocab}; "
+            "they do not belong together"
+        )
+    log.info("loaded %s model from %s (%d threads)", backend, model_path, threads)
+    return QAModel(engine, tokenizer, Path(path))
+
+
+def _forward_args(model) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(model.forward).parameters)
+
+
+def _config_vocab(folder: Path) -> int | None:
+    try:
+        return int(json.loads((folder / "config.json").read_text())["vocab_size"])
+    except (OSError, KeyError, ValueError):
+        return None

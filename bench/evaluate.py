@@ -1,0 +1,52 @@
+"""Predict a SQuAD file with a model and score it: the one place `edgeqa eval` and recipes get EM/F1 from."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.engines import load_qa_model, predict
+from bench.files import check_writable_dir, write_json
+from bench.metric import score
+from bench.qa import QAConfig
+from bench.squad import load_squad
+
+log = logging.getLogger(__name__)
+
+
+def evaluate(
+    model: str | Path,
+    data: str | Path,
+    limit: int | None = None,
+    cfg: QAConfig = QAConfig(),
+    batch_size: int = 16,
+    threads: int | None = None,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """EM/F1 of `model` on `data` (first `limit` questions); writes predictions.json and metrics.json to out_dir."""
+    if out_dir is not None:
+        check_writable_dir(out_dir)
+    dataset = load_squad(data, limit)
+    qa_model = load_qa_model(model, threads)
+    t0 = time.perf_counter()
+    predictions = predict(qa_model, dataset.examples, cfg, batch_size, allow_null=dataset.is_v2, progress=progress)
+    seconds = time.perf_counter() - t0
+    metrics = score(dataset, predictions)
+    metrics.update(
+        model=str(model),
+        backend=qa_model.engine.backend,
+        data=str(data),
+        squad_version=dataset.version,
+        limit=limit,
+        settings=cfg.to_dict(),
+        batch_size=batch_size,
+        threads=getattr(qa_model.engine, "threads", None),
+        seconds=round(seconds, 3),
+    )
+    if out_dir is not None:
+        write_json(Path(out_dir) / "predictions.json", predictions)
+        write_json(Path(out_dir) / "metrics.json", metrics)
+    return metrics

@@ -1,0 +1,95 @@
+"""User-facing errors, JSON reading with clear messages, and atomic writes.
+
+Every artefact edgeqa writes goes to a temporary name beside its target and is renamed into place, so a killed
+run never leaves a half-written file or folder that a resumed run would mistake for a finished one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+class EdgeQAError(Exception):
+    """An expected mistake in the user's input: the CLI prints it as one line and exits non-zero."""
+
+
+def read_json(path: str | Path, what: str = "JSON file") -> Any:
+    """Read a plain or gzipped JSON file, turning every way it can fail into one EdgeQAError line."""
+    path = Path(path)
+    if not path.exists():
+        raise EdgeQAError(f"{path}: no such {what}")
+    if path.is_dir():
+        raise EdgeQAError(f"{path}: is a folder, expected a {what}")
+    try:
+        with open(path, "rb") as f:
+            gzipped = f.read(2) == b"\x1f\x8b"
+        opener = gzip.open if gzipped else open
+        with opener(path, "rt", encoding="utf-8") as f:
+            return json.load(f)
+    except PermissionError as e:
+        raise EdgeQAError(f"{path}: cannot read {what}: permission denied") from e
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
+        raise EdgeQAError(f"{path}: cannot read {what}: {e}") from e
+    except UnicodeDecodeError as e:
+        raise EdgeQAError(f"{path}: {what} is not UTF-8 text ({e.reason} at byte {e.start})") from e
+    except json.JSONDecodeError as e:
+        raise EdgeQAError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success rename it onto `path`, on failure delete it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder beside `path`; on success it replaces `path`, on failure it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write `obj` as indented JSON, atomically."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def check_writable_dir(path: str | Path) -> Path:
+    """Fail early, before any work, when an output folder cannot be created or written."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EdgeQAError(f"{path}: cannot create output folder: {e.strerror or e}") from e
+    if not path.is_dir():
+        raise EdgeQAError(f"{path}: output path exists and is not a folder")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise EdgeQAError(f"{path}: output folder is not writable")
+    return path

@@ -1,0 +1,192 @@
+"""Extractive QA pre- and post-processing: question/context windows in, answer spans out.
+
+Long contexts are cut into overlapping windows (`max_length` tokens, `doc_stride` tokens of overlap), each mapped
+back to its question. The span search is vectorised over all windows at once: for each window the `n_best` start
+and end positions inside the context are combined into an n_best x n_best score grid (start logit + end logit),
+invalid spans (end before start, longer than `max_answer_length`) are masked, and the best window of a question
+wins. This keeps post-processing a small fraction of model time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from bench.files import EdgeQAError
+
+
+@dataclass(frozen=True)
+class QAConfig:
+    """Tokenisation and span-search settings; the defaults are the ones SQuAD numbers are reported with."""
+
+    max_length: int = 384
+    doc_stride: int = 128
+    n_best: int = 20
+    max_answer_length: int = 30
+    null_threshold: float = 0.0  # SQuAD v2.0: answer "" when null score - best span score exceeds this
+
+    def __post_init__(self) -> None:
+        if self.max_length < 16:
+            raise EdgeQAError(f"max_length must be at least 16 tokens, got {self.max_length}")
+        if not 0 <= self.doc_stride < self.max_length // 2:
+            raise EdgeQAError(f"doc_stride must be in [0, max_length/2), got {self.doc_stride}")
+        if self.n_best < 1 or self.max_answer_length < 1:
+            raise EdgeQAError("n_best and max_answer_length must be positive")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Features:
+    """Tokenised windows, unpadded; several per question when its context is longer than one window."""
+
+    input_ids: list[list[int]]
+    token_type_ids: list[list[int]] | None
+    example_index: np.ndarray  # (F,) which question each window belongs to
+    offsets: np.ndarray  # (F, max_length, 2) character span of each context token; -1 for all other tokens
+    cls_index: np.ndarray  # (F,) position of the classifier token, whose span stands for "no answer"
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(ids) for ids in self.input_ids), dtype=np.int64, count=len(self.input_ids))
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    score: float  # start logit + end logit of the chosen span
+    probability: float  # softmax(start)[i] * softmax(end)[j] inside the winning window
+    start_char: int
+    end_char: int
+
+
+def tokenize(tokenizer, questions: Sequence[str], contexts: Sequence[str], cfg: QAConfig) -> Features:
+    """Tokenise question/context pairs into overlapping windows with context character offsets."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise EdgeQAError("QA needs a fast (Rust) tokenizer for character offsets; this model folder has a slow one")
+    question_first = tokenizer.padding_side == "right"
+    context_seq = 1 if question_first else 0
+    questions = [q.lstrip() for q in questions]
+    pair = (questions, list(contexts)) if question_first else (list(contexts), questions)
+    try:
+        enc = tokenizer(
+            *pair,
+            truncation="only_second" if question_first else "only_first",
+            max_length=cfg.max_length,
+            stride=cfg.doc_stride,
+            return_overflowing_tokens=True,
+            return_offsets_mapping=True,
+            padding=False,
+        )
+    except Exception as e:  # the Rust tokenizer raises plain exceptions for impossible truncation
+        raise EdgeQAError(
+            f"cannot fit question and context windows into max_length={cfg.max_length} with "
+            f"doc_stride={cfg.doc_stride}: {e}"
+        ) from e
+    n = len(enc["input_ids"])
+    offsets = np.full((n, cfg.max_length, 2), -1, dtype=np.int32)
+    cls_index = np.zeros(n, dtype=np.int64)
+    cls_id = tokenizer.cls_token_id
+    for i in range(n):
+        seq_ids = enc.sequence_ids(i)
+        in_context = np.fromiter((s == context_seq for s in seq_ids), dtype=bool, count=len(seq_ids))
+        spans = np.asarray(enc["offset_mapping"][i], dtype=np.int32).reshape(-1, 2)
+        offsets[i, : len(seq_ids)][in_context] = spans[in_context]
+        ids = enc["input_ids"][i]
+        cls_index[i] = ids.index(cls_id) if cls_id in ids else 0
+    return Features(
+        input_ids=enc["input_ids"],
+        token_type_ids=enc.get("token_type_ids"),
+        example_index=np.asarray(enc["overflow_to_sample_mapping"], dtype=np.int64),
+        offsets=offsets,
+        cls_index=cls_index,
+    )
+
+
+def batches(
+    features: Features, batch_size: int, pad_id: int, input_names: Sequence[str]
+) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """Yield (window indices, padded int64 inputs), longest windows first, padded only to the batch's longest."""
+    order = np.argsort(-features.lengths, kind="stable")
+    for lo in range(0, len(order), batch_size):
+        idx = order[lo : lo + batch_size]
+        width = int(max(len(features.input_ids[i]) for i in idx))
+        ids = np.full((len(idx), width), pad_id, dtype=np.int64)
+        mask = np.zeros((len(idx), width), dtype=np.int64)
+        types = np.zeros((len(idx), width), dtype=np.int64)
+        for row, i in enumerate(idx):
+            n = len(features.input_ids[i])
+            ids[row, :n] = features.input_ids[i]
+            mask[row, :n] = 1
+            if features.token_type_ids is not None:
+                types[row, :n] = features.token_type_ids[i]
+        arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        yield idx, {name: arrays[name] for name in input_names}
+
+
+def best_spans(
+    start_logits: np.ndarray,
+    end_logits: np.ndarray,
+    features: Features,
+    contexts: Sequence[str],
+    cfg: QAConfig,
+    allow_null: bool = False,
+) -> list[Answer]:
+    """Pick each question's answer from its windows' logits, shaped (windows, max_length), -inf past the end.
+
+    With `allow_null` (SQuAD v2.0) the answer is "" when the best null score (classifier token as start and end,
+    lowest over the question's windows) beats the best span by more than `cfg.null_threshold`.
+    """
+    n_windows, width = start_logits.shape
+    in_context = features.offsets[:, :width, 0] >= 0
+    start = np.where(in_context, start_logits, -np.inf)
+    end = np.where(in_context, end_logits, -np.inf)
+    k = min(cfg.n_best, width)
+    top_start = np.argpartition(-start, k - 1, axis=1)[:, :k]
+    top_end = np.argpartition(-end, k - 1, axis=1)[:, :k]
+    grid = (
+        np.take_along_axis(start, top_start, axis=1)[:, :, None] + np.take_along_axis(end, top_end, axis=1)[:, None, :]
+    )
+    span = top_end[:, None, :] - top_start[:, :, None]
+    grid = np.where((span >= 0) & (span < cfg.max_answer_length), grid, -np.inf)
+    flat = grid.reshape(n_windows, -1)
+    best_flat = flat.argmax(axis=1)
+    rows = np.arange(n_windows)
+    window_score = flat[rows, best_flat]
+    window_start = top_start[rows, best_flat // k]
+    window_end = top_end[rows, best_flat % k]
+
+    # The best window of each question: sort by (question, score) and keep the last of each question.
+    order = np.lexsort((window_score, features.example_index))
+    last = np.r_[features.example_index[order][1:] != features.example_index[order][:-1], True]
+    best_window = dict(zip(features.example_index[order][last].tolist(), order[last].tolist(), strict=True))
+
+    if allow_null:
+        null = start_logits[rows, features.cls_index] + end_logits[rows, features.cls_index]
+        min_null = np.full(len(contexts), np.inf)
+        np.minimum.at(min_null, features.example_index, null)
+
+    answers: list[Answer] = []
+    for q, context in enumerate(contexts):
+        w = best_window.get(q)
+        score = float(window_score[w]) if w is not None else -np.inf
+        if w is None or not np.isfinite(score) or (allow_null and min_null[q] - score > cfg.null_threshold):
+            answers.append(Answer("", float(min_null[q]) if allow_null else score, 0.0, -1, -1))
+            continue
+        s, e = int(window_start[w]), int(window_end[w])
+        begin, finish = int(features.offsets[w, s, 0]), int(features.offsets[w, e, 1])
+        prob = float(_softmax_at(start_logits[w], s) * _softmax_at(end_logits[w], e))
+        answers.append(Answer(context[begin:finish], score, prob, begin, finish))
+    return answers
+
+
+def _softmax_at(logits: np.ndarray, i: int) -> float:
+    finite = logits[np.isfinite(logits)]
+    return float(np.exp(logits[i] - finite.max()) / np.exp(finite - finite.max()).sum())

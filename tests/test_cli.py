@@ -1,0 +1,89 @@
+"""The command line: outputs, --json contracts, and one clean error line for expected mistakes."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from compress.cli import main
+from conftest import REPO
+
+
+def _last_json(capsys) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_score_json_last_line(toy_squad, tmp_path, capsys):
+    preds = tmp_path / "p.json"
+    preds.write_text(json.dumps({"q0": "Paris", "q1": "a king"}))
+    assert main(["score", str(toy_squad), str(preds), "--json"]) == 0
+    m = _last_json(capsys)
+    assert m["total"] == 3 and m["missing"] == 1
+    assert m["exact_match"] == pytest.approx(200 / 3)
+
+
+def test_eval_writes_predictions_and_metrics(tiny_qa_model, toy_squad, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(
+        [
+            "eval",
+            "--model",
+            str(tiny_qa_model),
+            "--data",
+            str(toy_squad),
+            "--limit",
+            "2",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+            "--json",
+        ]
+    )
+    assert code == 0
+    m = _last_json(capsys)
+    assert m["total"] == 2 and m["missing"] == 0 and 0 <= m["f1"] <= 100
+    assert json.loads((out / "metrics.json").read_text())["f1"] == m["f1"]
+    assert set(json.loads((out / "predictions.json").read_text())) == {"q0", "q1"}
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_answer_prints_a_span_of_the_context(tiny_qa_model, capsys):
+    context = "paris is the capital of france."
+    assert (
+        main(
+            [
+                "answer",
+                "--model",
+                str(tiny_qa_model),
+                "--question",
+                "what is the capital?",
+                "--context",
+                context,
+                "--json",
+            ]
+        )
+        == 0
+    )
+    a = _last_json(capsys)
+    assert a["answer"] in context and context[a["start"] : a["end"]] == a["answer"]
+    assert 0 <= a["probability"] <= 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["score", "{tmp}/absent.json", "{tmp}/p.json"], "absent.json: no such SQuAD file"),
+        (["score", "{toy}", "{tmp}/list.json"], "list.json: not a predictions file"),
+        (["eval", "--model", "{tmp}", "--data", "{toy}"], "not a model folder"),
+    ],
+)
+def test_expected_mistakes_exit_2_with_one_line(args, message, toy_squad, tmp_path):
+    (tmp_path / "list.json").write_text("[]")
+    argv = [a.format(tmp=tmp_path, toy=toy_squad) for a in args]
+    proc = subprocess.run([sys.executable, "-m", "compress.cli", *argv], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("edgeqa: error:")]
+    assert len(errors) == 1 and message in errors[0]
