@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from bench.squad import SquadExample
 log = logging.getLogger(__name__)
 
 ONNX_NAME = "model.onnx"
+ORT_NAME = "model.ort"  # ONNX Runtime's mobile (flatbuffer) format
 TORCH_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -118,10 +120,19 @@ class QAModel:
         batch_size: int = 16,
         allow_null: bool = False,
         progress: bool = True,
+        timings: dict[str, float] | None = None,
     ) -> dict[str, Answer]:
-        features = tokenize(self.tokenizer, [e.question for e in examples], [e.context for e in examples], cfg)
+        """Answers by question id; `timings`, when given, receives seconds spent in each stage."""
+        contexts = [e.context for e in examples]
+        t0 = time.perf_counter()
+        features = tokenize(self.tokenizer, [e.question for e in examples], contexts, cfg)
+        t1 = time.perf_counter()
         start, end = self.logits(features, batch_size, progress)
-        answers = best_spans(start, end, features, [e.context for e in examples], cfg, allow_null)
+        t2 = time.perf_counter()
+        answers = best_spans(start, end, features, contexts, cfg, allow_null)
+        t3 = time.perf_counter()
+        if timings is not None:
+            timings.update(tokenize_s=t1 - t0, model_s=t2 - t1, postprocess_s=t3 - t2, windows=len(features))
         return {ex.id: a for ex, a in zip(examples, answers, strict=True)}
 
     def logits(self, features, batch_size: int = 16, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -148,9 +159,10 @@ def predict(
     batch_size: int = 16,
     allow_null: bool = False,
     progress: bool = True,
+    timings: dict[str, float] | None = None,
 ) -> dict[str, str]:
     """The official predictions mapping, {question_id: answer_text}."""
-    answers = model.answer(examples, cfg, batch_size, allow_null, progress)
+    answers = model.answer(examples, cfg, batch_size, allow_null, progress, timings)
     return {qid: a.text for qid, a in answers.items()}
 
 
@@ -160,14 +172,15 @@ def resolve_model(path: str | Path) -> tuple[str, Path, Path]:
     if not path.exists():
         raise EdgeQAError(f"{path}: no such model file or folder")
     if path.is_file():
-        if path.suffix != ".onnx":
-            raise EdgeQAError(f"{path}: expected a model folder or an .onnx file")
+        if path.suffix not in (".onnx", ".ort"):
+            raise EdgeQAError(f"{path}: expected a model folder, an .onnx or an .ort file")
         return "onnxruntime", path, path.parent
-    if (path / ONNX_NAME).exists():
-        return "onnxruntime", path / ONNX_NAME, path
+    for name in (ONNX_NAME, ORT_NAME):
+        if (path / name).exists():
+            return "onnxruntime", path / name, path
     if (path / "config.json").exists() and any((path / w).exists() for w in TORCH_WEIGHTS):
         return "torch", path, path
-    raise EdgeQAError(f"{path}: not a model folder (no {ONNX_NAME}, nor config.json with model weights)")
+    raise EdgeQAError(f"{path}: not a model folder (no {ONNX_NAME} or {ORT_NAME}, nor config.json with weights)")
 
 
 def load_tokenizer(folder: Path):
@@ -216,17 +229,27 @@ def load_torch_qa_model(folder: str | Path):
     return model
 
 
-def load_qa_model(path: str | Path, threads: int | None = None) -> QAModel:
-    """Open a PyTorch folder or an ONNX model (folder with model.onnx, or the file) with its tokenizer."""
+def load_qa_model(path: str | Path, threads: int | None = None, torch_int8: bool = False) -> QAModel:
+    """Open a PyTorch folder or an ONNX model (folder with model.onnx, or the file) with its tokenizer.
+
+    `torch_int8` applies PyTorch's dynamic int8 quantization to the nn.Linear layers after loading: the
+    PyTorch-side baseline that the ONNX int8 variants are compared with.
+    """
     threads = threads or default_threads()
     backend, model_path, tok_folder = resolve_model(path)
     tokenizer = load_tokenizer(tok_folder)
     if backend == "torch":
         model = load_torch_qa_model(model_path)
         vocab = model.config.vocab_size
+        if torch_int8:
+            import torch
+
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
         names = tuple(n for n in MODEL_INPUTS if n in _forward_args(model))
-        engine: Engine = TorchEngine(model, names, threads)
+        engine: Engine = TorchEngine(model, names, threads, backend="torch-int8" if torch_int8 else "torch")
     else:
+        if torch_int8:
+            raise EdgeQAError(f"{path}: torch int8 applies to PyTorch folders, not ONNX models")
         check_qa_config(tok_folder)
         engine = OrtEngine(model_path, threads)
         vocab = _config_vocab(tok_folder)

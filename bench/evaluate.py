@@ -20,6 +20,7 @@ def evaluate(
     model: str | Path,
     data: str | Path,
     limit: int | None = None,
+    torch_int8: bool = False,
     cfg: QAConfig = QAConfig(),
     batch_size: int = 16,
     threads: int | None = None,
@@ -30,9 +31,12 @@ def evaluate(
     if out_dir is not None:
         check_writable_dir(out_dir)
     dataset = load_squad(data, limit)
-    qa_model = load_qa_model(model, threads)
+    qa_model = load_qa_model(model, threads, torch_int8=torch_int8)
+    timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    predictions = predict(qa_model, dataset.examples, cfg, batch_size, allow_null=dataset.is_v2, progress=progress)
+    predictions = predict(
+        qa_model, dataset.examples, cfg, batch_size, allow_null=dataset.is_v2, progress=progress, timings=timings
+    )
     seconds = time.perf_counter() - t0
     metrics = score(dataset, predictions)
     metrics.update(
@@ -45,6 +49,9 @@ def evaluate(
         batch_size=batch_size,
         threads=getattr(qa_model.engine, "threads", None),
         seconds=round(seconds, 3),
+        timings={k: round(v, 3) for k, v in timings.items()},
+        # Tokenisation and span search against the model's own time: the price of the Python around the model.
+        overhead_share=round((timings["tokenize_s"] + timings["postprocess_s"]) / max(timings["model_s"], 1e-9), 4),
     )
     if out_dir is not None:
         write_json(Path(out_dir) / "predictions.json", predictions)

@@ -52,6 +52,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    tmp_path.chmod(0o644)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -63,8 +64,14 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; on success it replaces `path`, on failure it is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    if path.exists() and not path.is_dir():
+        raise EdgeQAError(f"{path}: output path exists and is not a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as e:
+        raise EdgeQAError(f"{path}: cannot create output folder: {e.strerror or e}") from e
+    tmp.chmod(0o755)  # mkdtemp makes it private; the finished folder should read like any other
     try:
         yield tmp
         if path.exists():

@@ -55,9 +55,6 @@ def _add_qa_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: physical cores)")
 
 
-# --- issue 2: score, eval, answer -------------------------------------------------------------------------------
-
-
 def cmd_score(args: argparse.Namespace) -> int:
     from bench.metric import load_predictions, score
     from bench.squad import load_squad
@@ -114,6 +111,139 @@ def cmd_answer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parity_examples(args: argparse.Namespace):
+    from bench.squad import load_squad
+
+    return load_squad(args.parity_data, args.parity_limit).examples if args.parity_limit > 0 else None
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from export.onnx import export_onnx
+    from export.optimize import fuse
+
+    examples = _parity_examples(args)
+    out = Path(args.out)
+    if args.fuse:
+        plain = out.with_name(out.name + "-unfused")
+        export_onnx(args.model, plain, args.opset, examples)
+        counts = fuse(plain, out, examples)
+        print(f"fused ops: {counts}")
+    else:
+        export_onnx(args.model, out, args.opset, examples)
+    if args.mobile:
+        from export.mobile import convert_to_ort
+
+        convert_to_ort(out, out.with_name(out.name + "-ort"))
+    if (out / "parity.json").exists():
+        p = json.loads((out / "parity.json").read_text())
+        print(f"parity: max |logit diff| {p['max_abs_diff']:.2e}, same answers {100 * p['same_answer_share']:.2f}%")
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from export.quantize import QuantizeConfig, preset, quantize
+
+    raw = {
+        "mode": args.mode,
+        "calibration_method": args.calibration_method,
+        "calibration_samples": args.calibration_samples,
+    }
+    if args.per_channel is not None:
+        raw["per_channel"] = args.per_channel
+    if args.reduce_range is not None:
+        raw["reduce_range"] = args.reduce_range
+    if args.exclude:
+        raw["exclude"] = args.exclude
+    if args.op_types:
+        raw["op_types"] = args.op_types
+    cfg = preset(args.preset, **raw) if args.preset else QuantizeConfig.from_dict(raw)
+    quantize(args.model, args.out, cfg, args.calibration_data, parity_examples=_parity_examples(args))
+    print(f"wrote {args.out} ({cfg.mode} int8)")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from bench.latency import LatencyConfig, benchmark
+
+    cfg = LatencyConfig(
+        tuple(args.batch_sizes), tuple(args.seq_lens), args.warmup, args.repeats, args.threads or 2, args.torch_int8
+    )
+    result = benchmark(args.model, cfg)
+    for s in result["latency"]:
+        print(
+            f"batch {s['batch_size']} x {s['seq_len']}: p50 {s['p50_ms']:.2f} ms, p90 {s['p90_ms']:.2f}, "
+            f"p99 {s['p99_ms']:.2f}, mean {s['mean_ms']:.2f}, {s['throughput']:.1f} seq/s"
+        )
+    print(f"size {result['file_bytes'] / 2**20:.1f} MiB, peak RSS {result['peak_rss_mb']:.0f} MiB")
+    if args.json:
+        for s in result["latency"]:
+            s.pop("samples_ms", None)
+        _print_json(result)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """A report for named models: each scored and timed here, side by side."""
+    from bench.evaluate import evaluate
+    from bench.files import check_writable_dir
+    from bench.latency import LatencyConfig, benchmark_subprocess, library_versions, machine_info
+    from bench.report import build_report, make_row, write_report
+
+    out = check_writable_dir(args.out)
+    pairs = []
+    for item in args.variant:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise EdgeQAError(f"--variant takes NAME=PATH, got {item!r}")
+        pairs.append((name, path))
+    cfg = LatencyConfig(tuple(args.batch_sizes), tuple(args.seq_lens), args.warmup, args.repeats, args.threads or 2)
+    rows, first = [], None
+    for name, path in pairs:
+        metrics = evaluate(
+            path, args.data, args.limit, threads=cfg.threads, batch_size=args.batch_size, out_dir=out / "eval" / name
+        )
+        bench = benchmark_subprocess(path, cfg)
+        first = first or (metrics, bench)
+        rows.append(make_row(name, bench, metrics, {"overhead_share": metrics["overhead_share"]}))
+    eval_info = {
+        "data": args.data,
+        "limit": args.limit,
+        "questions": first[0]["total"],
+        "settings": first[0]["settings"],
+    }
+    bench_info = {k: v for k, v in cfg.to_dict().items() if k != "torch_int8"}
+    report = build_report(
+        args.name, rows, args.reference or pairs[0][0], eval_info, bench_info, machine_info(), library_versions()
+    )
+    for path in write_report(report, out):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from compress.recipe import run_recipe
+
+    root = run_recipe(args.recipe, args.out, args.shared)
+    if (root / "report.md").exists():
+        print((root / "report.md").read_text())
+    print(f"run folder: {root}")
+    return 0
+
+
+def _add_parity_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--parity-data", default=str(DEFAULT_DEV), help="SQuAD file whose questions check parity")
+    p.add_argument("--parity-limit", type=int, default=200, help="questions for the parity check (0: skip it)")
+
+
+def _add_bench_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1])
+    p.add_argument("--seq-lens", type=int, nargs="+", default=[384, 128])
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=100)
+    p.add_argument("--threads", type=int, default=2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgeqa", description="Make BERT QA models small and fast, and measure what it cost in EM/F1."
@@ -145,6 +275,54 @@ def build_parser() -> argparse.ArgumentParser:
     _add_qa_options(p)
     p.set_defaults(func=cmd_answer)
 
+    p = sub.add_parser("export", help="export a transformers QA folder to ONNX, checked against PyTorch")
+    p.add_argument("--model", required=True, help="transformers QA folder")
+    p.add_argument("out", help="output folder (model.onnx, config, tokenizer, parity.json)")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--fuse", action="store_true", help="also fuse with onnxruntime.transformers (own parity check)")
+    p.add_argument("--mobile", action="store_true", help="also write ONNX Runtime's mobile format to OUT-ort/")
+    _add_parity_options(p)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("quantize", help="int8-quantize an ONNX model with ONNX Runtime")
+    p.add_argument("--model", required=True, help="ONNX folder")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--mode", choices=["dynamic", "static"], default="dynamic")
+    p.add_argument("--preset", choices=["avx2", "avx512", "avx512_vnni", "arm64"], default=None)
+    p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--exclude", nargs="+", default=None, help="node-name globs kept in float")
+    p.add_argument("--op-types", nargs="+", default=None, help="op types to quantize (default: ORT's)")
+    p.add_argument("--calibration-data", default=None, help="SQuAD file for static calibration")
+    p.add_argument("--calibration-method", choices=["minmax", "entropy", "percentile"], default="minmax")
+    p.add_argument("--calibration-samples", type=int, default=256)
+    _add_parity_options(p)
+    p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("bench", help="latency of one model at fixed shapes")
+    p.add_argument("--model", required=True)
+    p.add_argument("--torch-int8", action="store_true", help="PyTorch dynamic int8 of nn.Linear (PyTorch folders)")
+    p.add_argument("--json", action="store_true")
+    _add_bench_options(p)
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("report", help="score and time named models side by side; write report.json/.md/pareto.png")
+    p.add_argument("--variant", action="append", required=True, metavar="NAME=PATH")
+    p.add_argument("--reference", default=None, help="row the deltas are against (default: the first)")
+    p.add_argument("--data", default=str(DEFAULT_DEV))
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--name", default="report")
+    p.add_argument("--out", required=True)
+    _add_bench_options(p)
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("run", help="run a YAML recipe into runs/<name>/ (resumable)")
+    p.add_argument("recipe")
+    p.add_argument("--out", default="runs", help="parent folder of the run folder (default runs/)")
+    p.add_argument("--shared", default=None, help="what ${shared} means in the recipe (default ../shared)")
+    p.set_defaults(func=cmd_run)
+
     return parser
 
 
@@ -155,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    for noisy in ("fusion_base", "onnx_model", "onnx_model_bert", "root"):  # onnxruntime.transformers chatter
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.func(args)
     except EdgeQAError as e:

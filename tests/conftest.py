@@ -63,9 +63,110 @@ def _wordpiece_vocab() -> list[str]:
     return list(dict.fromkeys(pieces))
 
 
+FAMILIES = ("bert", "distilbert", "roberta", "electra", "albert", "mobilebert")
+CORPUS = [
+    "paris is the capital of france. berlin is the capital of germany.",
+    "the king lived in the city on the river. the war began in 1914 and ended in 1918.",
+    "who wrote the book? what is the largest city? how many people lived there?",
+]
+
+
+def _tokenizer(family: str, folder: Path):
+    """A small fast tokenizer of the family's kind: WordPiece, byte-level BPE (RoBERTa) or Unigram (ALBERT)."""
+    import transformers as tf
+    from tokenizers import ByteLevelBPETokenizer, SentencePieceUnigramTokenizer, processors
+
+    if family == "roberta":
+        bpe = ByteLevelBPETokenizer()
+        specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+        bpe.train_from_iterator(CORPUS * 5, vocab_size=400, min_frequency=1, special_tokens=specials)
+        bpe.save_model(str(folder))
+        return tf.RobertaTokenizerFast(vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt"))
+    if family == "albert":
+        unigram = SentencePieceUnigramTokenizer()
+        specials = ["<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"]
+        unigram.train_from_iterator(CORPUS * 5, vocab_size=120, special_tokens=specials, unk_token="<unk>")
+        unigram._tokenizer.post_processor = processors.TemplateProcessing(
+            single="[CLS]:0 $A:0 [SEP]:0",
+            pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", unigram.token_to_id("[CLS]")), ("[SEP]", unigram.token_to_id("[SEP]"))],
+        )
+        return tf.AlbertTokenizerFast(
+            tokenizer_object=unigram._tokenizer,
+            unk_token="<unk>",
+            pad_token="<pad>",
+            cls_token="[CLS]",
+            sep_token="[SEP]",
+            mask_token="[MASK]",
+        )
+    (folder / "vocab.txt").write_text("\n".join(_wordpiece_vocab()) + "\n")
+    cls = {
+        "distilbert": tf.DistilBertTokenizerFast,
+        "electra": tf.ElectraTokenizerFast,
+        "mobilebert": tf.MobileBertTokenizerFast,
+    }.get(family, tf.BertTokenizerFast)
+    return cls(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+
+
+def _config(family: str, vocab: int, layers: int, hidden: int, heads: int):
+    import transformers as tf
+
+    common = {"vocab_size": vocab, "max_position_embeddings": 512}
+    if family == "distilbert":
+        return tf.DistilBertConfig(n_layers=layers, dim=hidden, n_heads=heads, hidden_dim=hidden * 4, **common)
+    if family == "roberta":
+        return tf.RobertaConfig(
+            num_hidden_layers=layers,
+            hidden_size=hidden,
+            num_attention_heads=heads,
+            intermediate_size=hidden * 4,
+            pad_token_id=1,
+            bos_token_id=0,
+            eos_token_id=2,
+            vocab_size=vocab,
+            max_position_embeddings=514,
+            type_vocab_size=1,
+        )
+    if family == "electra":
+        return tf.ElectraConfig(
+            num_hidden_layers=layers,
+            hidden_size=hidden,
+            num_attention_heads=heads,
+            intermediate_size=hidden * 4,
+            embedding_size=hidden // 2,
+            **common,
+        )
+    if family == "albert":
+        return tf.AlbertConfig(
+            num_hidden_layers=layers,
+            hidden_size=hidden,
+            num_attention_heads=heads,
+            intermediate_size=hidden * 4,
+            embedding_size=hidden // 2,
+            pad_token_id=0,
+            **common,
+        )
+    if family == "mobilebert":
+        return tf.MobileBertConfig(
+            num_hidden_layers=layers,
+            hidden_size=hidden,
+            num_attention_heads=heads,
+            intermediate_size=hidden,
+            embedding_size=hidden // 2,
+            intra_bottleneck_size=hidden,
+            true_hidden_size=hidden,
+            num_feedforward_networks=1,
+            **common,
+        )
+    return tf.BertConfig(
+        num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads, intermediate_size=hidden * 4, **common
+    )
+
+
 def make_tiny_qa_model(
     folder: Path,
     *,
+    family: str = "bert",
     layers: int = 2,
     hidden: int = 32,
     heads: int = 4,
@@ -73,25 +174,16 @@ def make_tiny_qa_model(
     qa_head: bool = True,
     vocab_size: int | None = None,
 ) -> Path:
-    """Save a random BertForQuestionAnswering with a small WordPiece tokenizer into `folder`."""
+    """Save a random *ForQuestionAnswering of `family` with a small fast tokenizer of its kind into `folder`."""
     import torch
-    from transformers import BertConfig, BertForQuestionAnswering, BertModel, BertTokenizerFast
+    from transformers import AutoModel, AutoModelForQuestionAnswering
 
     folder.mkdir(parents=True, exist_ok=True)
-    vocab = _wordpiece_vocab()
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+    tokenizer = _tokenizer(family, folder)
     tokenizer.save_pretrained(folder)
-    config = BertConfig(
-        vocab_size=vocab_size or len(vocab),
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=hidden * 4,
-        max_position_embeddings=512,
-    )
+    config = _config(family, vocab_size or len(tokenizer), layers, hidden, heads)
     torch.manual_seed(seed)
-    model = BertForQuestionAnswering(config) if qa_head else BertModel(config)
+    model = AutoModelForQuestionAnswering.from_config(config) if qa_head else AutoModel.from_config(config)
     model.save_pretrained(folder)
     return folder
 

@@ -56,5 +56,5 @@ def test_not_a_model_folder(tmp_path):
     with pytest.raises(EdgeQAError, match="not a model folder"):
         load_qa_model(tmp_path / "empty")
     (tmp_path / "weights.bin").write_bytes(b"x")
-    with pytest.raises(EdgeQAError, match="expected a model folder or an .onnx file"):
+    with pytest.raises(EdgeQAError, match="expected a model folder, an .onnx or an .ort file"):
         load_qa_model(tmp_path / "weights.bin")

@@ -1,0 +1,104 @@
+"""Side-by-side benchmark: edgeqa's int8 model against what a user gets from Hugging Face Optimum's own path.
+
+Optimum's path, as its documentation shows it: `ORTModelForQuestionAnswering.from_pretrained(teacher,
+export=True)`, then `ORTQuantizer` with `AutoQuantizationConfig.avx512_vnni(is_static=False)`. Both models are
+timed in alternating rounds (each round a fresh process per model) so that drift on a shared machine hits both,
+and scored on the same questions with the same engine and metric.
+
+    python -m bench.compare_optimum --teacher ../shared/models/minilm-l6-h384-squad1 \
+        --ours runs/quickstart/models/onnx-int8-dynamic --out runs/compare-optimum
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+from bench.evaluate import evaluate
+from bench.files import EdgeQAError, atomic_dir, write_json
+from bench.latency import LatencyConfig, benchmark_subprocess, library_versions, machine_info
+
+log = logging.getLogger(__name__)
+
+
+def optimum_int8(teacher: Path, out: Path) -> Path:
+    """Optimum's export plus its avx512_vnni dynamic quantization, renamed to model.onnx for our engine."""
+    if (out / "model.onnx").exists():
+        return out
+    from optimum.onnxruntime import ORTModelForQuestionAnswering, ORTQuantizer
+    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+    from transformers import AutoTokenizer
+
+    with atomic_dir(out) as tmp:
+        fp32 = tmp / "fp32"
+        ORTModelForQuestionAnswering.from_pretrained(str(teacher), export=True).save_pretrained(fp32)
+        quantizer = ORTQuantizer.from_pretrained(fp32)
+        quantizer.quantize(save_dir=tmp, quantization_config=AutoQuantizationConfig.avx512_vnni(is_static=False))
+        (tmp / "model_quantized.onnx").rename(tmp / "model.onnx")
+        AutoTokenizer.from_pretrained(str(teacher)).save_pretrained(tmp)
+        shutil.rmtree(fp32)
+    return out
+
+
+def compare(teacher: Path, ours: Path, data: str, limit: int | None, out: Path, rounds: int, cfg: LatencyConfig):
+    theirs = optimum_int8(teacher, out / "optimum-int8")
+    p50s: dict[str, list[float]] = {"edgeqa": [], "optimum": []}
+    for r in range(rounds):
+        for name, path in (
+            (("edgeqa", ours), ("optimum", theirs)) if r % 2 == 0 else (("optimum", theirs), ("edgeqa", ours))
+        ):
+            p50s[name].append(benchmark_subprocess(path, cfg)["latency"][0]["p50_ms"])
+            log.info("round %d %s p50 %.2f ms", r + 1, name, p50s[name][-1])
+    scores = {
+        name: evaluate(path, data, limit, batch_size=32, threads=cfg.threads, out_dir=out / "eval" / name)
+        for name, path in (("edgeqa", ours), ("optimum", theirs))
+    }
+    result = {
+        "models": {"edgeqa": str(ours), "optimum": str(theirs)},
+        "shape": {"batch_size": cfg.batch_sizes[0], "seq_len": cfg.seq_lens[0], "threads": cfg.threads},
+        "p50_ms_rounds": p50s,
+        "p50_ms": {k: statistics.median(v) for k, v in p50s.items()},
+        "f1": {k: round(v["f1"], 3) for k, v in scores.items()},
+        "exact_match": {k: round(v["exact_match"], 3) for k, v in scores.items()},
+        "eval": {"data": data, "limit": limit, "questions": scores["edgeqa"]["total"]},
+        "machine": machine_info(),
+        "versions": library_versions(),
+    }
+    result["speedup_over_optimum"] = round(result["p50_ms"]["optimum"] / result["p50_ms"]["edgeqa"], 3)
+    write_json(out / "compare.json", result)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--teacher", type=Path, default=Path("../shared/models/minilm-l6-h384-squad1"))
+    parser.add_argument("--ours", type=Path, required=True, help="edgeqa int8 model folder")
+    parser.add_argument("--data", default="../shared/data/squad/dev-v1.1.json.gz")
+    parser.add_argument("--limit", type=int, default=None, help="first N dev questions (default: all)")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("runs/compare-optimum"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = LatencyConfig(batch_sizes=(1,), seq_lens=(384,), repeats=args.repeats, threads=args.threads)
+    try:
+        r = compare(args.teacher, args.ours, args.data, args.limit, args.out, args.rounds, cfg)
+    except EdgeQAError as e:
+        print(f"compare_optimum: error: {e}", file=sys.stderr)
+        return 2
+    print(
+        f"p50 ms: edgeqa {r['p50_ms']['edgeqa']:.2f}, optimum {r['p50_ms']['optimum']:.2f} "
+        f"({r['speedup_over_optimum']:.2f}x); F1: edgeqa {r['f1']['edgeqa']:.2f}, optimum {r['f1']['optimum']:.2f}"
+    )
+    print(json.dumps(r))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

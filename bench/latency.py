@@ -1,0 +1,190 @@
+"""Latency of one QA model at fixed shapes: warm-up, many timed runs, percentiles, and the context to trust them.
+
+Every result carries the machine (CPU model, cores, SIMD flags), thread count, library versions, model file size
+and the process's peak resident memory, because a latency without them cannot be compared with anything.
+Run one model per process (`python -m bench.latency`, which `benchmark_subprocess` does) so that peak memory
+belongs to that model alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.files import EdgeQAError
+
+
+@dataclass(frozen=True)
+class LatencyConfig:
+    batch_sizes: tuple[int, ...] = (1,)
+    seq_lens: tuple[int, ...] = (384, 128)
+    warmup: int = 10
+    repeats: int = 100
+    threads: int = 2
+    torch_int8: bool = False  # PyTorch-side baseline: dynamic int8 of nn.Linear applied at load
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ShapeLatency:
+    batch_size: int
+    seq_len: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    throughput: float  # sequences per second at the mean
+    runs: int
+    samples_ms: list[float] = field(default_factory=list, repr=False)
+
+
+def machine_info() -> dict[str, Any]:
+    flags: set[str] = set()
+    model = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and not model:
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu": model or platform.processor() or platform.machine(),
+        "logical_cores": os.cpu_count(),
+        "avx2": "avx2" in flags,
+        "avx512f": "avx512f" in flags,
+        "avx512_vnni": "avx512_vnni" in flags,
+        "amx_int8": "amx_int8" in flags,
+        "arch": platform.machine(),
+        "python": platform.python_version(),
+    }
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("torch", "onnxruntime", "onnx", "transformers", "numpy", "optimum", "optimum-onnx"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def model_file_size(path: str | Path) -> int:
+    """Bytes of the weights that ship: model.onnx (+ external data) or the PyTorch weight files."""
+    from bench.engines import TORCH_WEIGHTS, resolve_model
+
+    backend, model_path, folder = resolve_model(path)
+    if backend == "onnxruntime":
+        files = [model_path, *folder.glob(model_path.name + ".data"), *folder.glob("*.onnx_data")]
+    else:
+        files = [folder / w for w in TORCH_WEIGHTS if (folder / w).exists()]
+    return sum(f.stat().st_size for f in files)
+
+
+def time_shape(
+    engine, vocab_size: int, cls_id: int, batch_size: int, seq_len: int, warmup: int, repeats: int
+) -> ShapeLatency:
+    """Time one input shape; real token ids are not needed since dense kernels do not look at values."""
+    rng = np.random.default_rng(0)
+    ids = rng.integers(vocab_size // 10, vocab_size, size=(batch_size, seq_len), dtype=np.int64)
+    ids[:, 0] = cls_id
+    arrays = {
+        "input_ids": ids,
+        "attention_mask": np.ones_like(ids),
+        "token_type_ids": np.zeros_like(ids),  # segment 0 exists in every model (RoBERTa has only that one)
+    }
+    inputs = {n: arrays[n] for n in engine.input_names}
+    for _ in range(warmup):
+        engine(inputs)
+    samples = np.empty(repeats)
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        engine(inputs)
+        samples[i] = (time.perf_counter() - t0) * 1e3
+    mean = float(samples.mean())
+    return ShapeLatency(
+        batch_size,
+        seq_len,
+        float(np.percentile(samples, 50)),
+        float(np.percentile(samples, 90)),
+        float(np.percentile(samples, 99)),
+        mean,
+        1e3 * batch_size / mean,
+        repeats,
+        [round(float(s), 4) for s in samples],
+    )
+
+
+def benchmark(model: str | Path, cfg: LatencyConfig = LatencyConfig()) -> dict[str, Any]:
+    """Latency at every (batch, sequence) of `cfg` for one model, with machine, versions, size and peak memory."""
+    from bench.engines import load_qa_model
+
+    qa = load_qa_model(model, cfg.threads, torch_int8=cfg.torch_int8)
+    vocab_size, cls_id = len(qa.tokenizer), qa.tokenizer.cls_token_id or 0
+    shapes = [
+        time_shape(qa.engine, vocab_size, cls_id, b, s, cfg.warmup, cfg.repeats)
+        for b in cfg.batch_sizes
+        for s in cfg.seq_lens
+    ]
+    return {
+        "model": str(model),
+        "backend": qa.engine.backend,
+        "file_bytes": model_file_size(model),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "settings": cfg.to_dict(),
+        "latency": [{k: v for k, v in asdict(s).items()} for s in shapes],
+        "machine": machine_info(),
+        "versions": library_versions(),
+    }
+
+
+def benchmark_subprocess(model: str | Path, cfg: LatencyConfig = LatencyConfig()) -> dict[str, Any]:
+    """`benchmark` in a fresh Python process, so its peak memory and thread pools are the model's alone."""
+    cmd = [sys.executable, "-m", "bench.latency", str(model), "--config", json.dumps(cfg.to_dict())]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise EdgeQAError(f"{model}: benchmark failed: {last}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _main() -> int:
+    parser = argparse.ArgumentParser(description="Benchmark one model; prints one JSON line.")
+    parser.add_argument("model")
+    parser.add_argument("--config", default="{}", help="LatencyConfig as JSON")
+    args = parser.parse_args()
+    raw = json.loads(args.config)
+    for key in ("batch_sizes", "seq_lens"):
+        if key in raw:
+            raw[key] = tuple(raw[key])
+    try:
+        result = benchmark(args.model, LatencyConfig(**raw))
+    except EdgeQAError as e:
+        print(f"edgeqa: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

@@ -1,0 +1,193 @@
+"""The latency-accuracy report: report.json (schema below), report.md and pareto.png for a set of variants.
+
+report.json, schema "edgeqa.report/1":
+  name, created (UTC ISO time), machine {cpu, logical_cores, avx2, avx512f, avx512_vnni, amx_int8, arch, python},
+  versions {library: version}, eval {data, limit, questions, settings}, bench {threads, warmup, repeats,
+  batch_sizes, seq_lens}, primary_shape {batch_size, seq_len}, reference (row name), notes [str], and rows, one per
+  variant: name, backend, path, file_mb, peak_rss_mb, latency [{batch_size, seq_len, p50_ms, p90_ms, p99_ms,
+  mean_ms, throughput}], p50_ms (at the primary shape), speedup (reference p50 / p50), exact_match, f1,
+  delta_em and delta_f1 (against the reference), pareto (on the F1-latency front), extra {free-form details such as
+  parity, quantization settings, sparsity, time shares}.
+Latencies of all rows are measured in one run, so their ratios are meaningful even on a noisy machine.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from pathlib import Path
+from typing import Any
+
+from bench.files import EdgeQAError, atomic_file, write_json
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "edgeqa.report/1"
+
+
+def make_row(name: str, bench: dict[str, Any], metrics: dict[str, Any], extra: dict[str, Any] | None = None) -> dict:
+    """One report row from a `bench.latency.benchmark` result and a `bench.evaluate.evaluate` result."""
+    return {
+        "name": name,
+        "backend": bench["backend"],
+        "path": bench["model"],
+        "file_mb": round(bench["file_bytes"] / 2**20, 2),
+        "peak_rss_mb": round(bench["peak_rss_mb"], 1),
+        "latency": [{k: v for k, v in s.items() if k != "samples_ms"} for s in bench["latency"]],
+        "exact_match": round(metrics["exact_match"], 3),
+        "f1": round(metrics["f1"], 3),
+        "extra": extra or {},
+    }
+
+
+def pareto_front(rows: list[dict]) -> set[str]:
+    """Rows that no other row beats on both F1 (higher) and p50 latency (lower)."""
+    front = set()
+    for r in rows:
+        dominated = any(
+            o is not r
+            and o["p50_ms"] <= r["p50_ms"]
+            and o["f1"] >= r["f1"]
+            and (o["p50_ms"] < r["p50_ms"] or o["f1"] > r["f1"])
+            for o in rows
+        )
+        if not dominated:
+            front.add(r["name"])
+    return front
+
+
+def build_report(
+    name: str,
+    rows: list[dict],
+    reference: str,
+    eval_info: dict[str, Any],
+    bench_info: dict[str, Any],
+    machine: dict[str, Any],
+    versions: dict[str, str],
+    notes: list[str] | None = None,
+) -> dict[str, Any]:
+    if not rows:
+        raise EdgeQAError("a report needs at least one variant")
+    by_name = {r["name"]: r for r in rows}
+    if reference not in by_name:
+        raise EdgeQAError(f"report reference {reference!r} is not one of the variants: {', '.join(by_name)}")
+    primary = {"batch_size": bench_info["batch_sizes"][0], "seq_len": bench_info["seq_lens"][0]}
+    for r in rows:
+        match = [
+            s for s in r["latency"] if s["batch_size"] == primary["batch_size"] and s["seq_len"] == primary["seq_len"]
+        ]
+        if not match:
+            raise EdgeQAError(
+                f"variant {r['name']} has no latency at batch {primary['batch_size']}, seq {primary['seq_len']}"
+            )
+        r["p50_ms"] = match[0]["p50_ms"]
+    ref = by_name[reference]
+    front = pareto_front(rows)
+    for r in rows:
+        r["speedup"] = round(ref["p50_ms"] / r["p50_ms"], 3)
+        r["delta_em"] = round(r["exact_match"] - ref["exact_match"], 3)
+        r["delta_f1"] = round(r["f1"] - ref["f1"], 3)
+        r["pareto"] = r["name"] in front
+    return {
+        "schema": SCHEMA,
+        "name": name,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine,
+        "versions": versions,
+        "eval": eval_info,
+        "bench": bench_info,
+        "primary_shape": primary,
+        "reference": reference,
+        "notes": notes or [],
+        "rows": rows,
+    }
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    shape = report["primary_shape"]
+    m = report["machine"]
+    ev = report["eval"]
+    lines = [
+        f"# Latency-accuracy report: {report['name']}",
+        "",
+        f"Machine: {m['cpu']}, {m['logical_cores']} logical cores, avx2={m['avx2']}, "
+        f"avx512_vnni={m['avx512_vnni']}, amx_int8={m.get('amx_int8')}; "
+        f"{report['bench']['threads']} intra-op threads. Latency at batch {shape['batch_size']}, sequence "
+        f"{shape['seq_len']}; {report['bench']['warmup']} warm-up and {report['bench']['repeats']} timed runs per "
+        "shape, all variants in one run.",
+        f"Accuracy: SQuAD {ev.get('data')} ({ev.get('questions')} questions"
+        + (f", first {ev['limit']}" if ev.get("limit") else ", all")
+        + f"). Reference row: {report['reference']}.",
+        "",
+        "| variant | backend | size MB | p50 ms | p90 ms | p99 ms | speed-up | EM | F1 | ΔF1 | Pareto |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: |",
+    ]
+    for r in report["rows"]:
+        s = next(x for x in r["latency"] if x["batch_size"] == shape["batch_size"] and x["seq_len"] == shape["seq_len"])
+        lines.append(
+            f"| {r['name']} | {r['backend']} | {r['file_mb']:.1f} | {s['p50_ms']:.1f} | {s['p90_ms']:.1f} | "
+            f"{s['p99_ms']:.1f} | {r['speedup']:.2f}x | {r['exact_match']:.2f} | {r['f1']:.2f} | "
+            f"{r['delta_f1']:+.2f} | {'yes' if r['pareto'] else ''} |"
+        )
+    others = sorted(
+        {(s["batch_size"], s["seq_len"]) for r in report["rows"] for s in r["latency"]} - {tuple(shape.values())}
+    )
+    if others:
+        lines += ["", "Other shapes (p50 ms / throughput in sequences per second):", ""]
+        header = " | ".join(f"b{b} x {n}" for b, n in others)
+        lines += [f"| variant | {header} |", "| --- |" + " ---: |" * len(others)]
+        for r in report["rows"]:
+            cells = []
+            for b, n in others:
+                s = next((x for x in r["latency"] if x["batch_size"] == b and x["seq_len"] == n), None)
+                cells.append(f"{s['p50_ms']:.1f} / {s['throughput']:.1f}" if s else "-")
+            lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
+    if report["notes"]:
+        lines += ["", "Notes:", ""] + [f"- {n}" for n in report["notes"]]
+    lines += ["", f"Versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items())}.", ""]
+    return "\n".join(lines)
+
+
+def plot_pareto(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["rows"]
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
+    for r in rows:
+        ax.scatter(r["p50_ms"], r["f1"], s=60, color="tab:red" if r["pareto"] else "tab:gray", zorder=3)
+        ax.annotate(r["name"], (r["p50_ms"], r["f1"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["p50_ms"])
+    if len(front) > 1:
+        ax.step(
+            [r["p50_ms"] for r in front],
+            [r["f1"] for r in front],
+            where="post",
+            color="tab:red",
+            alpha=0.6,
+            label="Pareto front",
+        )
+        ax.legend(loc="lower right")
+    shape = report["primary_shape"]
+    ax.set_xlabel(
+        f"p50 latency, ms (batch {shape['batch_size']}, sequence {shape['seq_len']}, "
+        f"{report['bench']['threads']} threads)"
+    )
+    ax.set_ylabel("SQuAD F1")
+    ax.set_title(f"{report['name']}: F1 against latency")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
+    out_dir = Path(out_dir)
+    write_json(out_dir / "report.json", report)
+    with atomic_file(out_dir / "report.md") as tmp:
+        tmp.write_text(to_markdown(report), encoding="utf-8")
+    plot_pareto(report, out_dir / "pareto.png")
+    return [out_dir / "report.json", out_dir / "report.md", out_dir / "pareto.png"]

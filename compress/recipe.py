@@ -1,0 +1,448 @@
+"""Recipes: one YAML file names the model, the data and the steps; `run_recipe` executes it into runs/<name>/.
+
+    name: quickstart
+    model: ${shared}/models/minilm-l6-h384-squad1
+    eval: {data: ${shared}/data/squad/dev-v1.1.json.gz, limit: 1000}
+    calibration: {data: ${shared}/data/squad/train-v1.1.rebuilt.json.gz}
+    bench: {threads: 2, batch_sizes: [1], seq_lens: [384, 128]}
+    steps:
+      - export: {name: onnx-fp32}
+      - quantize: {name: onnx-int8, from: onnx-fp32, preset: avx512_vnni}
+      - bench: {}
+      - report: {reference: pytorch-fp32}
+
+Every step that makes a model writes a folder under runs/<name>/models/ atomically, with the step's settings in
+step.json; a rerun skips steps whose folder exists with the same settings and refuses one made with other settings,
+so a killed run resumes with the same command and ends with the same report. Unknown keys and steps are errors
+that name the file and the line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.files import EdgeQAError, check_writable_dir, read_json, write_json
+from bench.latency import LatencyConfig
+
+log = logging.getLogger(__name__)
+
+BASE_VARIANT = "pytorch-fp32"
+
+
+# --- reading YAML with line numbers ---------------------------------------------------------------------------
+
+
+class Mapping(dict):
+    """A YAML mapping that remembers the line of itself and of each key (1-based), for error messages."""
+
+    line: int = 0
+    key_lines: dict[str, int]
+
+
+def _to_python(node: yaml.Node) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        out = Mapping()
+        out.line = node.start_mark.line + 1
+        out.key_lines = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            out[key] = _to_python(value_node)
+            out.key_lines[key] = key_node.start_mark.line + 1
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_python(v) for v in node.value]
+    return yaml.safe_load(yaml.serialize(node))  # scalars: let PyYAML resolve ints, bools, floats
+
+
+def _read_yaml(path: Path) -> Mapping:
+    if not path.is_file():
+        raise EdgeQAError(f"{path}: no such recipe file")
+    try:
+        node = yaml.compose(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise EdgeQAError(f"{path}{where}: not valid YAML: {getattr(e, 'problem', e)}") from e
+    doc = _to_python(node) if node is not None else None
+    if not isinstance(doc, Mapping):
+        raise EdgeQAError(f"{path}: a recipe is a YAML mapping with name, model and steps")
+    return doc
+
+
+# --- the recipe -----------------------------------------------------------------------------------------------
+
+TOP_KEYS = {"name", "model", "eval", "calibration", "parity", "bench", "steps"}
+SECTION_KEYS = {
+    "eval": {"data", "limit", "batch_size"},
+    "calibration": {"data"},
+    "parity": {"limit", "tolerance", "min_same_answer_share"},
+    "bench": {f.name for f in dataclasses.fields(LatencyConfig)} - {"torch_int8"},
+}
+QUANTIZE_KEYS = {
+    "mode", "per_channel", "reduce_range", "symmetric_activations", "op_types", "exclude",
+    "calibration_method", "calibration_samples", "calibration_percentile",
+}  # fmt: skip
+STEP_KEYS: dict[str, set[str]] = {
+    "export": {"name", "from", "opset"},
+    "fuse": {"name", "from"},
+    "quantize": {"name", "from", "preset"} | QUANTIZE_KEYS,
+    "torch_int8": {"name", "from"},
+    "mobile": {"name", "from"},
+    "bench": {"variants"},
+    "report": {"reference", "variants"},
+}
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: str
+    params: dict[str, Any]
+    line: int
+
+    @property
+    def name(self) -> str | None:
+        return self.params.get("name")
+
+
+@dataclass
+class Recipe:
+    path: Path
+    name: str
+    model: str
+    eval_data: str
+    eval_limit: int | None = None
+    eval_batch_size: int = 32
+    calibration_data: str | None = None
+    parity_limit: int = 200
+    parity_tolerance: float = 1e-3
+    parity_min_same: float = 0.995
+    bench: LatencyConfig = field(default_factory=LatencyConfig)
+    steps: list[Step] = field(default_factory=list)
+
+
+def _check_keys(path: Path, mapping: Mapping, allowed: set[str], where: str) -> None:
+    for key in mapping:
+        if key not in allowed:
+            line = mapping.key_lines[key]
+            raise EdgeQAError(f"{path}:{line}: unknown key {key!r} in {where} (allowed: {', '.join(sorted(allowed))})")
+
+
+def _expand(value: Any, shared: Path) -> Any:
+    if isinstance(value, str):
+        return re.sub(r"\$\{shared\}", str(shared), value)
+    if isinstance(value, list):
+        return [_expand(v, shared) for v in value]
+    if isinstance(value, Mapping):
+        out = Mapping({k: _expand(v, shared) for k, v in value.items()})
+        out.line, out.key_lines = value.line, value.key_lines
+        return out
+    return value
+
+
+def load_recipe(path: str | Path, shared: str | Path | None = None) -> Recipe:
+    """Parse and validate a recipe; every mistake is reported before any work starts."""
+    path = Path(path)
+    shared = Path(shared or os.environ.get("EDGEQA_SHARED", "../shared"))
+    doc = _expand(_read_yaml(path), shared)
+    _check_keys(path, doc, TOP_KEYS, "the recipe")
+    for key in ("name", "model", "steps"):
+        if key not in doc:
+            raise EdgeQAError(f"{path}: the recipe has no {key!r}")
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", str(doc["name"])):
+        raise EdgeQAError(f"{path}:{doc.key_lines['name']}: name may hold letters, digits, '.', '_' and '-' only")
+    sections: dict[str, Mapping] = {}
+    for section, allowed in SECTION_KEYS.items():
+        value = doc.get(section, Mapping())
+        if not isinstance(value, dict):
+            raise EdgeQAError(f"{path}:{doc.key_lines[section]}: {section!r} should be a mapping")
+        if isinstance(value, Mapping) and value:
+            _check_keys(path, value, allowed, section)
+        sections[section] = value
+    if "data" not in sections["eval"]:
+        raise EdgeQAError(f"{path}: eval.data (the SQuAD file to score on) is missing")
+    bench_raw = {k: tuple(v) if isinstance(v, list) else v for k, v in sections["bench"].items()}
+    recipe = Recipe(
+        path=path,
+        name=str(doc["name"]),
+        model=str(doc["model"]),
+        eval_data=str(sections["eval"]["data"]),
+        eval_limit=sections["eval"].get("limit"),
+        eval_batch_size=int(sections["eval"].get("batch_size", 32)),
+        calibration_data=sections["calibration"].get("data"),
+        parity_limit=int(sections["parity"].get("limit", 200)),
+        parity_tolerance=float(sections["parity"].get("tolerance", 1e-3)),
+        parity_min_same=float(sections["parity"].get("min_same_answer_share", 0.995)),
+        bench=LatencyConfig(**bench_raw),
+    )
+    if not isinstance(doc["steps"], list) or not doc["steps"]:
+        raise EdgeQAError(f"{path}:{doc.key_lines['steps']}: steps should be a non-empty list")
+    names = {BASE_VARIANT}
+    for raw in doc["steps"]:
+        if not isinstance(raw, Mapping) or len(raw) != 1:
+            line = raw.line if isinstance(raw, Mapping) else doc.key_lines["steps"]
+            raise EdgeQAError(f"{path}:{line}: each step is a mapping with one key, the step kind")
+        kind, params = next(iter(raw.items()))
+        line = raw.key_lines[kind]
+        if kind not in STEP_KEYS:
+            raise EdgeQAError(f"{path}:{line}: unknown step {kind!r} (known: {', '.join(STEP_KEYS)})")
+        params = params if params is not None else Mapping()
+        if not isinstance(params, dict):
+            raise EdgeQAError(f"{path}:{line}: the settings of step {kind!r} should be a mapping")
+        if isinstance(params, Mapping) and params:
+            _check_keys(path, params, STEP_KEYS[kind], f"step {kind!r}")
+        step = Step(kind, dict(params), line)
+        if "name" in STEP_KEYS[kind]:
+            if not step.name or not re.fullmatch(r"[A-Za-z0-9._-]+", str(step.name)):
+                raise EdgeQAError(f"{path}:{line}: step {kind!r} needs a name of letters, digits, '.', '_', '-'")
+            if step.name in names:
+                raise EdgeQAError(f"{path}:{line}: variant name {step.name!r} is used twice")
+            source = step.params.get("from", BASE_VARIANT)
+            if source not in names:
+                raise EdgeQAError(f"{path}:{line}: step {kind!r} takes from {source!r}, which no earlier step makes")
+            names.add(step.name)
+        for ref in step.params.get("variants", []) + ([step.params["reference"]] if "reference" in step.params else []):
+            if ref not in names:
+                raise EdgeQAError(f"{path}:{line}: unknown variant {ref!r} (known so far: {', '.join(sorted(names))})")
+        recipe.steps.append(step)
+    return recipe
+
+
+# --- running it -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    path: Path
+    torch_int8: bool = False
+
+
+@dataclass
+class Run:
+    recipe: Recipe
+    root: Path
+    variants: dict[str, Variant] = field(default_factory=dict)
+    benched: list[str] = field(default_factory=list)
+
+    def model_dir(self, name: str) -> Path:
+        return self.root / "models" / name
+
+    def parity_examples(self):
+        from bench.squad import load_squad
+
+        return load_squad(self.recipe.eval_data, self.recipe.parity_limit).examples
+
+
+def _make_once(run: Run, step: Step, settings: dict[str, Any], make: Callable[[Path], None]) -> Path:
+    """Run `make(out)` unless out already holds this step's output made with the same settings."""
+    out = run.model_dir(step.name)
+    record = {"step": step.kind, **settings}
+    if (out / "step.json").exists():
+        previous = read_json(out / "step.json", "step record")
+        if previous != record:
+            raise EdgeQAError(
+                f"{out}: was made by a step with other settings; delete the folder or give the step a new name"
+            )
+        log.info("step %s %s: already done, skipping", step.kind, step.name)
+        return out
+    make(out)
+    write_json(out / "step.json", record)
+    return out
+
+
+def _source(run: Run, step: Step) -> Variant:
+    return run.variants[step.params.get("from", BASE_VARIANT)]
+
+
+def step_export(run: Run, step: Step) -> None:
+    from export.onnx import export_onnx
+
+    src = _source(run, step)
+    opset = int(step.params.get("opset", 17))
+    _make_once(
+        run,
+        step,
+        {"from": str(src.path), "opset": opset},
+        lambda out: export_onnx(
+            src.path, out, opset, run.parity_examples(), run.recipe.parity_tolerance, run.recipe.parity_min_same
+        ),
+    )
+    run.variants[step.name] = Variant(step.name, run.model_dir(step.name))
+
+
+def step_fuse(run: Run, step: Step) -> None:
+    from export.optimize import fuse
+
+    src = _source(run, step)
+    _make_once(
+        run,
+        step,
+        {"from": str(src.path)},
+        lambda out: fuse(src.path, out, run.parity_examples(), run.recipe.parity_tolerance, run.recipe.parity_min_same),
+    )
+    run.variants[step.name] = Variant(step.name, run.model_dir(step.name))
+
+
+def step_quantize(run: Run, step: Step) -> None:
+    from export.quantize import QuantizeConfig, preset, quantize
+
+    src = _source(run, step)
+    raw = {k: v for k, v in step.params.items() if k in QUANTIZE_KEYS}
+    cfg = preset(step.params["preset"], **raw) if "preset" in step.params else QuantizeConfig.from_dict(raw)
+    if cfg.mode == "static" and not run.recipe.calibration_data:
+        raise EdgeQAError(f"{run.recipe.path}:{step.line}: static quantization needs calibration.data in the recipe")
+    settings = {"from": str(src.path), "preset": step.params.get("preset"), **cfg.to_dict()}
+    _make_once(
+        run,
+        step,
+        settings,
+        lambda out: quantize(src.path, out, cfg, run.recipe.calibration_data, parity_examples=run.parity_examples()),
+    )
+    run.variants[step.name] = Variant(step.name, run.model_dir(step.name))
+
+
+def step_torch_int8(run: Run, step: Step) -> None:
+    """PyTorch dynamic int8 of nn.Linear, applied at load: a variant without an artefact of its own."""
+    src = _source(run, step)
+    if src.torch_int8 or (src.path / "model.onnx").exists():
+        raise EdgeQAError(f"{run.recipe.path}:{step.line}: torch_int8 needs a PyTorch fp32 variant as 'from'")
+    run.variants[step.name] = Variant(step.name, src.path, torch_int8=True)
+
+
+def step_mobile(run: Run, step: Step) -> None:
+    from bench.engines import load_qa_model
+    from bench.squad import load_squad
+    from export.mobile import convert_to_ort
+
+    src = _source(run, step)
+
+    def make(out: Path) -> None:
+        convert_to_ort(src.path, out)
+        example = load_squad(run.recipe.eval_data, 1).examples[0]
+        answer = load_qa_model(out, run.recipe.bench.threads).answer([example], progress=False)[example.id]
+        write_json(out / "smoke.json", {"question": example.question, "answer": answer.text, "gold": example.answers})
+
+    _make_once(run, step, {"from": str(src.path)}, make)
+    run.variants[step.name] = Variant(step.name, run.model_dir(step.name))
+
+
+def step_bench(run: Run, step: Step) -> None:
+    """Score and time each variant; results are cached per variant, keyed by their settings."""
+    from bench.evaluate import evaluate
+    from bench.latency import benchmark_subprocess
+
+    names = step.params.get("variants") or list(run.variants)
+    for name in names:
+        v = run.variants[name]
+        eval_dir = run.root / "eval" / name
+        eval_key = {"data": run.recipe.eval_data, "limit": run.recipe.eval_limit, "path": str(v.path)}
+        metrics_path = eval_dir / "metrics.json"
+        if not (metrics_path.exists() and _same(read_json(metrics_path), eval_key)):
+            log.info("scoring %s on %s", name, run.recipe.eval_data)
+            evaluate(
+                v.path,
+                run.recipe.eval_data,
+                run.recipe.eval_limit,
+                torch_int8=v.torch_int8,
+                batch_size=run.recipe.eval_batch_size,
+                threads=run.recipe.bench.threads,
+                out_dir=eval_dir,
+            )
+        bench_path = run.root / "bench" / f"{name}.json"
+        cfg = dataclasses.replace(run.recipe.bench, torch_int8=v.torch_int8)
+        if not (bench_path.exists() and read_json(bench_path).get("settings") == _jsonable(cfg.to_dict())):
+            log.info("timing %s", name)
+            write_json(bench_path, benchmark_subprocess(v.path, cfg))
+        if name not in run.benched:
+            run.benched.append(name)
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def _same(metrics: dict, key: dict) -> bool:
+    return (
+        metrics.get("data") == key["data"]
+        and metrics.get("limit") == key["limit"]
+        and metrics.get("model") == key["path"]
+    )
+
+
+def step_report(run: Run, step: Step) -> None:
+    from bench.report import build_report, make_row, write_report
+
+    names = step.params.get("variants") or run.benched
+    missing = [n for n in names if not (run.root / "bench" / f"{n}.json").exists()]
+    if missing:
+        raise EdgeQAError(f"{run.recipe.path}:{step.line}: report needs a bench step for {', '.join(missing)} first")
+    rows = []
+    for name in names:
+        metrics = read_json(run.root / "eval" / name / "metrics.json")
+        bench = read_json(run.root / "bench" / f"{name}.json")
+        extra = {"overhead_share": metrics.get("overhead_share"), "timings": metrics.get("timings")}
+        for record in ("parity.json", "quantization.json", "fusion.json"):
+            p = run.variants[name].path / record
+            if p.exists() and not run.variants[name].torch_int8:
+                extra[record.removesuffix(".json")] = read_json(p)
+        rows.append(make_row(name, bench, metrics, extra))
+    first = read_json(run.root / "bench" / f"{names[0]}.json")
+    first_metrics = read_json(run.root / "eval" / names[0] / "metrics.json")
+    reference = step.params.get("reference", BASE_VARIANT if BASE_VARIANT in names else names[0])
+    eval_info = {
+        "data": run.recipe.eval_data,
+        "limit": run.recipe.eval_limit,
+        "questions": first_metrics["total"],
+        "settings": first_metrics["settings"],
+    }
+    bench_info = {k: v for k, v in first["settings"].items() if k != "torch_int8"}
+    notes = [
+        "Latency: p50/p90/p99 of timed runs on synthetic full-length inputs after warm-up; each variant timed in "
+        "its own process (peak_rss_mb is that process's peak). Variants timed in one `edgeqa run`.",
+        "Size: the weights file that ships (model.onnx or model.safetensors).",
+    ]
+    report = build_report(
+        run.recipe.name, rows, reference, eval_info, bench_info, first["machine"], first["versions"], notes
+    )
+    for path in write_report(report, run.root):
+        log.info("wrote %s", path)
+
+
+STEPS: dict[str, Callable[[Run, Step], None]] = {
+    "export": step_export,
+    "fuse": step_fuse,
+    "quantize": step_quantize,
+    "torch_int8": step_torch_int8,
+    "mobile": step_mobile,
+    "bench": step_bench,
+    "report": step_report,
+}
+
+
+def run_recipe(path: str | Path, out_root: str | Path = "runs", shared: str | Path | None = None) -> Path:
+    """Execute a recipe into out_root/<name>/, resuming whatever an earlier run of it completed."""
+    from bench.engines import resolve_model
+
+    recipe = load_recipe(path, shared)
+    backend, _, _ = resolve_model(recipe.model)
+    if backend != "torch":
+        raise EdgeQAError(f"{recipe.model}: a recipe's model is a transformers PyTorch QA folder")
+    for data in filter(None, (recipe.eval_data, recipe.calibration_data)):
+        if not Path(data).exists():
+            raise EdgeQAError(f"{recipe.path}: data file {data} does not exist")
+    root = check_writable_dir(Path(out_root) / recipe.name)
+    write_json(root / "recipe.json", {"path": str(recipe.path), "text": recipe.path.read_text(encoding="utf-8")})
+    run = Run(recipe, root, {BASE_VARIANT: Variant(BASE_VARIANT, Path(recipe.model))})
+    for i, step in enumerate(recipe.steps, 1):
+        log.info("step %d/%d: %s %s", i, len(recipe.steps), step.kind, step.name or "")
+        STEPS[step.kind](run, step)
+    return root

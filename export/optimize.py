@@ -1,0 +1,80 @@
+"""Graph fusion with onnxruntime.transformers: Attention, SkipLayerNormalization, BiasGelu, EmbedLayerNorm.
+
+Fused ops run ONNX Runtime's hand-written CPU kernels and, once quantized, its int8 QAttention, which is where most
+of the int8 speed-up on BERT comes from. A separate step with its own parity check, because fusion rewrites the
+graph and a rewrite that silently changes answers must not reach a report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+
+from bench.engines import ONNX_NAME, resolve_model
+from bench.files import EdgeQAError, atomic_dir, write_json
+from bench.squad import SquadExample
+from export.onnx import check_parity, copy_model_metadata, write_parity
+
+log = logging.getLogger(__name__)
+
+# Families whose attention blocks follow BERT's layout closely enough for the "bert" fusion rules.
+FUSION_MODEL_TYPE = {
+    "bert": "bert",
+    "distilbert": "bert",
+    "roberta": "bert",
+    "electra": "bert",
+    "albert": "bert",
+    "mobilebert": "bert",
+    "xlm-roberta": "bert",
+}
+
+
+def fuse(
+    onnx_dir: str | Path,
+    out_dir: str | Path,
+    parity_examples: list[SquadExample] | None = None,
+    tolerance: float = 1e-3,
+    min_same_answer_share: float = 0.995,
+) -> dict[str, int]:
+    """Write a fused copy of `onnx_dir` to `out_dir`; return the count of each fused op in the new graph.
+
+    With `parity_examples` the fused model must match the unfused one within the tolerance, or nothing is written.
+    """
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    backend, model_path, folder = resolve_model(onnx_dir)
+    if backend != "onnxruntime":
+        raise EdgeQAError(f"{onnx_dir}: fusion needs an ONNX model; export it first")
+    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
+    model_type = FUSION_MODEL_TYPE.get(config.get("model_type", "bert"))
+    if model_type is None:
+        raise EdgeQAError(f"{folder}: no fusion rules for model type {config.get('model_type')!r}")
+    # 0 lets the optimizer read heads and hidden size from the graph, which also covers MobileBERT's bottlenecks.
+    optimized = optimize_model(
+        str(model_path), model_type=model_type, num_heads=0, hidden_size=0, opt_level=1, use_gpu=False
+    )
+    counts = Counter(node.op_type for node in optimized.model.graph.node)
+    fused = {
+        op: counts[op]
+        for op in (
+            "Attention",
+            "SkipLayerNormalization",
+            "BiasGelu",
+            "Gelu",
+            "FastGelu",
+            "EmbedLayerNormalization",
+            "LayerNormalization",
+        )
+        if counts[op]
+    }
+    with atomic_dir(out_dir) as tmp:
+        optimized.save_model_to_file(str(tmp / ONNX_NAME))
+        copy_model_metadata(folder, tmp)
+        write_json(tmp / "fusion.json", {"source": str(onnx_dir), "fused_ops": fused})
+        if parity_examples:
+            result = check_parity(onnx_dir, tmp, parity_examples, tolerance, min_same_answer_share)
+            write_parity(tmp, result, onnx_dir)
+    log.info("fused %s -> %s: %s", onnx_dir, out_dir, fused)
+    return fused

@@ -1,0 +1,204 @@
+"""ONNX Runtime int8 quantization: dynamic, and static (QDQ) calibrated on SQuAD train windows.
+
+One config dataclass describes a quantization and round-trips to JSON, so a recipe, a report row and the saved
+folder (`quantization.json`) all say the same thing. Hardware presets follow the instruction sets: on AVX-512
+VNNI (and ARM's dot-product instructions) u8 x s8 products cannot saturate, so full range is safe; plain AVX2 and
+AVX-512 without VNNI use 16-bit intermediate sums (vpmaddubsw) that can saturate, so weights use 7 bits
+(reduce_range) there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.engines import ONNX_NAME, load_tokenizer, resolve_model
+from bench.files import EdgeQAError, atomic_dir, write_json
+from bench.qa import QAConfig, batches, tokenize
+from bench.squad import SquadExample, load_squad
+from export.onnx import check_parity, copy_model_metadata, write_parity
+
+log = logging.getLogger(__name__)
+
+MODES = ("dynamic", "static")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    mode: str = "dynamic"
+    per_channel: bool = True
+    reduce_range: bool = False
+    symmetric_activations: bool = False
+    op_types: tuple[str, ...] = ()  # empty: ORT's default set for the mode
+    exclude: tuple[str, ...] = ()  # node-name glob patterns kept in float, e.g. "*qa_outputs*"
+    calibration_method: str = "minmax"
+    calibration_samples: int = 256  # static only: SQuAD train windows fed through the float model
+    calibration_percentile: float = 99.999
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise EdgeQAError(f"quantize mode must be one of {MODES}, got {self.mode!r}")
+        if self.calibration_method not in CALIBRATION_METHODS:
+            raise EdgeQAError(
+                f"calibration method must be one of {CALIBRATION_METHODS}, got {self.calibration_method!r}"
+            )
+        if self.calibration_samples < 1:
+            raise EdgeQAError("calibration_samples must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> QuantizeConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise EdgeQAError(f"unknown quantization setting(s): {', '.join(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "avx512_vnni": {"per_channel": True, "reduce_range": False},
+    "avx512": {"per_channel": True, "reduce_range": True},
+    "avx2": {"per_channel": True, "reduce_range": True},
+    "arm64": {"per_channel": True, "reduce_range": False},
+}
+
+
+def preset(name: str, **overrides: Any) -> QuantizeConfig:
+    if name not in PRESETS:
+        raise EdgeQAError(f"unknown hardware preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return QuantizeConfig.from_dict({**PRESETS[name], **overrides})
+
+
+def quantize(
+    onnx_dir: str | Path,
+    out_dir: str | Path,
+    cfg: QuantizeConfig,
+    calibration_data: str | Path | None = None,
+    qa_cfg: QAConfig = QAConfig(),
+    parity_examples: list[SquadExample] | None = None,
+) -> Path:
+    """Quantize the ONNX model in `onnx_dir` into `out_dir` (model.onnx, tokenizer, config, quantization.json).
+
+    With `parity_examples`, parity.json records how far int8 moved logits and answers from the float model;
+    int8 is expected to move them, so this informs rather than fails (EM/F1 on the dev set is the verdict).
+    """
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    backend, model_path, folder = resolve_model(onnx_dir)
+    if backend != "onnxruntime":
+        raise EdgeQAError(f"{onnx_dir}: ONNX Runtime quantization needs an ONNX model; export it first")
+    excluded = excluded_nodes(model_path, cfg.exclude)
+    with atomic_dir(out_dir) as tmp:
+        target = tmp / ONNX_NAME
+        if cfg.mode == "dynamic":
+            quantize_dynamic(
+                str(model_path),
+                str(target),
+                op_types_to_quantize=list(cfg.op_types) or None,
+                per_channel=cfg.per_channel,
+                reduce_range=cfg.reduce_range,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=excluded,
+                extra_options={
+                    "ActivationSymmetric": cfg.symmetric_activations,
+                    "DefaultTensorType": onnx.TensorProto.FLOAT,
+                },
+            )
+        else:
+            if calibration_data is None:
+                raise EdgeQAError("static quantization needs calibration data (a SQuAD file)")
+            _quantize_static(model_path, target, tmp, cfg, excluded, calibration_data, qa_cfg, folder)
+        copy_model_metadata(folder, tmp)
+        write_json(tmp / "quantization.json", {**cfg.to_dict(), "excluded_nodes": excluded, "source": str(onnx_dir)})
+        if parity_examples:
+            result = check_parity(onnx_dir, tmp, parity_examples, raise_on_failure=False)
+            write_parity(tmp, result, onnx_dir)
+    log.info("quantized %s -> %s (%s, %d nodes kept in float)", onnx_dir, out_dir, cfg.mode, len(excluded))
+    return Path(out_dir)
+
+
+def excluded_nodes(model_path: Path, patterns: tuple[str, ...]) -> list[str]:
+    """Expand glob patterns to node names; a pattern that matches nothing is a mistake worth an error."""
+    if not patterns:
+        return []
+    import onnx
+
+    names = [n.name for n in onnx.load(str(model_path), load_external_data=False).graph.node]
+    out: list[str] = []
+    for pattern in patterns:
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            raise EdgeQAError(f"{model_path}: exclude pattern {pattern!r} matches no node")
+        out.extend(h for h in hits if h not in out)
+    return out
+
+
+class _SquadCalibration:
+    """Feeds real SQuAD windows (padded to their own length) to ORT's calibrator, one at a time."""
+
+    def __init__(self, inputs: list[dict[str, np.ndarray]]):
+        self._it = iter(inputs)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+
+def calibration_inputs(
+    data: str | Path, tokenizer_dir: Path, input_names: list[str], samples: int, qa_cfg: QAConfig
+) -> list[dict[str, np.ndarray]]:
+    """The first `samples` windows of `data`, as single-window batches."""
+    dataset = load_squad(data, limit=samples)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    features = tokenize(
+        tokenizer, [e.question for e in dataset.examples], [e.context for e in dataset.examples], qa_cfg
+    )
+    out = [inputs for _, inputs in batches(features, 1, tokenizer.pad_token_id or 0, input_names)]
+    return out[:samples]
+
+
+def _quantize_static(model_path, target, tmp, cfg, excluded, calibration_data, qa_cfg, folder) -> None:
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = tmp / "prepared.onnx"
+    # Symbolic shape inference fails on BERT's attention reshapes; ONNX shape inference is enough here.
+    quant_pre_process(str(model_path), str(prepared), skip_symbolic_shape=True)
+    input_names = [i.name for i in onnx.load(str(prepared), load_external_data=False).graph.input]
+    reader = _SquadCalibration(
+        calibration_inputs(calibration_data, folder, input_names, cfg.calibration_samples, qa_cfg)
+    )
+    method = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[cfg.calibration_method]
+    quantize_static(
+        str(prepared),
+        str(target),
+        reader,
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=list(cfg.op_types) or None,
+        per_channel=cfg.per_channel,
+        reduce_range=cfg.reduce_range,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=excluded,
+        calibrate_method=method,
+        extra_options={
+            "ActivationSymmetric": cfg.symmetric_activations,
+            "CalibPercentile": cfg.calibration_percentile,
+            "CalibTensorRangeSymmetric": False,
+        },
+    )
+    prepared.unlink()

@@ -1,0 +1,155 @@
+"""Export, fusion, quantization and the mobile format on tiny random models: parity, artefacts, bad input."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from bench.engines import load_qa_model, predict
+from bench.files import EdgeQAError
+from bench.squad import load_squad
+from export.mobile import convert_to_ort
+from export.onnx import check_parity, export_onnx
+from export.optimize import fuse
+from export.quantize import QuantizeConfig, preset, quantize
+
+
+@pytest.fixture
+def exported(tiny_qa_model, toy_squad, tmp_path):
+    examples = load_squad(toy_squad).examples
+    return export_onnx(tiny_qa_model, tmp_path / "onnx", parity_examples=examples)
+
+
+def test_export_matches_pytorch_and_records_parity(tiny_qa_model, exported, toy_squad):
+    parity = json.loads((exported / "parity.json").read_text())
+    assert parity["ok"] and parity["max_abs_diff"] < 1e-4 and parity["same_answer_share"] == 1.0
+    assert {"model.onnx", "config.json", "tokenizer.json"} <= {p.name for p in exported.iterdir()}
+    graph = onnx.load(str(exported / "model.onnx")).graph
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input}
+    assert dims["input_ids"] == ["batch", "sequence"]  # dynamic axes
+    ds = load_squad(toy_squad)
+    torch_preds = predict(load_qa_model(tiny_qa_model, 1), ds.examples, progress=False)
+    onnx_model = load_qa_model(exported, 1)
+    assert onnx_model.engine.backend == "onnxruntime"
+    assert predict(onnx_model, ds.examples, progress=False) == torch_preds
+
+
+def test_parity_failure_is_loud_and_leaves_nothing(tiny_qa_model, toy_squad, tmp_path):
+    other = tmp_path / "other"
+    from conftest import make_tiny_qa_model
+
+    make_tiny_qa_model(other, seed=1)
+    exported = export_onnx(other, tmp_path / "other-onnx")
+    examples = load_squad(toy_squad).examples
+    with pytest.raises(EdgeQAError, match="parity check failed"):
+        check_parity(tiny_qa_model, exported, examples)
+    result = check_parity(tiny_qa_model, exported, examples, raise_on_failure=False)
+    assert not result.ok and result.max_abs_diff > 1e-3
+
+
+def test_fuse_keeps_answers(exported, toy_squad, tmp_path):
+    counts = fuse(exported, tmp_path / "fused", parity_examples=load_squad(toy_squad).examples)
+    assert counts.get("Attention") == 2 and counts.get("SkipLayerNormalization", 0) >= 2
+    assert json.loads((tmp_path / "fused" / "parity.json").read_text())["ok"]
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_quantize_writes_int8_model(exported, toy_squad, tmp_path, mode):
+    cfg = preset("avx512_vnni", mode=mode, calibration_samples=3, exclude=["/qa_outputs/MatMul"])
+    out = quantize(
+        exported, tmp_path / mode, cfg, calibration_data=toy_squad, parity_examples=load_squad(toy_squad).examples
+    )
+    ops = {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
+    assert ("MatMulInteger" in ops) if mode == "dynamic" else ("QuantizeLinear" in ops)
+    saved = json.loads((out / "quantization.json").read_text())
+    assert saved["mode"] == mode and saved["excluded_nodes"] == ["/qa_outputs/MatMul"]
+    assert QuantizeConfig.from_dict({k: v for k, v in saved.items() if k not in ("excluded_nodes", "source")}) == cfg
+    qa_out = [n for n in onnx.load(str(out / "model.onnx")).graph.node if n.name == "/qa_outputs/MatMul"]
+    assert qa_out and qa_out[0].op_type == "MatMul"  # kept in float
+    answers = predict(load_qa_model(out, 1), load_squad(toy_squad).examples, progress=False)
+    assert len(answers) == 3
+
+
+def test_quantize_config_round_trips_and_refuses_nonsense(tmp_path, exported):
+    cfg = QuantizeConfig(mode="static", op_types=("MatMul",), exclude=("*qa*",))
+    assert QuantizeConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(EdgeQAError, match="unknown quantization setting"):
+        QuantizeConfig.from_dict({"bits": 4})
+    with pytest.raises(EdgeQAError, match="mode"):
+        QuantizeConfig(mode="weird")
+    with pytest.raises(EdgeQAError, match="unknown hardware preset"):
+        preset("avx9000")
+    with pytest.raises(EdgeQAError, match="matches no node"):
+        quantize(exported, tmp_path / "q", QuantizeConfig(exclude=("no-such-node*",)))
+    assert not (tmp_path / "q").exists()
+    with pytest.raises(EdgeQAError, match="calibration data"):
+        quantize(exported, tmp_path / "q", QuantizeConfig(mode="static"))
+    assert not (tmp_path / "q").exists()
+
+
+def test_mobile_format_loads_and_answers(exported, toy_squad, tmp_path):
+    out = convert_to_ort(exported, tmp_path / "mobile")
+    assert (out / "model.ort").exists() and not (out / "model.onnx").exists()
+    ds = load_squad(toy_squad)
+    model = load_qa_model(out, 1)
+    assert model.engine.path.suffix == ".ort"
+    preds = predict(model, ds.examples, progress=False)
+    assert preds == predict(load_qa_model(exported, 1), ds.examples, progress=False)
+
+
+def test_onnx_with_wrong_inputs_is_refused(tmp_path, tiny_qa_model):
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Identity", ["pixels"], ["start_logits"])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("start_logits", TensorProto.FLOAT, [1])],
+    )
+    folder = tmp_path / "wrong"
+    folder.mkdir()
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(folder / "model.onnx"))
+    for f in tiny_qa_model.iterdir():
+        if f.name.startswith(("tokenizer", "vocab", "special", "config")):
+            (folder / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(EdgeQAError, match="do not match a QA model"):
+        load_qa_model(folder)
+
+
+def test_export_refuses_non_qa_and_onnx_sources(tmp_path):
+    from conftest import make_tiny_qa_model
+
+    encoder = make_tiny_qa_model(tmp_path / "enc", qa_head=False)
+    with pytest.raises(EdgeQAError, match="not a question-answering model"):
+        export_onnx(encoder, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(EdgeQAError, match="export it first"):
+        fuse(encoder, tmp_path / "y")
+    with pytest.raises(EdgeQAError, match="export it first"):
+        quantize(encoder, tmp_path / "y", QuantizeConfig())
+    assert not (tmp_path / "y").exists()
+
+
+def test_unwritable_output_folder(tmp_path, tiny_qa_model, toy_squad, capsys):
+    from compress.cli import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")  # tests run as root here, so permissions cannot make a folder unwritable
+    code = main(["eval", "--model", str(tiny_qa_model), "--data", str(toy_squad), "--out", str(blocker / "out")])
+    assert code == 2
+    assert "cannot create output folder" in capsys.readouterr().err
+    code = main(["export", "--model", str(tiny_qa_model), str(blocker), "--parity-limit", "0"])
+    assert code == 2 and blocker.read_text() == "not a folder"
+
+
+def test_logits_agree_numerically(exported, tiny_qa_model, toy_squad):
+    from bench.qa import QAConfig, tokenize
+
+    ds = load_squad(toy_squad)
+    t, o = load_qa_model(tiny_qa_model, 1), load_qa_model(exported, 1)
+    f = tokenize(t.tokenizer, [e.question for e in ds.examples], [e.context for e in ds.examples], QAConfig())
+    a, b = t.logits(f, progress=False)[0], o.logits(f, progress=False)[0]
+    ok = np.isfinite(a)
+    assert np.array_equal(ok, np.isfinite(b)) and np.abs(a[ok] - b[ok]).max() < 1e-4

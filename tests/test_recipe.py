@@ -1,0 +1,126 @@
+"""Recipes: validation with file and line, a whole pipeline on a tiny model, and resuming a killed run."""
+
+import json
+import textwrap
+
+import pytest
+
+from bench.files import EdgeQAError
+from compress import recipe as recipe_mod
+from compress.recipe import load_recipe, run_recipe
+
+STEPS = """\
+steps:
+  - export: {name: onnx-fp32}
+  - fuse: {name: onnx-fused, from: onnx-fp32}
+  - quantize: {name: int8-dyn, from: onnx-fp32, preset: avx512_vnni}
+  - quantize: {name: int8-static, from: onnx-fp32, mode: static, calibration_samples: 3}
+  - torch_int8: {name: pytorch-int8}
+  - mobile: {name: mobile, from: int8-dyn}
+  - bench: {}
+  - report: {reference: pytorch-fp32}
+"""
+
+
+def _write(tmp_path, model, data, steps=STEPS, extra=""):
+    text = (
+        textwrap.dedent(f"""\
+        name: tiny
+        model: {model}
+        eval: {{data: {data}, batch_size: 4}}
+        calibration: {{data: {data}}}
+        parity: {{limit: 3}}
+        bench: {{threads: 1, batch_sizes: [1], seq_lens: [32], warmup: 1, repeats: 3}}
+        {extra}""")
+        + steps
+    )
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_full_pipeline_then_resume_gives_the_same_report(tmp_path, tiny_qa_model, toy_squad, monkeypatch):
+    path = _write(tmp_path, tiny_qa_model, toy_squad)
+    # First run dies in the middle of the static quantization step.
+    real = recipe_mod.step_quantize
+
+    def dying(run, step):
+        if step.name == "int8-static":
+            raise KeyboardInterrupt
+        real(run, step)
+
+    monkeypatch.setattr(recipe_mod, "STEPS", {**recipe_mod.STEPS, "quantize": dying})
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(path, tmp_path / "runs")
+    root = tmp_path / "runs" / "tiny"
+    assert (root / "models" / "int8-dyn" / "step.json").exists()
+    assert not (root / "models" / "int8-static").exists()
+    assert not list((root / "models").glob(".*tmp"))  # nothing half-written
+    monkeypatch.setattr(recipe_mod, "STEPS", {**recipe_mod.STEPS, "quantize": real})
+
+    run_recipe(path, tmp_path / "runs")
+    report = json.loads((root / "report.json").read_text())
+    names = [r["name"] for r in report["rows"]]
+    assert names == ["pytorch-fp32", "onnx-fp32", "onnx-fused", "int8-dyn", "int8-static", "pytorch-int8", "mobile"]
+    rows = {r["name"]: r for r in report["rows"]}
+    assert rows["pytorch-fp32"]["speedup"] == 1.0 and rows["pytorch-fp32"]["delta_f1"] == 0.0
+    assert rows["onnx-fp32"]["extra"]["parity"]["ok"]
+    assert rows["int8-static"]["extra"]["quantization"]["mode"] == "static"
+    assert rows["pytorch-int8"]["backend"] == "torch-int8"
+    assert rows["mobile"]["path"].endswith("mobile")
+    assert (root / "report.md").exists() and (root / "pareto.png").exists()
+
+    # A third run redoes nothing and rewrites the same rows.
+    stamp = (root / "models" / "onnx-fp32" / "model.onnx").stat().st_mtime_ns
+    run_recipe(path, tmp_path / "runs")
+    again = json.loads((root / "report.json").read_text())
+    assert again["rows"] == report["rows"]
+    assert (root / "models" / "onnx-fp32" / "model.onnx").stat().st_mtime_ns == stamp
+
+
+def test_changed_settings_are_not_silently_reused(tmp_path, tiny_qa_model, toy_squad):
+    steps = "steps:\n  - export: {name: onnx-fp32}\n"
+    run_recipe(_write(tmp_path, tiny_qa_model, toy_squad, steps), tmp_path / "runs")
+    changed = "steps:\n  - export: {name: onnx-fp32, opset: 18}\n"
+    with pytest.raises(EdgeQAError, match="other settings"):
+        run_recipe(_write(tmp_path, tiny_qa_model, toy_squad, changed), tmp_path / "runs")
+
+
+@pytest.mark.parametrize(
+    ("steps", "extra", "message"),
+    [
+        ("steps:\n  - export: {name: a}\n", "colour: blue\n", r"recipe.yaml:7: unknown key 'colour' in the recipe"),
+        ("steps:\n  - export: {name: a}\n  - compile: {name: b}\n", "", r"recipe.yaml:9: unknown step 'compile'"),
+        ("steps:\n  - export: {name: a, bits: 4}\n", "", r"recipe.yaml:8: unknown key 'bits' in step 'export'"),
+        ("steps:\n  - fuse: {name: a, from: missing}\n", "", r"recipe.yaml:8: .*'missing', which no earlier step"),
+        (
+            "steps:\n  - export: {name: a}\n  - export: {name: a}\n",
+            "",
+            r"recipe.yaml:9: variant name 'a' is used twice",
+        ),
+        ("steps:\n  - report: {reference: nope}\n", "", r"recipe.yaml:8: unknown variant 'nope'"),
+        ("steps: [\n", "", r"recipe.yaml:\d+: not valid YAML"),
+    ],
+)
+def test_bad_recipes_name_the_line(tmp_path, tiny_qa_model, toy_squad, steps, extra, message):
+    path = _write(tmp_path, tiny_qa_model, toy_squad, steps, extra)
+    with pytest.raises(EdgeQAError, match=message):
+        load_recipe(path)
+
+
+def test_bench_section_key_and_model_kind_are_checked(tmp_path, tiny_qa_model, toy_squad):
+    path = _write(tmp_path, tiny_qa_model, toy_squad, "steps:\n  - export: {name: a}\n")
+    path.write_text(path.read_text().replace("repeats: 3", "repeats: 3, turbo: true"))
+    with pytest.raises(EdgeQAError, match=r"recipe.yaml:6: unknown key 'turbo' in bench"):
+        load_recipe(path)
+    onnx_model = _write(tmp_path, tmp_path / "nowhere", toy_squad, "steps:\n  - export: {name: a}\n")
+    with pytest.raises(EdgeQAError, match="no such model"):
+        run_recipe(onnx_model, tmp_path / "runs")
+
+
+def test_shipped_recipes_parse(tmp_path):
+    from conftest import REPO
+
+    for path in sorted((REPO / "recipes").glob("*.yaml")):
+        recipe = load_recipe(path, shared=tmp_path)
+        assert recipe.steps and str(tmp_path) in recipe.model

@@ -1,0 +1,70 @@
+"""The report: Pareto front, deltas against the reference, and the three files."""
+
+import json
+
+import pytest
+
+from bench.files import EdgeQAError
+from bench.report import build_report, make_row, pareto_front, write_report
+
+
+def _bench(p50, model="m"):
+    lat = [
+        {
+            "batch_size": 1,
+            "seq_len": 384,
+            "p50_ms": p50,
+            "p90_ms": p50 * 1.1,
+            "p99_ms": p50 * 1.2,
+            "mean_ms": p50,
+            "throughput": 1000 / p50,
+            "runs": 10,
+            "samples_ms": [p50] * 10,
+        }
+    ]
+    return {"backend": "onnxruntime", "model": model, "file_bytes": 2**20, "peak_rss_mb": 100.0, "latency": lat}
+
+
+def _rows():
+    return [
+        make_row("fp32", _bench(50.0), {"exact_match": 72.0, "f1": 82.0}),
+        make_row("int8", _bench(25.0), {"exact_match": 71.0, "f1": 81.0}),
+        make_row("slow-bad", _bench(60.0), {"exact_match": 70.0, "f1": 80.0}),
+        make_row("fast-bad", _bench(20.0), {"exact_match": 60.0, "f1": 70.0}),
+    ]
+
+
+def _report(rows, reference="fp32"):
+    return build_report(
+        "t",
+        rows,
+        reference,
+        {"data": "dev", "limit": 10, "questions": 10, "settings": {}},
+        {"threads": 2, "warmup": 1, "repeats": 10, "batch_sizes": [1], "seq_lens": [384]},
+        {"cpu": "x", "logical_cores": 2, "avx2": True, "avx512_vnni": True},
+        {"numpy": "1"},
+    )
+
+
+def test_pareto_front_and_deltas():
+    report = _report(_rows())
+    rows = {r["name"]: r for r in report["rows"]}
+    assert {n for n, r in rows.items() if r["pareto"]} == {"fp32", "int8", "fast-bad"}
+    assert rows["int8"]["speedup"] == 2.0 and rows["int8"]["delta_f1"] == -1.0
+    assert "samples_ms" not in rows["int8"]["latency"][0]
+    assert pareto_front([{"name": "a", "p50_ms": 1, "f1": 1}, {"name": "b", "p50_ms": 1, "f1": 1}]) == {"a", "b"}
+
+
+def test_write_report_files(tmp_path):
+    paths = write_report(_report(_rows()), tmp_path)
+    assert [p.name for p in paths] == ["report.json", "report.md", "pareto.png"]
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["schema"] == "edgeqa.report/1" and len(data["rows"]) == 4
+    md = (tmp_path / "report.md").read_text()
+    assert "| int8 | onnxruntime | 1.0 | 25.0 |" in md and "2.00x" in md
+    assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_reference_must_be_a_row():
+    with pytest.raises(EdgeQAError, match="not one of the variants"):
+        _report(_rows(), reference="nope")
