@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 ONNX_NAME = "model.onnx"
 ORT_NAME = "model.ort"  # ONNX Runtime's mobile (flatbuffer) format
+SESSION_FILE = "session.json"  # ONNX Runtime settings a model folder asks for, e.g. {"disabled_optimizers": [...]}
 TORCH_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -74,6 +75,7 @@ class OrtEngine:
     path: Path
     threads: int
     session: object = field(init=False, repr=False)
+    disabled_optimizers: list[str] = field(init=False, default_factory=list)
     input_names: tuple[str, ...] = field(init=False)
     backend: str = "onnxruntime"
 
@@ -84,8 +86,14 @@ class OrtEngine:
         opts.intra_op_num_threads = self.threads
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self.disabled_optimizers = session_settings(self.path.parent).get("disabled_optimizers", [])
         try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(
+                str(self.path),
+                opts,
+                providers=["CPUExecutionProvider"],
+                disabled_optimizers=self.disabled_optimizers or None,
+            )
         except Exception as e:  # ORT raises its own Fail/InvalidGraph types
             raise EdgeQAError(f"{self.path}: ONNX Runtime cannot load this model: {e}") from e
         names = tuple(i.name for i in self.session.get_inputs())
@@ -164,6 +172,21 @@ def predict(
     """The official predictions mapping, {question_id: answer_text}."""
     answers = model.answer(examples, cfg, batch_size, allow_null, progress, timings)
     return {qid: a.text for qid, a in answers.items()}
+
+
+def session_settings(folder: Path) -> dict:
+    """The ONNX Runtime settings a model folder asks for (session.json), or none."""
+    path = folder / SESSION_FILE
+    if not path.exists():
+        return {}
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise EdgeQAError(f"{path}: unreadable session settings: {e}") from e
+    unknown = set(settings) - {"disabled_optimizers"}
+    if not isinstance(settings, dict) or unknown:
+        raise EdgeQAError(f"{path}: unknown session settings {sorted(unknown)}; only disabled_optimizers is known")
+    return settings
 
 
 def resolve_model(path: str | Path) -> tuple[str, Path, Path]:

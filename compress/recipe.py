@@ -89,11 +89,11 @@ SECTION_KEYS = {
 }
 QUANTIZE_KEYS = {
     "mode", "per_channel", "reduce_range", "symmetric_activations", "op_types", "exclude",
-    "calibration_method", "calibration_samples", "calibration_percentile",
+    "calibration_method", "calibration_samples", "calibration_percentile", "runtime_disabled_optimizers",
 }  # fmt: skip
 STEP_KEYS: dict[str, set[str]] = {
     "export": {"name", "from", "opset"},
-    "fuse": {"name", "from"},
+    "fuse": {"name", "from", "fusions"},
     "quantize": {"name", "from", "preset"} | QUANTIZE_KEYS,
     "torch_int8": {"name", "from"},
     "mobile": {"name", "from"},
@@ -280,14 +280,17 @@ def step_export(run: Run, step: Step) -> None:
 
 
 def step_fuse(run: Run, step: Step) -> None:
-    from export.optimize import fuse
+    from export.optimize import FUSIONS, fuse
 
     src = _source(run, step)
+    fusions = tuple(step.params.get("fusions", FUSIONS))
     _make_once(
         run,
         step,
-        {"from": str(src.path)},
-        lambda out: fuse(src.path, out, run.parity_examples(), run.recipe.parity_tolerance, run.recipe.parity_min_same),
+        {"from": str(src.path), "fusions": list(fusions)},
+        lambda out: fuse(
+            src.path, out, run.parity_examples(), run.recipe.parity_tolerance, run.recipe.parity_min_same, fusions
+        ),
     )
     run.variants[step.name] = Variant(step.name, run.model_dir(step.name))
 

@@ -31,18 +31,30 @@ FUSION_MODEL_TYPE = {
 }
 
 
+FUSIONS = ("attention", "skip_layer_norm", "gelu", "embed_layer_norm")
+
+
 def fuse(
     onnx_dir: str | Path,
     out_dir: str | Path,
     parity_examples: list[SquadExample] | None = None,
     tolerance: float = 1e-3,
     min_same_answer_share: float = 0.995,
+    fusions: tuple[str, ...] = FUSIONS,
 ) -> dict[str, int]:
     """Write a fused copy of `onnx_dir` to `out_dir`; return the count of each fused op in the new graph.
 
+    `fusions` picks the rewrites. All of them suit fp32; before int8 dynamic quantization, attention alone was
+    fastest here (ONNX Runtime's SkipLayerNormalization kernel was slower than LayerNormalization plus Add in the
+    int8 graph, see README), so recipes can leave the others out.
     With `parity_examples` the fused model must match the unfused one within the tolerance, or nothing is written.
     """
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
+
+    unknown = sorted(set(fusions) - set(FUSIONS))
+    if unknown:
+        raise EdgeQAError(f"unknown fusion(s) {', '.join(unknown)}; choose from {', '.join(FUSIONS)}")
 
     backend, model_path, folder = resolve_model(onnx_dir)
     if backend != "onnxruntime":
@@ -51,9 +63,21 @@ def fuse(
     model_type = FUSION_MODEL_TYPE.get(config.get("model_type", "bert"))
     if model_type is None:
         raise EdgeQAError(f"{folder}: no fusion rules for model type {config.get('model_type')!r}")
+    options = FusionOptions(model_type)
+    options.enable_attention = "attention" in fusions
+    options.enable_skip_layer_norm = options.enable_bias_skip_layer_norm = "skip_layer_norm" in fusions
+    options.enable_gelu = options.enable_bias_gelu = "gelu" in fusions
+    options.enable_embed_layer_norm = "embed_layer_norm" in fusions
     # 0 lets the optimizer read heads and hidden size from the graph, which also covers MobileBERT's bottlenecks.
+    # opt_level 1: ONNX Runtime's portable basic optimisations (constant folding, ...) before the fusions.
     optimized = optimize_model(
-        str(model_path), model_type=model_type, num_heads=0, hidden_size=0, opt_level=1, use_gpu=False
+        str(model_path),
+        model_type=model_type,
+        num_heads=0,
+        hidden_size=0,
+        optimization_options=options,
+        opt_level=1,
+        use_gpu=False,
     )
     counts = Counter(node.op_type for node in optimized.model.graph.node)
     fused = {
@@ -72,7 +96,7 @@ def fuse(
     with atomic_dir(out_dir) as tmp:
         optimized.save_model_to_file(str(tmp / ONNX_NAME))
         copy_model_metadata(folder, tmp)
-        write_json(tmp / "fusion.json", {"source": str(onnx_dir), "fused_ops": fused})
+        write_json(tmp / "fusion.json", {"source": str(onnx_dir), "fusions": list(fusions), "fused_ops": fused})
         if parity_examples:
             result = check_parity(onnx_dir, tmp, parity_examples, tolerance, min_same_answer_share)
             write_parity(tmp, result, onnx_dir)

@@ -87,3 +87,39 @@ def test_expected_mistakes_exit_2_with_one_line(args, message, toy_squad, tmp_pa
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("edgeqa: error:")]
     assert len(errors) == 1 and message in errors[0]
+
+
+def test_deployment_subcommands_chain(tiny_qa_model, toy_squad, tmp_path, capsys):
+    onnx_dir, int8_dir = tmp_path / "onnx", tmp_path / "int8"
+    parity = ["--parity-data", str(toy_squad), "--parity-limit", "3"]
+    assert main(["export", "--model", str(tiny_qa_model), str(onnx_dir), "--fuse", "--mobile", *parity]) == 0
+    assert (onnx_dir / "model.onnx").exists() and (tmp_path / "onnx-unfused" / "parity.json").exists()
+    assert (tmp_path / "onnx-ort" / "model.ort").exists()
+    assert main(["quantize", "--model", str(onnx_dir), str(int8_dir), "--preset", "avx512_vnni", *parity]) == 0
+    assert json.loads((int8_dir / "quantization.json").read_text())["per_channel"] is True
+    capsys.readouterr()
+    common = ["--seq-lens", "32", "--warmup", "1", "--repeats", "3", "--threads", "1"]
+    assert main(["bench", "--model", str(int8_dir), "--json", *common]) == 0
+    bench = _last_json(capsys)
+    assert bench["latency"][0]["seq_len"] == 32 and bench["machine"]["logical_cores"] >= 1
+    out = tmp_path / "report"
+    assert (
+        main(
+            [
+                "report",
+                "--variant",
+                f"fp32={tiny_qa_model}",
+                "--variant",
+                f"int8={int8_dir}",
+                "--data",
+                str(toy_squad),
+                "--out",
+                str(out),
+                *common,
+            ]
+        )
+        == 0
+    )
+    report = json.loads((out / "report.json").read_text())
+    assert [r["name"] for r in report["rows"]] == ["fp32", "int8"] and report["reference"] == "fp32"
+    assert main(["report", "--variant", "no-equals-sign", "--out", str(out)]) == 2

@@ -54,6 +54,23 @@ def test_fuse_keeps_answers(exported, toy_squad, tmp_path):
     assert json.loads((tmp_path / "fused" / "parity.json").read_text())["ok"]
 
 
+def test_fuse_attention_only(exported, tmp_path):
+    counts = fuse(exported, tmp_path / "attn", fusions=("attention",))
+    assert counts.get("Attention") == 2 and "SkipLayerNormalization" not in counts
+    with pytest.raises(EdgeQAError, match="unknown fusion"):
+        fuse(exported, tmp_path / "bad", fusions=("warp",))
+
+
+def test_preset_session_settings_reach_the_engine(exported, tmp_path):
+    out = quantize(exported, tmp_path / "q", preset("avx512_vnni"))
+    assert json.loads((out / "session.json").read_text()) == {"disabled_optimizers": ["SkipLayerNormFusion"]}
+    assert load_qa_model(out, 1).engine.disabled_optimizers == ["SkipLayerNormFusion"]
+    assert not (quantize(exported, tmp_path / "plain", QuantizeConfig()) / "session.json").exists()
+    (out / "session.json").write_text('{"turbo": true}')
+    with pytest.raises(EdgeQAError, match="unknown session settings"):
+        load_qa_model(out, 1)
+
+
 @pytest.mark.parametrize("mode", ["dynamic", "static"])
 def test_quantize_writes_int8_model(exported, toy_squad, tmp_path, mode):
     cfg = preset("avx512_vnni", mode=mode, calibration_samples=3, exclude=["/qa_outputs/MatMul"])
