@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SHARED ?= ../shared
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint clean
+.PHONY: install run full-dev compare-optimum test lint clean
 
 install: $(STAMP)
 
@@ -17,12 +17,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $(STAMP)
 
+# The quickstart pipeline on the shared teacher: export, fuse, int8 (dynamic, static, PyTorch), mobile format,
+# EM/F1 on 1,000 dev questions and latency for each, then runs/quickstart/report.{json,md} and pareto.png.
 run: install
-	$(BIN)/edgeqa eval --model $(SHARED)/models/minilm-l6-h384-squad1 --data $(SHARED)/data/squad/dev-v1.1.json.gz \
-		--batch-size 32 --out runs/teacher-dev
+	$(BIN)/edgeqa run recipes/quickstart.yaml --shared $(SHARED)
 
 test: install
 	$(BIN)/python -m pytest -q tests
+
+# The same pipeline on all 10,570 dev questions (the README's results), and the side-by-side Optimum comparison.
+full-dev: install
+	$(BIN)/edgeqa run recipes/full-dev.yaml --shared $(SHARED)
+
+compare-optimum: install
+	$(BIN)/python -m bench.compare_optimum --teacher $(SHARED)/models/minilm-l6-h384-squad1 \
+		--data $(SHARED)/data/squad/dev-v1.1.json.gz --ours runs/full-dev/models/onnx-int8-dynamic
 
 lint: install
 	$(BIN)/ruff check .

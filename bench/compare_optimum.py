@@ -2,7 +2,7 @@
 
 Optimum's path, as its documentation shows it: `ORTModelForQuestionAnswering.from_pretrained(teacher,
 export=True)`, then `ORTQuantizer` with `AutoQuantizationConfig.avx512_vnni(is_static=False)`. Both models are
-timed in alternating rounds (each round a fresh process per model) so that drift on a shared machine hits both,
+timed in alternating passes (a fresh process per model and pass) so that drift on a shared machine hits both,
 and scored on the same questions with the same engine and metric.
 
     python -m bench.compare_optimum --teacher ../shared/models/minilm-l6-h384-squad1 \
@@ -15,13 +15,12 @@ import argparse
 import json
 import logging
 import shutil
-import statistics
 import sys
 from pathlib import Path
 
 from bench.evaluate import evaluate
 from bench.files import EdgeQAError, atomic_dir, write_json
-from bench.latency import LatencyConfig, benchmark_subprocess, library_versions, machine_info
+from bench.latency import LatencyConfig, benchmark_interleaved, library_versions, machine_info
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +44,9 @@ def optimum_int8(teacher: Path, out: Path) -> Path:
     return out
 
 
-def compare(teacher: Path, ours: Path, data: str, limit: int | None, out: Path, rounds: int, cfg: LatencyConfig):
+def compare(teacher: Path, ours: Path, data: str, limit: int | None, out: Path, cfg: LatencyConfig) -> dict:
     theirs = optimum_int8(teacher, out / "optimum-int8")
-    p50s: dict[str, list[float]] = {"edgeqa": [], "optimum": []}
-    for r in range(rounds):
-        for name, path in (
-            (("edgeqa", ours), ("optimum", theirs)) if r % 2 == 0 else (("optimum", theirs), ("edgeqa", ours))
-        ):
-            p50s[name].append(benchmark_subprocess(path, cfg)["latency"][0]["p50_ms"])
-            log.info("round %d %s p50 %.2f ms", r + 1, name, p50s[name][-1])
+    timed = benchmark_interleaved({"edgeqa": (ours, False), "optimum": (theirs, False)}, cfg)
     scores = {
         name: evaluate(path, data, limit, batch_size=32, threads=cfg.threads, out_dir=out / "eval" / name)
         for name, path in (("edgeqa", ours), ("optimum", theirs))
@@ -61,8 +54,8 @@ def compare(teacher: Path, ours: Path, data: str, limit: int | None, out: Path, 
     result = {
         "models": {"edgeqa": str(ours), "optimum": str(theirs)},
         "shape": {"batch_size": cfg.batch_sizes[0], "seq_len": cfg.seq_lens[0], "threads": cfg.threads},
-        "p50_ms_rounds": p50s,
-        "p50_ms": {k: statistics.median(v) for k, v in p50s.items()},
+        "latency": {k: v["latency"][0] for k, v in timed.items()},
+        "p50_ms": {k: v["latency"][0]["p50_ms"] for k, v in timed.items()},
         "f1": {k: round(v["f1"], 3) for k, v in scores.items()},
         "exact_match": {k: round(v["exact_match"], 3) for k, v in scores.items()},
         "eval": {"data": data, "limit": limit, "questions": scores["edgeqa"]["total"]},
@@ -80,15 +73,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ours", type=Path, required=True, help="edgeqa int8 model folder")
     parser.add_argument("--data", default="../shared/data/squad/dev-v1.1.json.gz")
     parser.add_argument("--limit", type=int, default=None, help="first N dev questions (default: all)")
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=10, help="alternating passes; repeats are split among them")
+    parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("runs/compare-optimum"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = LatencyConfig(batch_sizes=(1,), seq_lens=(384,), repeats=args.repeats, threads=args.threads)
+    cfg = LatencyConfig(
+        batch_sizes=(1,), seq_lens=(384,), repeats=args.repeats, threads=args.threads, rounds=args.rounds
+    )
     try:
-        r = compare(args.teacher, args.ours, args.data, args.limit, args.out, args.rounds, cfg)
+        r = compare(args.teacher, args.ours, args.data, args.limit, args.out, cfg)
     except EdgeQAError as e:
         print(f"compare_optimum: error: {e}", file=sys.stderr)
         return 2

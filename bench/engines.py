@@ -150,11 +150,13 @@ class QAModel:
         end = np.full_like(start, -np.inf)
         pad_id = self.tokenizer.pad_token_id or 0
         bar = tqdm(total=len(features), desc=f"{self.engine.backend} inference", unit="window", disable=not progress)
+        lengths = features.lengths
         for idx, inputs in batches(features, batch_size, pad_id, self.engine.input_names):
             s, e = self.engine(inputs)
             n = inputs["input_ids"].shape[1]
-            start[idx, :n] = np.where(inputs["attention_mask"] > 0, s, -np.inf) if "attention_mask" in inputs else s
-            end[idx, :n] = np.where(inputs["attention_mask"] > 0, e, -np.inf) if "attention_mask" in inputs else e
+            real = np.arange(n)[None, :] < lengths[idx][:, None]  # padding never holds an answer
+            start[idx, :n] = np.where(real, s, -np.inf)
+            end[idx, :n] = np.where(real, e, -np.inf)
             bar.update(len(idx))
         bar.close()
         return start, end

@@ -9,13 +9,16 @@ belongs to that model alone.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import logging
 import os
 import platform
 import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,8 @@ from typing import Any
 import numpy as np
 
 from bench.files import EdgeQAError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -32,7 +37,15 @@ class LatencyConfig:
     warmup: int = 10
     repeats: int = 100
     threads: int = 2
+    rounds: int = 1  # benchmark_interleaved: split repeats over this many passes across all models
     torch_int8: bool = False  # PyTorch-side baseline: dynamic int8 of nn.Linear applied at load
+
+    def __post_init__(self) -> None:
+        counts = [*self.batch_sizes, *self.seq_lens, self.repeats, self.threads, self.rounds]
+        if not self.batch_sizes or not self.seq_lens or any(not isinstance(n, int) or n < 1 for n in counts):
+            raise EdgeQAError("bench settings: batch sizes, sequence lengths, repeats and threads must be positive")
+        if not isinstance(self.warmup, int) or self.warmup < 0:
+            raise EdgeQAError("bench settings: warmup must be a whole number >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,6 +102,19 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent
+    through fork and exec, so a benchmark child started by a big parent would report the parent's peak."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def model_file_size(path: str | Path) -> int:
     """Bytes of the weights that ship: model.onnx (+ external data) or the PyTorch weight files."""
     from bench.engines import TORCH_WEIGHTS, resolve_model
@@ -116,11 +142,16 @@ def time_shape(
     inputs = {n: arrays[n] for n in engine.input_names}
     for _ in range(warmup):
         engine(inputs)
-    samples = np.empty(repeats)
-    for i in range(repeats):
+    samples = []
+    for _ in range(repeats):
         t0 = time.perf_counter()
         engine(inputs)
-        samples[i] = (time.perf_counter() - t0) * 1e3
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return _summarise(batch_size, seq_len, samples)
+
+
+def _summarise(batch_size: int, seq_len: int, samples_ms: list[float]) -> ShapeLatency:
+    samples = np.asarray(samples_ms)
     mean = float(samples.mean())
     return ShapeLatency(
         batch_size,
@@ -130,7 +161,7 @@ def time_shape(
         float(np.percentile(samples, 99)),
         mean,
         1e3 * batch_size / mean,
-        repeats,
+        len(samples),
         [round(float(s), 4) for s in samples],
     )
 
@@ -150,7 +181,7 @@ def benchmark(model: str | Path, cfg: LatencyConfig = LatencyConfig()) -> dict[s
         "model": str(model),
         "backend": qa.engine.backend,
         "file_bytes": model_file_size(model),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "settings": cfg.to_dict(),
         "latency": [{k: v for k, v in asdict(s).items()} for s in shapes],
         "machine": machine_info(),
@@ -166,6 +197,38 @@ def benchmark_subprocess(model: str | Path, cfg: LatencyConfig = LatencyConfig()
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise EdgeQAError(f"{model}: benchmark failed: {last}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def benchmark_interleaved(
+    models: dict[str, tuple[str | Path, bool]], cfg: LatencyConfig, done: Callable[[str, dict], None] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Time several models {name: (path, torch_int8)} in `cfg.rounds` passes over all of them.
+
+    On a shared machine speed drifts over minutes; timing model A for a minute and then model B bakes that drift
+    into the A/B ratio. Each pass times every model with repeats/rounds runs, so drift lands on all of them alike;
+    the percentiles are taken over all runs of all passes. `done(name, result)` is called as each model finishes.
+    """
+    per_pass = dataclasses.replace(cfg, repeats=max(1, -(-cfg.repeats // cfg.rounds)), rounds=1)
+    passes: dict[str, list[dict[str, Any]]] = {name: [] for name in models}
+    for r in range(cfg.rounds):
+        for name, (path, torch_int8) in models.items():
+            log.info("timing %s (pass %d/%d)", name, r + 1, cfg.rounds)
+            passes[name].append(benchmark_subprocess(path, dataclasses.replace(per_pass, torch_int8=torch_int8)))
+    results = {}
+    for name, runs in passes.items():
+        merged = dict(runs[0])
+        merged["peak_rss_mb"] = max(run["peak_rss_mb"] for run in runs)
+        merged["settings"] = dataclasses.replace(cfg, torch_int8=models[name][1]).to_dict()
+        merged["latency"] = [
+            asdict(
+                _summarise(s["batch_size"], s["seq_len"], [x for run in runs for x in run["latency"][i]["samples_ms"]])
+            )
+            for i, s in enumerate(runs[0]["latency"])
+        ]
+        results[name] = merged
+        if done is not None:
+            done(name, merged)
+    return results
 
 
 def _main() -> int:

@@ -119,13 +119,14 @@ def to_markdown(report: dict[str, Any]) -> str:
         + (f", first {ev['limit']}" if ev.get("limit") else ", all")
         + f"). Reference row: {report['reference']}.",
         "",
-        "| variant | backend | size MB | p50 ms | p90 ms | p99 ms | speed-up | EM | F1 | ΔF1 | Pareto |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: |",
+        "| variant | backend | size MB | peak RSS MB | p50 ms | p90 ms | p99 ms | speed-up | EM | F1 | ΔF1 | Pareto |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: |",
     ]
     for r in report["rows"]:
         s = next(x for x in r["latency"] if x["batch_size"] == shape["batch_size"] and x["seq_len"] == shape["seq_len"])
         lines.append(
-            f"| {r['name']} | {r['backend']} | {r['file_mb']:.1f} | {s['p50_ms']:.1f} | {s['p90_ms']:.1f} | "
+            f"| {r['name']} | {r['backend']} | {r['file_mb']:.1f} | {r['peak_rss_mb']:.0f} | {s['p50_ms']:.1f} | "
+            f"{s['p90_ms']:.1f} | "
             f"{s['p99_ms']:.1f} | {r['speedup']:.2f}x | {r['exact_match']:.2f} | {r['f1']:.2f} | "
             f"{r['delta_f1']:+.2f} | {'yes' if r['pareto'] else ''} |"
         )
@@ -156,9 +157,17 @@ def plot_pareto(report: dict[str, Any], path: Path) -> None:
 
     rows = report["rows"]
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
+    x_span = max(r["p50_ms"] for r in rows) - min(r["p50_ms"] for r in rows) or 1.0
+    y_span = max(r["f1"] for r in rows) - min(r["f1"] for r in rows) or 1.0
+    placed: list[tuple[float, float]] = []
     for r in rows:
         ax.scatter(r["p50_ms"], r["f1"], s=60, color="tab:red" if r["pareto"] else "tab:gray", zorder=3)
-        ax.annotate(r["name"], (r["p50_ms"], r["f1"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        # Labels of points that nearly coincide are stacked downwards instead of printed over each other.
+        near = sum(abs(r["p50_ms"] - x) < 0.08 * x_span and abs(r["f1"] - y) < 0.04 * y_span for x, y in placed)
+        placed.append((r["p50_ms"], r["f1"]))
+        ax.annotate(
+            r["name"], (r["p50_ms"], r["f1"]), textcoords="offset points", xytext=(6, 4 - 11 * near), fontsize=8
+        )
     front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["p50_ms"])
     if len(front) > 1:
         ax.step(
@@ -169,7 +178,7 @@ def plot_pareto(report: dict[str, Any], path: Path) -> None:
             alpha=0.6,
             label="Pareto front",
         )
-        ax.legend(loc="lower right")
+        ax.legend(loc="best")
     shape = report["primary_shape"]
     ax.set_xlabel(
         f"p50 latency, ms (batch {shape['batch_size']}, sequence {shape['seq_len']}, "

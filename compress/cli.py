@@ -167,7 +167,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from bench.latency import LatencyConfig, benchmark
 
     cfg = LatencyConfig(
-        tuple(args.batch_sizes), tuple(args.seq_lens), args.warmup, args.repeats, args.threads or 2, args.torch_int8
+        tuple(args.batch_sizes),
+        tuple(args.seq_lens),
+        args.warmup,
+        args.repeats,
+        args.threads,
+        torch_int8=args.torch_int8,
     )
     result = benchmark(args.model, cfg)
     for s in result["latency"]:
@@ -187,7 +192,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """A report for named models: each scored and timed here, side by side."""
     from bench.evaluate import evaluate
     from bench.files import check_writable_dir
-    from bench.latency import LatencyConfig, benchmark_subprocess, library_versions, machine_info
+    from bench.latency import LatencyConfig, benchmark_interleaved, library_versions, machine_info
     from bench.report import build_report, make_row, write_report
 
     out = check_writable_dir(args.out)
@@ -197,21 +202,21 @@ def cmd_report(args: argparse.Namespace) -> int:
         if not sep or not name or not path:
             raise EdgeQAError(f"--variant takes NAME=PATH, got {item!r}")
         pairs.append((name, path))
-    cfg = LatencyConfig(tuple(args.batch_sizes), tuple(args.seq_lens), args.warmup, args.repeats, args.threads or 2)
-    rows, first = [], None
-    for name, path in pairs:
-        metrics = evaluate(
-            path, args.data, args.limit, threads=cfg.threads, batch_size=args.batch_size, out_dir=out / "eval" / name
-        )
-        bench = benchmark_subprocess(path, cfg)
-        first = first or (metrics, bench)
-        rows.append(make_row(name, bench, metrics, {"overhead_share": metrics["overhead_share"]}))
-    eval_info = {
-        "data": args.data,
-        "limit": args.limit,
-        "questions": first[0]["total"],
-        "settings": first[0]["settings"],
-    }
+    cfg = LatencyConfig(
+        tuple(args.batch_sizes), tuple(args.seq_lens), args.warmup, args.repeats, args.threads, args.rounds
+    )
+    metrics = {
+        name: evaluate(path, args.data, args.limit, threads=cfg.threads, batch_size=args.batch_size,
+                       out_dir=out / "eval" / name)
+        for name, path in pairs
+    }  # fmt: skip
+    timings = benchmark_interleaved({name: (path, False) for name, path in pairs}, cfg)
+    rows = [
+        make_row(name, timings[name], metrics[name], {"overhead_share": metrics[name]["overhead_share"]})
+        for name, _ in pairs
+    ]
+    first = metrics[pairs[0][0]]
+    eval_info = {"data": args.data, "limit": args.limit, "questions": first["total"], "settings": first["settings"]}
     bench_info = {k: v for k, v in cfg.to_dict().items() if k != "torch_int8"}
     report = build_report(
         args.name, rows, args.reference or pairs[0][0], eval_info, bench_info, machine_info(), library_versions()
@@ -242,6 +247,7 @@ def _add_bench_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--repeats", type=int, default=100)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=1, help="passes over all models, the repeats split among them")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -333,8 +339,10 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    for noisy in ("fusion_base", "onnx_model", "onnx_model_bert", "root"):  # onnxruntime.transformers chatter
+    for noisy in ("fusion_base", "onnx_model", "onnx_model_bert"):  # onnxruntime.transformers chatter
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:  # onnxruntime.quantization logs advice through the root logger
+        handler.addFilter(lambda r: r.name != "root" or r.levelno >= logging.ERROR)
     try:
         return args.func(args)
     except EdgeQAError as e:

@@ -32,6 +32,8 @@ import yaml
 
 from bench.files import EdgeQAError, check_writable_dir, read_json, write_json
 from bench.latency import LatencyConfig
+from export.optimize import FUSIONS
+from export.quantize import QuantizeConfig, preset
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,8 @@ def _to_python(node: yaml.Node) -> Any:
         out.key_lines = {}
         for key_node, value_node in node.value:
             key = str(key_node.value)
+            if key in out:
+                raise yaml.YAMLError(f"line {key_node.start_mark.line + 1}: key {key!r} appears twice")
             out[key] = _to_python(value_node)
             out.key_lines[key] = key_node.start_mark.line + 1
         return out
@@ -68,11 +72,11 @@ def _read_yaml(path: Path) -> Mapping:
         raise EdgeQAError(f"{path}: no such recipe file")
     try:
         node = yaml.compose(path.read_text(encoding="utf-8"))
+        doc = _to_python(node) if node is not None else None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
-        raise EdgeQAError(f"{path}{where}: not valid YAML: {getattr(e, 'problem', e)}") from e
-    doc = _to_python(node) if node is not None else None
+        raise EdgeQAError(f"{path}{where}: not valid YAML: {getattr(e, 'problem', None) or e}") from e
     if not isinstance(doc, Mapping):
         raise EdgeQAError(f"{path}: a recipe is a YAML mapping with name, model and steps")
     return doc
@@ -87,10 +91,7 @@ SECTION_KEYS = {
     "parity": {"limit", "tolerance", "min_same_answer_share"},
     "bench": {f.name for f in dataclasses.fields(LatencyConfig)} - {"torch_int8"},
 }
-QUANTIZE_KEYS = {
-    "mode", "per_channel", "reduce_range", "symmetric_activations", "op_types", "exclude",
-    "calibration_method", "calibration_samples", "calibration_percentile", "runtime_disabled_optimizers",
-}  # fmt: skip
+QUANTIZE_KEYS = {f.name for f in dataclasses.fields(QuantizeConfig)}
 STEP_KEYS: dict[str, set[str]] = {
     "export": {"name", "from", "opset"},
     "fuse": {"name", "from", "fusions"},
@@ -148,6 +149,23 @@ def _expand(value: Any, shared: Path) -> Any:
     return value
 
 
+def _make_recipe(path: Path, doc: Mapping, sections: dict[str, Mapping], bench_raw: dict[str, Any]) -> Recipe:
+    limit = sections["eval"].get("limit")
+    return Recipe(
+        path=path,
+        name=str(doc["name"]),
+        model=str(doc["model"]),
+        eval_data=str(sections["eval"]["data"]),
+        eval_limit=int(limit) if limit is not None else None,
+        eval_batch_size=int(sections["eval"].get("batch_size", 32)),
+        calibration_data=sections["calibration"].get("data"),
+        parity_limit=int(sections["parity"].get("limit", 200)),
+        parity_tolerance=float(sections["parity"].get("tolerance", 1e-3)),
+        parity_min_same=float(sections["parity"].get("min_same_answer_share", 0.995)),
+        bench=LatencyConfig(**bench_raw),
+    )
+
+
 def load_recipe(path: str | Path, shared: str | Path | None = None) -> Recipe:
     """Parse and validate a recipe; every mistake is reported before any work starts."""
     path = Path(path)
@@ -170,19 +188,10 @@ def load_recipe(path: str | Path, shared: str | Path | None = None) -> Recipe:
     if "data" not in sections["eval"]:
         raise EdgeQAError(f"{path}: eval.data (the SQuAD file to score on) is missing")
     bench_raw = {k: tuple(v) if isinstance(v, list) else v for k, v in sections["bench"].items()}
-    recipe = Recipe(
-        path=path,
-        name=str(doc["name"]),
-        model=str(doc["model"]),
-        eval_data=str(sections["eval"]["data"]),
-        eval_limit=sections["eval"].get("limit"),
-        eval_batch_size=int(sections["eval"].get("batch_size", 32)),
-        calibration_data=sections["calibration"].get("data"),
-        parity_limit=int(sections["parity"].get("limit", 200)),
-        parity_tolerance=float(sections["parity"].get("tolerance", 1e-3)),
-        parity_min_same=float(sections["parity"].get("min_same_answer_share", 0.995)),
-        bench=LatencyConfig(**bench_raw),
-    )
+    try:
+        recipe = _make_recipe(path, doc, sections, bench_raw)
+    except (EdgeQAError, TypeError, ValueError) as e:
+        raise EdgeQAError(f"{path}: bad setting: {e}") from e
     if not isinstance(doc["steps"], list) or not doc["steps"]:
         raise EdgeQAError(f"{path}:{doc.key_lines['steps']}: steps should be a non-empty list")
     names = {BASE_VARIANT}
@@ -200,6 +209,13 @@ def load_recipe(path: str | Path, shared: str | Path | None = None) -> Recipe:
         if isinstance(params, Mapping) and params:
             _check_keys(path, params, STEP_KEYS[kind], f"step {kind!r}")
         step = Step(kind, dict(params), line)
+        try:  # settings that are wrong in themselves fail here, before any step runs
+            if kind == "quantize":
+                quantize_config(step)
+            if kind == "fuse" and set(step.params.get("fusions", [])) - set(FUSIONS):
+                raise EdgeQAError(f"unknown fusion(s) in {step.params['fusions']}; choose from {', '.join(FUSIONS)}")
+        except (EdgeQAError, TypeError, ValueError) as e:
+            raise EdgeQAError(f"{path}:{line}: {e}") from e
         if "name" in STEP_KEYS[kind]:
             if not step.name or not re.fullmatch(r"[A-Za-z0-9._-]+", str(step.name)):
                 raise EdgeQAError(f"{path}:{line}: step {kind!r} needs a name of letters, digits, '.', '_', '-'")
@@ -280,7 +296,7 @@ def step_export(run: Run, step: Step) -> None:
 
 
 def step_fuse(run: Run, step: Step) -> None:
-    from export.optimize import FUSIONS, fuse
+    from export.optimize import fuse
 
     src = _source(run, step)
     fusions = tuple(step.params.get("fusions", FUSIONS))
@@ -295,12 +311,16 @@ def step_fuse(run: Run, step: Step) -> None:
     run.variants[step.name] = Variant(step.name, run.model_dir(step.name))
 
 
+def quantize_config(step: Step) -> QuantizeConfig:
+    raw = {k: v for k, v in step.params.items() if k in QUANTIZE_KEYS}
+    return preset(step.params["preset"], **raw) if "preset" in step.params else QuantizeConfig.from_dict(raw)
+
+
 def step_quantize(run: Run, step: Step) -> None:
-    from export.quantize import QuantizeConfig, preset, quantize
+    from export.quantize import quantize
 
     src = _source(run, step)
-    raw = {k: v for k, v in step.params.items() if k in QUANTIZE_KEYS}
-    cfg = preset(step.params["preset"], **raw) if "preset" in step.params else QuantizeConfig.from_dict(raw)
+    cfg = quantize_config(step)
     if cfg.mode == "static" and not run.recipe.calibration_data:
         raise EdgeQAError(f"{run.recipe.path}:{step.line}: static quantization needs calibration.data in the recipe")
     settings = {"from": str(src.path), "preset": step.params.get("preset"), **cfg.to_dict()}
@@ -339,9 +359,9 @@ def step_mobile(run: Run, step: Step) -> None:
 
 
 def step_bench(run: Run, step: Step) -> None:
-    """Score and time each variant; results are cached per variant, keyed by their settings."""
+    """Score each variant, then time all of them in interleaved passes; both cached per variant and settings."""
     from bench.evaluate import evaluate
-    from bench.latency import benchmark_subprocess
+    from bench.latency import benchmark_interleaved
 
     names = step.params.get("variants") or list(run.variants)
     for name in names:
@@ -360,11 +380,21 @@ def step_bench(run: Run, step: Step) -> None:
                 threads=run.recipe.bench.threads,
                 out_dir=eval_dir,
             )
-        bench_path = run.root / "bench" / f"{name}.json"
-        cfg = dataclasses.replace(run.recipe.bench, torch_int8=v.torch_int8)
-        if not (bench_path.exists() and read_json(bench_path).get("settings") == _jsonable(cfg.to_dict())):
-            log.info("timing %s", name)
-            write_json(bench_path, benchmark_subprocess(v.path, cfg))
+
+    def bench_path(name: str) -> Path:
+        return run.root / "bench" / f"{name}.json"
+
+    def settings(name: str) -> dict:
+        return _jsonable(dataclasses.replace(run.recipe.bench, torch_int8=run.variants[name].torch_int8).to_dict())
+
+    todo = {
+        name: (run.variants[name].path, run.variants[name].torch_int8)
+        for name in names
+        if not (bench_path(name).exists() and read_json(bench_path(name)).get("settings") == settings(name))
+    }
+    if todo:
+        benchmark_interleaved(todo, run.recipe.bench, done=lambda name, result: write_json(bench_path(name), result))
+    for name in names:
         if name not in run.benched:
             run.benched.append(name)
 
@@ -409,9 +439,10 @@ def step_report(run: Run, step: Step) -> None:
     }
     bench_info = {k: v for k, v in first["settings"].items() if k != "torch_int8"}
     notes = [
-        "Latency: p50/p90/p99 of timed runs on synthetic full-length inputs after warm-up; each variant timed in "
-        "its own process (peak_rss_mb is that process's peak). Variants timed in one `edgeqa run`.",
-        "Size: the weights file that ships (model.onnx or model.safetensors).",
+        "Latency: p50/p90/p99 of timed runs on synthetic full-length inputs after warm-up. Each variant is timed in "
+        "a fresh process of its own (peak_rss_mb is that process's peak), one after another within `edgeqa run`; "
+        "a resumed run keeps the timings it already has.",
+        "Size: the weights file that ships (model.onnx, model.ort or model.safetensors).",
     ]
     report = build_report(
         run.recipe.name, rows, reference, eval_info, bench_info, first["machine"], first["versions"], notes

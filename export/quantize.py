@@ -161,16 +161,32 @@ class _SquadCalibration:
 
 
 def calibration_inputs(
-    data: str | Path, tokenizer_dir: Path, input_names: list[str], samples: int, qa_cfg: QAConfig
+    data: str | Path,
+    tokenizer_dir: Path,
+    input_names: list[str],
+    samples: int,
+    qa_cfg: QAConfig,
+    fixed_length: bool = False,
 ) -> list[dict[str, np.ndarray]]:
-    """The first `samples` windows of `data`, as single-window batches."""
+    """The first `samples` windows of `data`, as single-window batches.
+
+    `fixed_length` pads every window to max_length: ORT's histogram calibrators (entropy, percentile) stack the
+    activations of all samples and need them of one shape; min-max does not, and sees no padding then.
+    """
     dataset = load_squad(data, limit=samples)
     tokenizer = load_tokenizer(tokenizer_dir)
     features = tokenize(
         tokenizer, [e.question for e in dataset.examples], [e.context for e in dataset.examples], qa_cfg
     )
-    out = [inputs for _, inputs in batches(features, 1, tokenizer.pad_token_id or 0, input_names)]
-    return out[:samples]
+    pad_id = tokenizer.pad_token_id or 0
+    out = [inputs for _, inputs in batches(features, 1, pad_id, input_names)][:samples]
+    if fixed_length:
+        for inputs in out:
+            width = inputs["input_ids"].shape[1]
+            for name, arr in inputs.items():
+                fill = pad_id if name == "input_ids" else 0
+                inputs[name] = np.pad(arr, ((0, 0), (0, qa_cfg.max_length - width)), constant_values=fill)
+    return out
 
 
 def _quantize_static(model_path, target, tmp, cfg, excluded, calibration_data, qa_cfg, folder) -> None:
@@ -183,7 +199,14 @@ def _quantize_static(model_path, target, tmp, cfg, excluded, calibration_data, q
     quant_pre_process(str(model_path), str(prepared), skip_symbolic_shape=True)
     input_names = [i.name for i in onnx.load(str(prepared), load_external_data=False).graph.input]
     reader = _SquadCalibration(
-        calibration_inputs(calibration_data, folder, input_names, cfg.calibration_samples, qa_cfg)
+        calibration_inputs(
+            calibration_data,
+            folder,
+            input_names,
+            cfg.calibration_samples,
+            qa_cfg,
+            fixed_length=cfg.calibration_method != "minmax",
+        )
     )
     method = {
         "minmax": CalibrationMethod.MinMax,

@@ -100,6 +100,14 @@ def test_changed_settings_are_not_silently_reused(tmp_path, tiny_qa_model, toy_s
         ),
         ("steps:\n  - report: {reference: nope}\n", "", r"recipe.yaml:8: unknown variant 'nope'"),
         ("steps: [\n", "", r"recipe.yaml:\d+: not valid YAML"),
+        ("steps:\n  - quantize: {name: q, mode: fast}\n", "", r"recipe.yaml:8: quantize mode must be one of"),
+        ("steps:\n  - quantize: {name: q, preset: avx9}\n", "", r"recipe.yaml:8: unknown hardware preset"),
+        ("steps:\n  - fuse: {name: f, fusions: [warp]}\n", "", r"recipe.yaml:8: unknown fusion"),
+        (
+            "steps:\n  - export: {name: a}\n",
+            "name: again\n",
+            r"recipe.yaml: not valid YAML: line 7: key 'name' appears",
+        ),
     ],
 )
 def test_bad_recipes_name_the_line(tmp_path, tiny_qa_model, toy_squad, steps, extra, message):
@@ -112,6 +120,9 @@ def test_bench_section_key_and_model_kind_are_checked(tmp_path, tiny_qa_model, t
     path = _write(tmp_path, tiny_qa_model, toy_squad, "steps:\n  - export: {name: a}\n")
     path.write_text(path.read_text().replace("repeats: 3", "repeats: 3, turbo: true"))
     with pytest.raises(EdgeQAError, match=r"recipe.yaml:6: unknown key 'turbo' in bench"):
+        load_recipe(path)
+    path.write_text(path.read_text().replace("repeats: 3, turbo: true", "repeats: 0"))
+    with pytest.raises(EdgeQAError, match=r"recipe.yaml: bad setting: bench settings: .* must be positive"):
         load_recipe(path)
     onnx_model = _write(tmp_path, tmp_path / "nowhere", toy_squad, "steps:\n  - export: {name: a}\n")
     with pytest.raises(EdgeQAError, match="no such model"):

@@ -61,7 +61,7 @@ def test_write_report_files(tmp_path):
     data = json.loads((tmp_path / "report.json").read_text())
     assert data["schema"] == "edgeqa.report/1" and len(data["rows"]) == 4
     md = (tmp_path / "report.md").read_text()
-    assert "| int8 | onnxruntime | 1.0 | 25.0 |" in md and "2.00x" in md
+    assert "| int8 | onnxruntime | 1.0 | 100 | 25.0 |" in md and "2.00x" in md
     assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
