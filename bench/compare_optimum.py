@@ -54,7 +54,7 @@ def compare(teacher: Path, ours: Path, data: str, limit: int | None, out: Path, 
     result = {
         "models": {"edgeqa": str(ours), "optimum": str(theirs)},
         "shape": {"batch_size": cfg.batch_sizes[0], "seq_len": cfg.seq_lens[0], "threads": cfg.threads},
-        "latency": {k: v["latency"][0] for k, v in timed.items()},
+        "latency": {k: {f: x for f, x in v["latency"][0].items() if f != "samples_ms"} for k, v in timed.items()},
         "p50_ms": {k: v["latency"][0]["p50_ms"] for k, v in timed.items()},
         "f1": {k: round(v["f1"], 3) for k, v in scores.items()},
         "exact_match": {k: round(v["exact_match"], 3) for k, v in scores.items()},

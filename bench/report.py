@@ -2,13 +2,13 @@
 
 report.json, schema "edgeqa.report/1":
   name, created (UTC ISO time), machine {cpu, logical_cores, avx2, avx512f, avx512_vnni, amx_int8, arch, python},
-  versions {library: version}, eval {data, limit, questions, settings}, bench {threads, warmup, repeats,
+  versions {library: version}, eval {data, limit, questions, settings}, bench {threads, warmup, repeats, rounds,
   batch_sizes, seq_lens}, primary_shape {batch_size, seq_len}, reference (row name), notes [str], and rows, one per
   variant: name, backend, path, file_mb, peak_rss_mb, latency [{batch_size, seq_len, p50_ms, p90_ms, p99_ms,
-  mean_ms, throughput}], p50_ms (at the primary shape), speedup (reference p50 / p50), exact_match, f1,
+  mean_ms, throughput, runs}], p50_ms (at the primary shape), speedup (reference p50 / p50), exact_match, f1,
   delta_em and delta_f1 (against the reference), pareto (on the F1-latency front), extra {free-form details such as
-  parity, quantization settings, sparsity, time shares}.
-Latencies of all rows are measured in one run, so their ratios are meaningful even on a noisy machine.
+  parity, quantization settings, fusion, time shares}.
+All rows are timed in one run, in interleaved passes, so their ratios hold even on a noisy shared machine.
 """
 
 from __future__ import annotations
@@ -113,8 +113,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"Machine: {m['cpu']}, {m['logical_cores']} logical cores, avx2={m['avx2']}, "
         f"avx512_vnni={m['avx512_vnni']}, amx_int8={m.get('amx_int8')}; "
         f"{report['bench']['threads']} intra-op threads. Latency at batch {shape['batch_size']}, sequence "
-        f"{shape['seq_len']}; {report['bench']['warmup']} warm-up and {report['bench']['repeats']} timed runs per "
-        "shape, all variants in one run.",
+        f"{shape['seq_len']}; {report['bench']['repeats']} timed runs per shape after warm-up, in "
+        f"{report['bench'].get('rounds', 1)} interleaved passes over all variants.",
         f"Accuracy: SQuAD {ev.get('data')} ({ev.get('questions')} questions"
         + (f", first {ev['limit']}" if ev.get("limit") else ", all")
         + f"). Reference row: {report['reference']}.",

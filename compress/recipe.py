@@ -439,9 +439,9 @@ def step_report(run: Run, step: Step) -> None:
     }
     bench_info = {k: v for k, v in first["settings"].items() if k != "torch_int8"}
     notes = [
-        "Latency: p50/p90/p99 of timed runs on synthetic full-length inputs after warm-up. Each variant is timed in "
-        "a fresh process of its own (peak_rss_mb is that process's peak), one after another within `edgeqa run`; "
-        "a resumed run keeps the timings it already has.",
+        "Latency: p50/p90/p99 of timed runs on synthetic full-length inputs after warm-up, gathered in passes "
+        "over all variants (each pass a fresh process per variant; peak_rss_mb is the largest such process's "
+        "peak). A resumed run keeps the timings it already has.",
         "Size: the weights file that ships (model.onnx, model.ort or model.safetensors).",
     ]
     report = build_report(
