@@ -270,7 +270,7 @@ def load_qa_model(path: str | Path, threads: int | None = None, torch_int8: bool
             import torch
 
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-        names = tuple(n for n in MODEL_INPUTS if n in _forward_args(model))
+        names = model_input_names(model)
         engine: Engine = TorchEngine(model, names, threads, backend="torch-int8" if torch_int8 else "torch")
     else:
         if torch_int8:
@@ -287,10 +287,12 @@ def load_qa_model(path: str | Path, threads: int | None = None, torch_int8: bool
     return QAModel(engine, tokenizer, Path(path))
 
 
-def _forward_args(model) -> set[str]:
+def model_input_names(model) -> tuple[str, ...]:
+    """The standard QA inputs this model's forward takes (DistilBERT has no token_type_ids)."""
     import inspect
 
-    return set(inspect.signature(model.forward).parameters)
+    params = set(inspect.signature(model.forward).parameters)
+    return tuple(n for n in MODEL_INPUTS if n in params)
 
 
 def _config_vocab(folder: Path) -> int | None:

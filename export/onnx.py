@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.engines import MODEL_INPUTS, ONNX_NAME, load_qa_model, load_tokenizer, load_torch_qa_model
+from bench.engines import ONNX_NAME, load_qa_model, load_tokenizer, load_torch_qa_model, model_input_names
 from bench.files import EdgeQAError, atomic_dir, write_json
 from bench.qa import QAConfig, best_spans, tokenize
 from bench.squad import SquadExample
@@ -60,10 +60,7 @@ def export_onnx(
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     model = load_torch_qa_model(model_dir)
     tokenizer = load_tokenizer(model_dir)
-    import inspect
-
-    forward = set(inspect.signature(model.forward).parameters)
-    names = [n for n in MODEL_INPUTS if n in forward]
+    names = list(model_input_names(model))
     sample = tokenizer(["what is it?"] * 2, ["it is a small example context."] * 2, return_tensors="pt")
     args = tuple(sample[n] if n in sample else torch.zeros_like(sample["input_ids"]) for n in names)
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
