@@ -185,8 +185,10 @@ def session_settings(folder: Path) -> dict:
         settings = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise EdgeQAError(f"{path}: unreadable session settings: {e}") from e
+    if not isinstance(settings, dict):
+        raise EdgeQAError(f"{path}: session settings should be a JSON object")
     unknown = set(settings) - {"disabled_optimizers"}
-    if not isinstance(settings, dict) or unknown:
+    if unknown:
         raise EdgeQAError(f"{path}: unknown session settings {sorted(unknown)}; only disabled_optimizers is known")
     return settings
 

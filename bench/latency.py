@@ -48,7 +48,15 @@ class LatencyConfig:
             raise EdgeQAError("bench settings: warmup must be a whole number >= 0")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-ready (lists, not tuples), so a saved copy compares equal to a fresh one."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> LatencyConfig:
+        unknown = sorted(set(raw) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise EdgeQAError(f"unknown bench setting(s): {', '.join(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
 
 
 @dataclass
@@ -206,7 +214,8 @@ def benchmark_interleaved(
 
     On a shared machine speed drifts over minutes; timing model A for a minute and then model B bakes that drift
     into the A/B ratio. Each pass times every model with repeats/rounds runs, so drift lands on all of them alike;
-    the percentiles are taken over all runs of all passes. `done(name, result)` is called as each model finishes.
+    the percentiles are taken over all runs of all passes. `done(name, result)` is called for each model once all
+    passes are over (a run killed during the passes times them all again).
     """
     per_pass = dataclasses.replace(cfg, repeats=max(1, -(-cfg.repeats // cfg.rounds)), rounds=1)
     passes: dict[str, list[dict[str, Any]]] = {name: [] for name in models}
@@ -236,12 +245,8 @@ def _main() -> int:
     parser.add_argument("model")
     parser.add_argument("--config", default="{}", help="LatencyConfig as JSON")
     args = parser.parse_args()
-    raw = json.loads(args.config)
-    for key in ("batch_sizes", "seq_lens"):
-        if key in raw:
-            raw[key] = tuple(raw[key])
     try:
-        result = benchmark(args.model, LatencyConfig(**raw))
+        result = benchmark(args.model, LatencyConfig.from_dict(json.loads(args.config)))
     except EdgeQAError as e:
         print(f"edgeqa: error: {e}", file=sys.stderr)
         return 2

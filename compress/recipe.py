@@ -20,6 +20,7 @@ that name the file and the line.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import re
@@ -149,7 +150,7 @@ def _expand(value: Any, shared: Path) -> Any:
     return value
 
 
-def _make_recipe(path: Path, doc: Mapping, sections: dict[str, Mapping], bench_raw: dict[str, Any]) -> Recipe:
+def _make_recipe(path: Path, doc: Mapping, sections: dict[str, Mapping]) -> Recipe:
     limit = sections["eval"].get("limit")
     return Recipe(
         path=path,
@@ -162,7 +163,7 @@ def _make_recipe(path: Path, doc: Mapping, sections: dict[str, Mapping], bench_r
         parity_limit=int(sections["parity"].get("limit", 200)),
         parity_tolerance=float(sections["parity"].get("tolerance", 1e-3)),
         parity_min_same=float(sections["parity"].get("min_same_answer_share", 0.995)),
-        bench=LatencyConfig(**bench_raw),
+        bench=LatencyConfig.from_dict(dict(sections["bench"])),
     )
 
 
@@ -187,9 +188,8 @@ def load_recipe(path: str | Path, shared: str | Path | None = None) -> Recipe:
         sections[section] = value
     if "data" not in sections["eval"]:
         raise EdgeQAError(f"{path}: eval.data (the SQuAD file to score on) is missing")
-    bench_raw = {k: tuple(v) if isinstance(v, list) else v for k, v in sections["bench"].items()}
     try:
-        recipe = _make_recipe(path, doc, sections, bench_raw)
+        recipe = _make_recipe(path, doc, sections)
     except (EdgeQAError, TypeError, ValueError) as e:
         raise EdgeQAError(f"{path}: bad setting: {e}") from e
     if not isinstance(doc["steps"], list) or not doc["steps"]:
@@ -252,7 +252,9 @@ class Run:
     def model_dir(self, name: str) -> Path:
         return self.root / "models" / name
 
+    @functools.cached_property
     def parity_examples(self):
+        """The questions every model-making step checks parity on, read once per run."""
         from bench.squad import load_squad
 
         return load_squad(self.recipe.eval_data, self.recipe.parity_limit).examples
@@ -289,7 +291,7 @@ def step_export(run: Run, step: Step) -> None:
         step,
         {"from": str(src.path), "opset": opset},
         lambda out: export_onnx(
-            src.path, out, opset, run.parity_examples(), run.recipe.parity_tolerance, run.recipe.parity_min_same
+            src.path, out, opset, run.parity_examples, run.recipe.parity_tolerance, run.recipe.parity_min_same
         ),
     )
     run.variants[step.name] = Variant(step.name, run.model_dir(step.name))
@@ -305,7 +307,7 @@ def step_fuse(run: Run, step: Step) -> None:
         step,
         {"from": str(src.path), "fusions": list(fusions)},
         lambda out: fuse(
-            src.path, out, run.parity_examples(), run.recipe.parity_tolerance, run.recipe.parity_min_same, fusions
+            src.path, out, run.parity_examples, run.recipe.parity_tolerance, run.recipe.parity_min_same, fusions
         ),
     )
     run.variants[step.name] = Variant(step.name, run.model_dir(step.name))
@@ -328,7 +330,7 @@ def step_quantize(run: Run, step: Step) -> None:
         run,
         step,
         settings,
-        lambda out: quantize(src.path, out, cfg, run.recipe.calibration_data, parity_examples=run.parity_examples()),
+        lambda out: quantize(src.path, out, cfg, run.recipe.calibration_data, parity_examples=run.parity_examples),
     )
     run.variants[step.name] = Variant(step.name, run.model_dir(step.name))
 
@@ -385,7 +387,7 @@ def step_bench(run: Run, step: Step) -> None:
         return run.root / "bench" / f"{name}.json"
 
     def settings(name: str) -> dict:
-        return _jsonable(dataclasses.replace(run.recipe.bench, torch_int8=run.variants[name].torch_int8).to_dict())
+        return dataclasses.replace(run.recipe.bench, torch_int8=run.variants[name].torch_int8).to_dict()
 
     todo = {
         name: (run.variants[name].path, run.variants[name].torch_int8)
@@ -397,10 +399,6 @@ def step_bench(run: Run, step: Step) -> None:
     for name in names:
         if name not in run.benched:
             run.benched.append(name)
-
-
-def _jsonable(d: dict) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
 def _same(metrics: dict, key: dict) -> bool:

@@ -68,7 +68,7 @@ class QuantizeConfig:
 
 
 # On the avx512_vnni machines here, ORT 1.32's SkipLayerNormalization fusion made the int8 BERT graph slower
-# (19.4 ms against 24.4 ms p50, batch 1 x 384, 2 threads; README), so that preset switches it off at load time.
+# (23.7 against 30.6 ms p50, batch 1 x 384, 2 threads: recipes/int8-ablation.yaml), so that preset switches it off.
 PRESETS: dict[str, dict[str, Any]] = {
     "avx512_vnni": {"per_channel": True, "reduce_range": False, "runtime_disabled_optimizers": ["SkipLayerNormFusion"]},
     "avx512": {"per_channel": True, "reduce_range": True},

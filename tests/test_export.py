@@ -69,6 +69,9 @@ def test_preset_session_settings_reach_the_engine(exported, tmp_path):
     (out / "session.json").write_text('{"turbo": true}')
     with pytest.raises(EdgeQAError, match="unknown session settings"):
         load_qa_model(out, 1)
+    (out / "session.json").write_text('["SkipLayerNormFusion"]')
+    with pytest.raises(EdgeQAError, match="should be a JSON object"):
+        load_qa_model(out, 1)
 
 
 @pytest.mark.parametrize("mode", ["dynamic", "static"])

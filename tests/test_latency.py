@@ -22,6 +22,15 @@ def test_interleaved_passes_merge_all_runs(tiny_qa_model, tmp_path):
     assert results["int8"]["backend"] == "torch-int8"
 
 
+def test_settings_round_trip_through_json():
+    import json
+
+    cfg = LatencyConfig(batch_sizes=(1, 4), seq_lens=(128,), rounds=3, torch_int8=True)
+    assert LatencyConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(EdgeQAError, match="unknown bench setting"):
+        LatencyConfig.from_dict({"turbo": True})
+
+
 def test_settings_and_machine():
     with pytest.raises(EdgeQAError, match="positive"):
         LatencyConfig(repeats=0)
