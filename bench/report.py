@@ -143,6 +143,17 @@ def to_markdown(report: dict[str, Any]) -> str:
                 s = next((x for x in r["latency"] if x["batch_size"] == b and x["seq_len"] == n), None)
                 cells.append(f"{s['p50_ms']:.1f} / {s['throughput']:.1f}" if s else "-")
             lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
+    trained = [r for r in report["rows"] if r["extra"].get("training")]
+    if trained:
+        lines += ["", "Trained here (distilled or fine-tuned):", ""]
+        lines += ["| variant | parameters | training questions | training minutes | processes |"]
+        lines += ["| --- | ---: | ---: | ---: | ---: |"]
+        for r in trained:
+            t = r["extra"]["training"]
+            lines.append(
+                f"| {r['name']} | {t['parameters'] / 1e6:.1f}M | {t['questions']} | {t['train_seconds'] / 60:.1f} | "
+                f"{t['processes']} |"
+            )
     if report["notes"]:
         lines += ["", "Notes:", ""] + [f"- {n}" for n in report["notes"]]
     lines += ["", f"Versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items())}.", ""]

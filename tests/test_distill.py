@@ -1,0 +1,412 @@
+"""Distillation: students, losses, labels, the loop's resume and data-parallel runs, and early refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bench.engines import load_tokenizer, load_torch_qa_model
+from bench.files import EdgeQAError
+from bench.qa import QAConfig
+from compress import train as train_mod
+from compress.cli import main
+from compress.losses import LossConfig, distill_loss, span_ce, span_kl, token_mse
+from compress.recipe import run_recipe
+from compress.student import StudentSpec, build_student, default_layer_map, student_config, teacher_layers
+from compress.trainset import load_trainset, span_labels
+from conftest import REPO, TOY_QAS, TRAIN, make_tiny_qa_model, write_squad
+
+
+@pytest.fixture
+def toy_train(tmp_path) -> Path:
+    """48 answered questions: enough windows for a few batches of a tiny run."""
+    return write_squad(tmp_path / "train.json", TOY_QAS * 16)
+
+
+def _recipe(tmp_path, teacher, train, dev, distill: str, name: str = "d") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(
+        textwrap.dedent(f"""\
+        name: {name}
+        model: {teacher}
+        eval:
+          data: {dev}
+        steps:
+          - distill:
+              name: student
+        """)
+        + textwrap.indent(textwrap.dedent(distill).replace("TRAIN", str(train)), " " * 6)
+    )
+    return path
+
+
+# --- students ----------------------------------------------------------------------------------------------------
+
+
+def test_distilbert_student_copies_the_chosen_teacher_layers(tmp_path):
+    teacher = load_torch_qa_model(make_tiny_qa_model(tmp_path / "t", layers=6))
+    assert teacher_layers(StudentSpec(num_hidden_layers=3), 6) == (0, 2, 4)  # every other one by default
+    student = build_student(StudentSpec(layers=(1, 5)), teacher)
+    assert student.config.num_hidden_layers == 2
+    s, t = student.state_dict(), teacher.state_dict()
+    for i, j in enumerate((1, 5)):
+        key = "bert.encoder.layer.{}.attention.self.query.weight"
+        assert torch.equal(s[key.format(i)], t[key.format(j)])
+    assert torch.equal(s["qa_outputs.weight"], t["qa_outputs.weight"])
+    assert torch.equal(s["bert.embeddings.word_embeddings.weight"], t["bert.embeddings.word_embeddings.weight"])
+
+
+def test_tinybert_student_copies_only_what_fits(tmp_path):
+    teacher = load_torch_qa_model(make_tiny_qa_model(tmp_path / "t", layers=4, hidden=32, heads=4))
+    narrow = build_student(StudentSpec(num_hidden_layers=2, intermediate_size=48), teacher)
+    s, t = narrow.state_dict(), teacher.state_dict()
+    assert s["bert.encoder.layer.0.intermediate.dense.weight"].shape == (48, 32)
+    assert torch.equal(
+        s["bert.encoder.layer.1.attention.self.key.weight"], t["bert.encoder.layer.1.attention.self.key.weight"]
+    )
+    thin = build_student(StudentSpec(num_hidden_layers=2, hidden_size=16, num_attention_heads=4), teacher)
+    assert thin.config.hidden_size == 16
+    assert default_layer_map(2, 4) == {0: 1, 1: 3} and default_layer_map(3, 6) == {0: 1, 1: 3, 2: 5}
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        (StudentSpec(layers=(0, 9)), "do not exist"),
+        (StudentSpec(num_hidden_layers=5), "only 4 to initialise"),
+        (StudentSpec(hidden_size=30, num_attention_heads=4), "not divisible"),
+    ],
+)
+def test_impossible_students_are_refused_from_the_config(tmp_path, spec, message):
+    teacher = load_torch_qa_model(make_tiny_qa_model(tmp_path / "t", layers=4))
+    with pytest.raises(EdgeQAError, match=message):
+        student_config(spec, teacher.config)
+
+
+# --- losses and labels ---------------------------------------------------------------------------------------------
+
+
+def test_losses_mask_padding_and_scale_with_temperature():
+    torch.manual_seed(0)
+    start, end = torch.randn(2, 6), torch.randn(2, 6)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]]).bool()
+    labels = torch.tensor([[1, 2], [3, 5]])
+    assert float(span_kl(start, end, start, end, mask, 2.0)) == pytest.approx(0.0, abs=1e-6)
+    # Padding logits do not move the hard loss.
+    noisy = start.clone()
+    noisy[0, 4:] = 50.0
+    assert float(span_ce(noisy, end, labels, mask)) == pytest.approx(float(span_ce(start, end, labels, mask)), rel=1e-6)
+    # Unpadded, the hard loss is transformers' (start CE + end CE) / 2, summed instead of averaged.
+    full = torch.ones(2, 6, dtype=torch.bool)
+    ce = torch.nn.functional.cross_entropy
+    expected = (ce(start, labels[:, 0]) + ce(end, labels[:, 1])) / 2 * 2
+    assert float(span_ce(start, end, labels, full)) == pytest.approx(float(expected), rel=1e-6)
+    t_start, t_end = torch.randn(2, 6), torch.randn(2, 6)
+    kl1, kl4 = span_kl(start, end, t_start, t_end, mask, 1.0), span_kl(start, end, t_start, t_end, mask, 4.0)
+    assert float(kl1) > 0 and float(kl4) > 0 and float(kl1) != pytest.approx(float(kl4))
+    # Hidden-state MSE averages over real tokens only.
+    a, b = torch.zeros(2, 6, 3), torch.zeros(2, 6, 3)
+    b[0, 4:] = 7.0
+    assert float(token_mse(a, b, mask)) == 0.0
+    terms = distill_loss(
+        LossConfig(hard=0.25, soft=1.0),
+        {},
+        {"start": start, "end": end},
+        {"start": t_start, "end": t_end},
+        labels,
+        mask,
+        None,
+    )
+    assert float(terms["loss"]) == pytest.approx(0.25 * float(terms["hard"]) + float(terms["soft"]), rel=1e-6)
+
+
+def test_loss_config_rejects_nonsense():
+    with pytest.raises(EdgeQAError, match="at least one positive"):
+        LossConfig()
+    with pytest.raises(EdgeQAError, match="negative"):
+        LossConfig(hard=1.0, soft=-1.0)
+    with pytest.raises(EdgeQAError, match="unknown loss key"):
+        LossConfig.from_dict({"hard": 1.0, "kd": 1.0})
+    assert LossConfig.from_dict(LossConfig(hard=1, layer_map={0: 1}).to_dict()) == LossConfig(hard=1, layer_map={0: 1})
+
+
+def test_span_labels_point_at_the_answer_tokens(tiny_qa_model, toy_train):
+    tokenizer = load_tokenizer(tiny_qa_model)
+    ts = load_trainset(toy_train, None, tokenizer, QAConfig(max_length=20, doc_stride=4))
+    f = ts.features
+    assert len(ts) > ts.questions  # long contexts were split, and some windows miss the answer
+    inside = ts.labels[:, 0] > 0
+    assert inside.any() and (~inside).any()
+    examples = TOY_QAS * 16
+    for w in np.flatnonzero(inside):
+        context, _, answers = examples[f.example_index[w]]
+        s, e = ts.labels[w]
+        assert context[f.offsets[w, s, 0] : f.offsets[w, e, 1]] == answers[0]
+
+
+def test_span_labels_on_real_squad_train(teacher):
+    tokenizer = load_tokenizer(teacher)
+    ts = load_trainset(TRAIN, 300, tokenizer, QAConfig())
+    from bench.squad import load_squad
+
+    examples = load_squad(TRAIN, 300).examples
+    hits = []
+    for w in np.flatnonzero(ts.labels[:, 0] > 0):
+        ex = examples[ts.features.example_index[w]]
+        s, e = ts.labels[w]
+        got = ex.context[ts.features.offsets[w, s, 0] : ts.features.offsets[w, e, 1]]
+        hits.append(got.strip().lower() == ex.answers[0].strip().lower())
+    assert len(hits) >= 295 and np.mean(hits) > 0.97  # word pieces can widen a span past odd punctuation
+
+
+def test_span_labels_mark_windows_without_the_answer():
+    offsets = np.full((2, 6, 2), -1, dtype=np.int32)
+    offsets[:, 2:5] = [[0, 3], [4, 8], [9, 12]]
+    labels = span_labels(offsets, np.array([4, 13]), np.array([12, 15]))
+    assert labels.tolist() == [[3, 4], [0, 0]]
+
+
+def assert_same_updates(a: dict, b: dict, lr: float, steps: int) -> None:
+    """Equal weights up to float summation order. Adam divides by the gradient's own size, so where a gradient is
+    about zero, rounding noise can become a step of up to lr: a few such elements may differ by that much."""
+    diff = torch.cat([(a[k].float() - b[k].float()).abs().flatten() for k in a])
+    assert float(diff.max()) <= lr * steps * 1.01
+    assert float((diff > 1e-5).float().mean()) < 0.01, f"{int((diff > 1e-5).sum())} of {diff.numel()} differ"
+
+
+# --- the loop ------------------------------------------------------------------------------------------------------
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path, toy_train, toy_squad, monkeypatch):
+    teacher = make_tiny_qa_model(tmp_path / "teacher", layers=4)
+    block = """\
+    student: {layers: [0, 2]}
+    train: {data: TRAIN, batch_size: 8, precision: fp32, eval_every: 4, eval_limit: 3, checkpoint_every: 3,
+            log_every: 1}
+    stages:
+      - {loss: {hard: 0.5, soft: 0.5, temperature: 2.0}, epochs: 2, lr: 1.0e-3}
+    """
+    path = _recipe(tmp_path, teacher, toy_train, toy_squad, block)
+    whole = run_recipe(path, tmp_path / "whole")
+
+    real, calls = train_mod._micro_step, {"n": 0}
+
+    def dies_at_step_8(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 8:  # between checkpoints (every 3 steps): steps 7 and 8 are lost and redone
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "_micro_step", dies_at_step_8)
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(path, tmp_path / "killed")
+    work = tmp_path / "killed" / "d" / "work" / "student"
+    assert torch.load(work / "checkpoint.pt", weights_only=False)["step"] == 6
+    assert not (tmp_path / "killed" / "d" / "models" / "student").exists()
+    monkeypatch.setattr(train_mod, "_micro_step", real)
+    resumed = run_recipe(path, tmp_path / "killed")
+
+    def last_and_best(root: Path) -> dict[str, torch.Tensor]:
+        last = torch.load(root / "work" / "student" / "checkpoint.pt", weights_only=False)["model"]
+        best = load_file(root / "models" / "student" / "model.safetensors")
+        return {**{f"last.{k}": v for k, v in last.items()}, **{f"best.{k}": v for k, v in best.items()}}
+
+    a, b = last_and_best(whole), last_and_best(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    log_a = (whole / "models" / "student" / "train_log.jsonl").read_text().splitlines()
+    log_b = (resumed / "models" / "student" / "train_log.jsonl").read_text().splitlines()
+    strip = [{k: v for k, v in json.loads(x).items() if k != "windows_per_s"} for x in log_a]
+    assert strip == [{k: v for k, v in json.loads(x).items() if k != "windows_per_s"} for x in log_b]
+    # The student loads like any QA model, and the shared cache was filled once.
+    load_torch_qa_model(resumed / "models" / "student")
+    assert len(list((tmp_path / "killed" / "cache").iterdir())) == 1
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path, toy_train, toy_squad):
+    teacher = make_tiny_qa_model(tmp_path / "teacher", layers=2, dropout=0.0)
+    block = """\
+    student: {layers: [0, 1]}
+    train: {data: TRAIN, batch_size: 8, precision: fp32, eval_limit: 3, checkpoint_every: 50, log_every: 1}
+    stages:
+      - {loss: {hard: 0.5, soft: 0.5, temperature: 2.0}, max_steps: 4, lr: 1.0e-3, warmup: 0}
+    """
+    path = _recipe(tmp_path, teacher, toy_train, toy_squad, block)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+    cli = ["-m", "compress.cli", "distill", str(path)]
+    for procs, out in ((1, "one"), (2, "two")):
+        done = subprocess.run(
+            [*launch, str(procs), *cli, "--out", str(tmp_path / out)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    one = load_file(tmp_path / "one" / "d" / "models" / "student" / "model.safetensors")
+    two = load_file(tmp_path / "two" / "d" / "models" / "student" / "model.safetensors")
+    start = load_torch_qa_model(teacher).state_dict()
+    moved = max(float((one[k] - start[k]).abs().max()) for k in one)
+    assert moved > 1e-3  # training changed the weights ...
+    assert_same_updates(one, two, lr=1e-3, steps=4)  # ... and two processes changed them as one did
+    info = json.loads((tmp_path / "two" / "d" / "models" / "student" / "training.json").read_text())
+    assert info["processes"] == 2
+
+
+def test_gradient_accumulation_gives_the_updates_of_the_whole_batch(tmp_path, toy_train, toy_squad):
+    teacher = make_tiny_qa_model(tmp_path / "teacher", layers=2, dropout=0.0)
+    weights = []
+    for micro in ("null", "3"):  # 8 windows in one pass, or in passes of 3, 3 and 2
+        block = f"""\
+        student: {{layers: [0, 1]}}
+        train: {{data: TRAIN, batch_size: 8, micro_batch_size: {micro}, precision: fp32, checkpoint_every: 50}}
+        stages:
+          - {{loss: {{hard: 1.0}}, max_steps: 3, lr: 1.0e-3}}
+        """
+        root = run_recipe(_recipe(tmp_path, teacher, toy_train, toy_squad, block, name=f"m{micro}"), tmp_path / "r")
+        weights.append(load_file(root / "models" / "student" / "model.safetensors"))
+    assert_same_updates(weights[0], weights[1], lr=1e-3, steps=3)
+
+
+def test_finetuning_a_pretrained_encoder_without_teacher(tmp_path, toy_train, toy_squad):
+    encoder = make_tiny_qa_model(tmp_path / "encoder", qa_head=False)
+    block = f"""\
+    student: {{pretrained: {encoder}}}
+    train: {{data: TRAIN, batch_size: 8, precision: fp32, eval_limit: 3, checkpoint_every: 50, log_every: 1}}
+    stages:
+      - {{loss: {{hard: 1.0}}, epochs: 6, lr: 3.0e-3}}
+    """
+    root = run_recipe(_recipe(tmp_path, encoder, toy_train, toy_squad, block), tmp_path / "r")
+    folder = root / "models" / "student"
+    load_torch_qa_model(folder)  # the new QA head is trained and saved
+    losses = [e["hard"] for e in map(json.loads, (folder / "train_log.jsonl").read_text().splitlines()) if "hard" in e]
+    assert losses[-1] < 0.5 * losses[0]
+    assert json.loads((folder / "training.json").read_text())["teacher"] is None
+
+
+def test_tinybert_two_stage_with_projection_and_attention(tmp_path, toy_train, toy_squad):
+    teacher = make_tiny_qa_model(tmp_path / "teacher", layers=4, hidden=32, heads=4)
+    block = """\
+    student: {num_hidden_layers: 2, hidden_size: 16, num_attention_heads: 4, intermediate_size: 32, init: random}
+    train: {data: TRAIN, batch_size: 8, precision: fp32, eval_limit: 3, checkpoint_every: 50, log_every: 1}
+    stages:
+      - {loss: {hidden: 1.0, attention: 1.0, embedding: 1.0}, epochs: 4, lr: 3.0e-3}
+      - {loss: {soft: 1.0}, epochs: 1, lr: 1.0e-3}
+    """
+    root = run_recipe(_recipe(tmp_path, teacher, toy_train, toy_squad, block), tmp_path / "r")
+    entries = [json.loads(x) for x in (root / "models" / "student" / "train_log.jsonl").read_text().splitlines()]
+    first = [e for e in entries if e.get("stage") == 0 and "loss" in e]
+    assert {"hidden", "attention", "embedding"} <= set(first[0])
+    assert first[-1]["loss"] < first[0]["loss"]
+    assert any(e.get("stage") == 1 and "soft" in e for e in entries)
+    assert load_torch_qa_model(root / "models" / "student").config.hidden_size == 16
+
+
+# --- refusals before training --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "student, loss, message",
+    [
+        ("{layers: [0, 7]}", "{hard: 1.0}", "do not exist"),
+        ("{num_hidden_layers: 6}", "{hard: 1.0}", "only 4 to initialise"),
+        ("{hidden_size: 30, num_attention_heads: 4, num_hidden_layers: 2}", "{hard: 1.0}", "not divisible"),
+        ("{layers: [0, 2]}", "{hidden: 1.0, layer_map: {0: 1, 2: 3}}", "student layer 2"),
+        ("{layers: [0, 2]}", "{hidden: 1.0, layer_map: {0: 1, 1: 8}}", "teacher layer 8"),
+        ("{num_hidden_layers: 2, num_attention_heads: 2}", "{attention: 1.0}", "as many heads"),
+    ],
+)
+def test_bad_distill_specs_fail_with_file_and_line_before_training(
+    tmp_path, toy_train, toy_squad, capsys, student, loss, message
+):
+    teacher = make_tiny_qa_model(tmp_path / "teacher", layers=4)
+    block = f"student: {student}\ntrain: {{data: TRAIN}}\nstages:\n  - {{loss: {loss}}}\n"
+    path = _recipe(tmp_path, teacher, toy_train, toy_squad, block)
+    assert main(["distill", str(path), "--out", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and f"{path}:6" in err
+    assert not (tmp_path / "runs" / "d" / "work").exists()
+
+
+def test_teacher_without_qa_head_is_refused(tmp_path, toy_train, toy_squad, capsys):
+    encoder = make_tiny_qa_model(tmp_path / "encoder", qa_head=False)
+    path = _recipe(tmp_path, encoder, toy_train, toy_squad, "student: {layers: [0]}\ntrain: {data: TRAIN}\n")
+    assert main(["distill", str(path), "--out", str(tmp_path / "runs")]) == 2
+    assert "not a question-answering model" in capsys.readouterr().err
+
+
+def test_cache_of_other_tokenisation_is_refused_before_training(tmp_path, toy_train, toy_squad, capsys):
+    teacher = make_tiny_qa_model(tmp_path / "teacher", layers=2)
+    cache = tmp_path / "my-cache"
+    block = """\
+    student: {layers: [0]}
+    train: {data: TRAIN, batch_size: 8, precision: fp32, max_length: MAXLEN, doc_stride: 8, cache: CACHE,
+            checkpoint_every: 50}
+    stages:
+      - {loss: {soft: 1.0}, max_steps: 1}
+    """.replace("CACHE", str(cache))
+    first = _recipe(tmp_path, teacher, toy_train, toy_squad, block.replace("MAXLEN", "64"), name="a")
+    run_recipe(first, tmp_path / "runs")
+    assert (cache / "meta.json").exists()
+    second = _recipe(tmp_path, teacher, toy_train, toy_squad, block.replace("MAXLEN", "32"), name="b")
+    assert main(["distill", str(second), "--out", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert "teacher cache was built with other settings" in err and "max_length" in err
+    assert not (tmp_path / "runs" / "b" / "work" / "student" / "checkpoint.pt").exists()
+
+
+# --- on the shared teacher and data --------------------------------------------------------------------------------
+
+
+def test_distilled_student_of_the_shared_teacher_learns(tmp_path, teacher):
+    from bench.squad import load_squad
+    from compress.train import _evaluate
+    from conftest import DEV
+
+    block = """\
+    student: {layers: [0, 2, 4]}
+    train: {data: TRAIN, limit: 320, batch_size: 16, eval_limit: 100, checkpoint_every: 50,
+            freeze_word_embeddings: true}
+    stages:
+      - {loss: {hard: 0.5, soft: 0.5, temperature: 2.0}, max_steps: 20, lr: 2.0e-4}
+    """
+    root = run_recipe(_recipe(tmp_path, teacher, TRAIN, DEV, block), tmp_path / "runs")
+    info = json.loads((root / "models" / "student" / "training.json").read_text())
+    untrained = build_student(StudentSpec(layers=(0, 2, 4)), load_torch_qa_model(teacher))
+    before = _evaluate(
+        untrained,
+        load_tokenizer(teacher),
+        load_squad(DEV, 100).examples,
+        ("input_ids", "attention_mask", "token_type_ids"),
+        train_mod.TrainConfig(data=str(TRAIN)),
+    )
+    assert info["best"]["f1"] > before["f1"] + 10, (before, info["best"])
+    assert info["parameters"] < 0.8 * sum(p.numel() for p in load_torch_qa_model(teacher).parameters())
+
+
+def test_finetuning_the_packaged_minilm_encoder(tmp_path, teacher):
+    from compress.recipe import load_recipe
+
+    recipe = load_recipe(REPO / "recipes" / "finetune-minilm-cpu.yaml")
+    encoder = recipe.steps[0].params["student"]["pretrained"]
+    assert Path(encoder, "model.safetensors").exists()
+    block = f"""\
+    student: {{pretrained: {encoder}}}
+    train: {{data: TRAIN, limit: 32, batch_size: 16, eval_limit: 10, checkpoint_every: 50}}
+    stages:
+      - {{loss: {{hard: 1.0}}, max_steps: 2}}
+    """
+    from conftest import DEV
+
+    root = run_recipe(_recipe(tmp_path, teacher, TRAIN, DEV, block), tmp_path / "runs")
+    student = load_torch_qa_model(root / "models" / "student")  # a QA model now, with its own head
+    assert student.config.num_hidden_layers == 6 and (root / "models" / "student" / "tokenizer.json").exists()
