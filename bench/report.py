@@ -143,6 +143,18 @@ def to_markdown(report: dict[str, Any]) -> str:
                 s = next((x for x in r["latency"] if x["batch_size"] == b and x["seq_len"] == n), None)
                 cells.append(f"{s['p50_ms']:.1f} / {s['throughput']:.1f}" if s else "-")
             lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
+    weighed = [r for r in report["rows"] if r["extra"].get("weights")]
+    if weighed:
+        lines += ["", "Weights, measured on each file:", ""]
+        lines += ["| variant | parameters | zeros in weight matrices | file MB | gzip MB | pruning |"]
+        lines += ["| --- | ---: | ---: | ---: | ---: | --- |"]
+        for r in weighed:
+            w, p = r["extra"]["weights"], r["extra"].get("pruning")
+            params = f"{w['parameters'] / 1e6:.1f}M" if w.get("parameters") else "-"
+            sparsity = f"{w['matrix_sparsity']:.1%}" if w.get("matrix_sparsity") is not None else "-"
+            gz = f"{w['gzip_bytes'] / 2**20:.1f}" if w.get("gzip_bytes") else "-"
+            raw = f"{w['file_bytes'] / 2**20:.1f}" if w.get("file_bytes") else "-"
+            lines.append(f"| {r['name']} | {params} | {sparsity} | {raw} | {gz} | {p['method'] if p else ''} |")
     trained = [r for r in report["rows"] if r["extra"].get("training")]
     if trained:
         lines += ["", "Trained here (distilled or fine-tuned):", ""]

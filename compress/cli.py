@@ -259,6 +259,26 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    from bench.files import read_json
+    from compress.recipe import is_main_process, load_recipe, run_recipe
+
+    root = run_recipe(args.recipe, args.out, args.shared, until="prune")
+    if not is_main_process():
+        return 0
+    print("| pruned | method | zeros in pruned matrices | parameters | nonzero parameters | folder |")
+    print("| --- | --- | ---: | ---: | ---: | --- |")
+    for step in load_recipe(args.recipe, args.shared).steps:
+        if step.kind == "prune":
+            folder = root / "models" / step.name
+            r = read_json(folder / "prune.json", "pruning record")
+            print(
+                f"| {step.name} | {r['method']} | {r['pruned_matrices_sparsity']:.1%} | {r['parameters'] / 1e6:.2f}M | "
+                f"{r['nonzero_parameters'] / 1e6:.2f}M | {folder} |"
+            )
+    return 0
+
+
 def _add_parity_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parity-data", default=str(DEFAULT_DEV), help="SQuAD file whose questions check parity")
     p.add_argument("--parity-limit", type=int, default=200, help="questions for the parity check (0: skip it)")
@@ -359,6 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs", help="parent folder of the run folder (default runs/)")
     p.add_argument("--shared", default=None, help="what ${shared} means in the recipe (default ../shared)")
     p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("prune", help="run a recipe's prune steps (and what they take from): prune, recover, record")
+    p.add_argument("recipe")
+    p.add_argument("--out", default="runs", help="parent folder of the run folder (default runs/)")
+    p.add_argument("--shared", default=None, help="what ${shared} means in the recipe (default ../shared)")
+    p.set_defaults(func=cmd_prune)
 
     return parser
 

@@ -33,6 +33,7 @@ import yaml
 
 from bench.files import EdgeQAError, atomic_dir, check_writable_dir, read_json, write_json
 from bench.latency import LatencyConfig
+from compress.prune import PruneConfig
 from export.optimize import FUSIONS
 from export.quantize import QuantizeConfig, preset
 
@@ -93,6 +94,7 @@ SECTION_KEYS = {
     "bench": {f.name for f in dataclasses.fields(LatencyConfig)} - {"torch_int8"},
 }
 QUANTIZE_KEYS = {f.name for f in dataclasses.fields(QuantizeConfig)}
+PRUNE_KEYS = {f.name for f in dataclasses.fields(PruneConfig)}
 STEP_KEYS: dict[str, set[str]] = {
     "export": {"name", "from", "opset"},
     "fuse": {"name", "from", "fusions"},
@@ -102,6 +104,7 @@ STEP_KEYS: dict[str, set[str]] = {
     "bench": {"variants"},
     "report": {"reference", "variants"},
     "distill": {"name", "from", "student", "train", "loss", "stages"},
+    "prune": {"name", "from", "teacher", "train", "stages"} | PRUNE_KEYS,
 }
 
 
@@ -226,6 +229,10 @@ def load_recipe(path: str | Path, shared: str | Path | None = None) -> Recipe:
                 quantize_config(step)
             if kind == "distill":
                 distill_config(step)
+            if kind == "prune":
+                prune_config(step)
+                if "train" in step.params:
+                    recovery_config(step, "")
             if kind == "fuse" and set(step.params.get("fusions", [])) - set(FUSIONS):
                 raise EdgeQAError(f"unknown fusion(s) in {step.params['fusions']}; choose from {', '.join(FUSIONS)}")
         except (EdgeQAError, TypeError, ValueError) as e:
@@ -239,6 +246,8 @@ def load_recipe(path: str | Path, shared: str | Path | None = None) -> Recipe:
             if source not in names:
                 raise EdgeQAError(f"{path}:{line}: step {kind!r} takes from {source!r}, which no earlier step makes")
             names.add(step.name)
+        if "teacher" in step.params and step.params["teacher"] not in names:
+            raise EdgeQAError(f"{path}:{line}: unknown teacher variant {step.params['teacher']!r}")
         for ref in step.params.get("variants", []) + ([step.params["reference"]] if "reference" in step.params else []):
             if ref not in names:
                 raise EdgeQAError(f"{path}:{line}: unknown variant {ref!r} (known so far: {', '.join(sorted(names))})")
@@ -382,6 +391,45 @@ def check_distill(run: Run, step: Step) -> None:
         raise EdgeQAError(f"{run.recipe.path}:{step.line}: training data {cfg.train.data} does not exist")
 
 
+def check_prune(run: Run, step: Step) -> None:
+    """What the source model's config can tell before any work: its type, and whether pruning empties a layer."""
+    from transformers import AutoConfig
+
+    src = run.variants.get(step.params.get("from", BASE_VARIANT))
+    if src is None or not (src.path / "config.json").exists():
+        return  # made by an earlier step of this run: checked when it exists
+    pcfg = prune_config(step)
+    try:
+        config = AutoConfig.from_pretrained(src.path)
+    except Exception as e:
+        raise EdgeQAError(f"{src.path}: cannot read the model config: {e}") from e
+    where = f"{run.recipe.path}:{step.line}"
+    if pcfg.method == "structured" and config.model_type != "bert":
+        raise EdgeQAError(f"{where}: structured pruning knows bert models; {src.path} is {config.model_type!r}")
+    if pcfg.method == "structured" and pcfg.heads:
+        n = config.num_hidden_layers * config.num_attention_heads
+        if round(pcfg.heads * n) >= n:
+            raise EdgeQAError(f"{where}: heads={pcfg.heads} removes every head")
+    if "train" in step.params:
+        recovery_config(step, str(src.path))
+    elif pcfg.backend == "neural-compressor":
+        raise EdgeQAError(f"{where}: neural-compressor prunes during training; give train and stages")
+    if pcfg.method == "magnitude":
+        import torch
+        from transformers import AutoModelForQuestionAnswering
+
+        from compress.prune import check_pattern, prunable_linears
+
+        with torch.device("meta"):  # shapes without weights
+            skeleton = AutoModelForQuestionAnswering.from_config(config)
+        try:
+            layers = prunable_linears(skeleton, pcfg.include, pcfg.exclude)
+            if pcfg.backend == "neural-compressor":
+                check_pattern(layers, pcfg.pattern)
+        except EdgeQAError as e:
+            raise EdgeQAError(f"{where}: {e}") from e
+
+
 def step_distill(run: Run, step: Step) -> None:
     """Train a student from the `from` variant (the teacher) into a transformers QA folder."""
     import shutil
@@ -409,6 +457,91 @@ def step_distill(run: Run, step: Step) -> None:
                 shutil.copy2(work / record, tmp / record)
 
     _make_once(run, step, {"from": str(src.path), **distill_config(step).to_dict()}, make)
+    run.variants[step.name] = Variant(step.name, run.model_dir(step.name))
+
+
+def prune_config(step: Step) -> PruneConfig:
+    return PruneConfig.from_dict({k: v for k, v in step.params.items() if k in PRUNE_KEYS})
+
+
+def recovery_config(step: Step, source: str):
+    """Recovery training of a pruned model: the distillation loop with the pruned model as its student."""
+    from compress.train import DistillConfig
+
+    cfg = DistillConfig.from_dict(
+        {"student": {"pretrained": source}, **{k: step.params[k] for k in ("train", "stages") if k in step.params}}
+    )
+    pcfg = prune_config(step)
+    if pcfg.method == "structured" and pcfg.heads and any(s.loss.attention for s in cfg.stages):
+        raise EdgeQAError("attention transfer needs the teacher's head count; heads are being pruned")
+    if pcfg.backend == "neural-compressor" and len(cfg.stages) != 1:
+        raise EdgeQAError("neural-compressor pruning runs over one training stage; give exactly one")
+    return cfg
+
+
+def step_prune(run: Run, step: Step) -> None:
+    """Prune the `from` variant; with `train`, recover by distillation from `teacher` (default: the recipe's model)."""
+    import shutil
+
+    from bench.engines import load_tokenizer, load_torch_qa_model
+    from compress.prune import bake_masks, prune_now, pruning_hooks, sparsity_report
+    from compress.student import save_student
+    from compress.train import distill
+
+    src = _source(run, step)
+    teacher = run.variants[step.params.get("teacher", BASE_VARIANT)]
+    pcfg = prune_config(step)
+    work = run.root / "work" / step.name
+
+    def record(folder: Path, summary: dict) -> None:
+        model = load_torch_qa_model(folder)
+        include = pcfg.include if pcfg.method == "magnitude" else ("*encoder.layer.*",)
+        report = sparsity_report(model, include, pcfg.exclude)
+        report.update(method=pcfg.method, settings=pcfg.to_dict(), source=str(src.path), **summary)
+        write_json(folder / "prune.json", report)
+
+    if "train" not in step.params:  # prune only, no recovery
+
+        def make(out: Path) -> None:
+            model = load_torch_qa_model(src.path)
+            summary = prune_now(model, pcfg)
+            bake_masks(model)
+            with atomic_dir(out) as tmp:
+                save_student(model, load_tokenizer(src.path), tmp)
+                record(tmp, {"removed": summary, "recovery": None})
+
+        _make_once(run, step, {"from": str(src.path), **pcfg.to_dict()}, make)
+        run.variants[step.name] = Variant(step.name, run.model_dir(step.name))
+        return
+
+    cfg = recovery_config(step, str(src.path))
+    hooks = pruning_hooks(pcfg)
+
+    def train() -> Path:
+        return distill(
+            cfg,
+            teacher.path if cfg.needs_teacher else None,
+            work,
+            run.recipe.eval_data,
+            run.root.parent / "cache",
+            hooks=hooks,
+        )
+
+    if not is_main_process():
+        if not (run.model_dir(step.name) / "step.json").exists():
+            train()
+        return
+
+    def make_recovered(out: Path) -> None:
+        best = train()
+        with atomic_dir(out) as tmp:
+            shutil.copytree(best, tmp, dirs_exist_ok=True)
+            for name in ("training.json", "train_log.jsonl"):
+                shutil.copy2(work / name, tmp / name)
+            record(tmp, {"recovery": {"teacher": str(teacher.path), **cfg.to_dict()}})
+
+    settings = {"from": str(src.path), "teacher": str(teacher.path), **pcfg.to_dict(), **cfg.to_dict()}
+    _make_once(run, step, settings, make_recovered)
     run.variants[step.name] = Variant(step.name, run.model_dir(step.name))
 
 
@@ -478,6 +611,21 @@ def step_bench(run: Run, step: Step) -> None:
             run.benched.append(name)
 
 
+def _weight_stats(run: Run, name: str) -> dict:
+    """Zeros, parameters, raw and gzip size of a variant's file; cached while the file is unchanged."""
+    from bench.latency import model_file_size
+    from bench.weights import weight_stats
+
+    v = run.variants[name]
+    cache = run.root / "bench" / f"{name}.weights.json"
+    key = {"path": str(v.path), "bytes": model_file_size(v.path)}
+    if cache.exists() and read_json(cache).get("key") == key:
+        return read_json(cache)["stats"]
+    stats = weight_stats(v.path)
+    write_json(cache, {"key": key, "stats": stats})
+    return stats
+
+
 def _same(metrics: dict, key: dict) -> bool:
     return (
         metrics.get("data") == key["data"]
@@ -502,6 +650,11 @@ def step_report(run: Run, step: Step) -> None:
             p = run.variants[name].path / record
             if p.exists() and not run.variants[name].torch_int8:
                 extra[record.removesuffix(".json")] = read_json(p)
+        extra["weights"] = _weight_stats(run, name)
+        pruned = run.variants[name].path / "prune.json"
+        if pruned.exists():
+            p = read_json(pruned, "pruning record")
+            extra["pruning"] = {k: p.get(k) for k in ("method", "settings", "pruned_matrices_sparsity", "per_layer")}
         training = run.variants[name].path / "training.json"
         if training.exists():
             t = read_json(training, "training record")
@@ -522,7 +675,11 @@ def step_report(run: Run, step: Step) -> None:
         "Latency: p50/p90/p99 of timed runs on synthetic full-length inputs after warm-up, gathered in passes "
         "over all variants (each pass a fresh process per variant; peak_rss_mb is the largest such process's "
         "peak). A resumed run keeps the timings it already has.",
-        "Size: the weights file that ships (model.onnx, model.ort or model.safetensors).",
+        "Size: the weights file that ships (model.onnx, model.ort or model.safetensors); gzip MB is that file "
+        "compressed, and sparsity the share of zeros in its weight matrices, both measured on the file.",
+        "ONNX Runtime's CPU kernels are dense: zeros from unstructured pruning are multiplied like any other weight, "
+        "so such sparsity shrinks the compressed file, not the latency. Structured pruning (fewer heads, narrower "
+        "feed-forward layers) is what makes a model faster.",
     ]
     report = build_report(
         run.recipe.name, rows, reference, eval_info, bench_info, first["machine"], first["versions"], notes
@@ -540,6 +697,7 @@ STEPS: dict[str, Callable[[Run, Step], None]] = {
     "bench": step_bench,
     "report": step_report,
     "distill": step_distill,
+    "prune": step_prune,
 }
 
 
@@ -571,6 +729,8 @@ def run_recipe(
     for step in steps:
         if step.kind == "distill":
             check_distill(run, step)
+        if step.kind == "prune":
+            check_prune(run, step)
         if step.name:  # later checks see the variants that earlier steps will make
             run.variants.setdefault(step.name, Variant(step.name, run.model_dir(step.name)))
     run.variants = {BASE_VARIANT: run.variants[BASE_VARIANT]}

@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,21 @@ class DistillConfig:
         if "data" not in (d.get("train") or {}):
             raise EdgeQAError("train.data (the SQuAD file to train on) is missing")
         return cls(StudentSpec.from_dict(dict(d.get("student") or {})), TrainConfig(**d["train"]), tuple(stages))
+
+
+@dataclass
+class Hooks:
+    """How another transform (pruning) rides the loop without the loop knowing about it."""
+
+    prepare: Callable[[Any, Any], None] | None = None  # (student, trainset): reshape the student before training
+    start_stage: Callable[[Any, Any, int, int], None] | None = None  # (student, optimizer, stage, steps in stage)
+    before_step: Callable[[int, int], None] | None = None  # (stage, step) before the step's first forward pass
+    before_optimizer: Callable[[], None] | None = None  # gradients are complete, weights not yet updated
+    after_step: Callable[[Any, int, int, int], None] | None = None  # (student, stage, step, steps in stage)
+    to_save: Callable[[Any], Any] | None = None  # the model to write, e.g. a copy with pruning masks baked in
+    state: Callable[[], Any] | None = None  # extra state for the checkpoint ...
+    load_state: Callable[[Any], None] | None = None  # ... and its way back on resume
+    fingerprint: dict[str, Any] | None = None  # settings a checkpoint must match, besides the DistillConfig
 
 
 # --- processes and precision -----------------------------------------------------------------------------------
@@ -295,8 +311,11 @@ def distill(
     eval_data: str | None = None,
     cache_root: Path | None = None,
     progress: bool = True,
+    hooks: Hooks | None = None,
 ) -> Path:
     """Train the student; returns the folder of the best (or, without evaluation, the last) student."""
+    hooks = hooks or Hooks()
+    record = {**cfg.to_dict(), "hooks": hooks.fingerprint}  # what a checkpoint must have been made with
     t_begin = time.perf_counter()
     dist = setup_distributed()
     teacher, tokenizer, s_cfg, layer_maps = check_plan(cfg, teacher_dir)
@@ -307,7 +326,7 @@ def distill(
     trainset = load_trainset(tc.data, tc.limit, tokenizer, tc.qa)
     steps = [_steps(s, len(trainset), tc.batch_size) for s in cfg.stages]
     checkpoint = work / "checkpoint.pt"
-    state = _load_checkpoint(checkpoint, cfg) if checkpoint.exists() else None
+    state = _load_checkpoint(checkpoint, record) if checkpoint.exists() else None
 
     # Teacher logits: computed once by the first process (others wait), read from disk by every process.
     logits = None
@@ -325,6 +344,8 @@ def distill(
             logits = np.load(folder / "logits.npy", mmap_mode="r")
 
     student = build_student(cfg.student, teacher, tc.seed)
+    if hooks.prepare:
+        hooks.prepare(student, trainset)
     projection = None
     if any(s.loss.intermediate for s in cfg.stages) and s_cfg.hidden_size != teacher.config.hidden_size:
         torch.manual_seed(tc.seed)
@@ -356,8 +377,12 @@ def distill(
         scheduler = _scheduler(optimizer, total, stage.warmup)
         step = start_step if si == start_stage else 0
         torch.manual_seed(tc.seed * 1000 + si * 10 + dist.rank)  # dropout masks: per stage and process
+        if hooks.start_stage:
+            hooks.start_stage(trainee.student, optimizer, si, total)
         if state and si == start_stage:
             _restore(state, trainee, optimizer, scheduler, dist)
+            if hooks.load_state and state.get("hooks") is not None:
+                hooks.load_state(state["hooks"])
         model = trainee
         if dist.world > 1:
             # The QA head idles in an intermediate-only stage, the projection in a predictions-only one.
@@ -375,6 +400,8 @@ def distill(
             if epoch != order_epoch:
                 order_epoch, order = epoch, epoch_batches(trainset.features.lengths, tc.batch_size, tc.seed, si, epoch)
             mine = order[j][dist.rank :: dist.world]
+            if hooks.before_step:
+                hooks.before_step(si, step)
             micro = tc.micro_batch_size or len(mine)
             chunks = [mine[i : i + micro] for i in range(0, len(mine), micro)]
             terms_sum: dict[str, float] = {}
@@ -402,10 +429,14 @@ def distill(
                     terms_sum[k] = terms_sum.get(k, 0.0) + float(v.detach()) / len(mine)
             if tc.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_([p for p in trainee.parameters() if p.requires_grad], tc.max_grad_norm)
+            if hooks.before_optimizer:
+                hooks.before_optimizer()
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            if hooks.after_step:
+                hooks.after_step(trainee.student, si, step, total)
             window_count += len(mine) * dist.world
             bar.update(1)
             if step % tc.log_every == 0 or step == total:
@@ -423,7 +454,7 @@ def distill(
                     log.info("stage %d step %d: dev-subset EM %.2f F1 %.2f", si, step, metrics["exact"], metrics["f1"])
                     if metrics["f1"] > best["f1"]:
                         best = {"f1": metrics["f1"], "exact": metrics["exact"], "stage": si, "step": step}
-                        _save_model(trainee.student, tokenizer, work / "best")
+                        _save_model(trainee.student, tokenizer, work / "best", hooks)
                     model.train()
                 _barrier(dist)
                 window_count, t_log = 0, time.perf_counter()  # throughput counts training only
@@ -432,21 +463,32 @@ def distill(
                 rngs = _gather_rng(dist)
                 if dist.main:
                     _save_checkpoint(
-                        checkpoint, cfg, trainee, optimizer, scheduler, si, step, best, history, seconds, rngs
+                        checkpoint,
+                        record,
+                        trainee,
+                        optimizer,
+                        scheduler,
+                        si,
+                        step,
+                        best,
+                        history,
+                        seconds,
+                        rngs,
+                        hooks.state() if hooks.state else None,
                     )
                     _write_log(work, history)
                 _barrier(dist)
         bar.close()
         if si + 1 < len(cfg.stages) and dist.main:  # the next stage starts from here after a restart
             seconds = time.perf_counter() - t_begin
-            _save_checkpoint(checkpoint, cfg, trainee, None, None, si + 1, 0, best, history, seconds, None)
+            _save_checkpoint(checkpoint, record, trainee, None, None, si + 1, 0, best, history, seconds, None)
         _barrier(dist)
         state = None
 
     seconds = time.perf_counter() - t_begin
     if dist.main:
         if best["step"] is None:  # no evaluation: the last weights are the result
-            _save_model(trainee.student, tokenizer, work / "best")
+            _save_model(trainee.student, tokenizer, work / "best", hooks)
         summary = {
             "config": cfg.to_dict(),
             "teacher": str(teacher_dir) if teacher_dir else None,
@@ -542,9 +584,9 @@ def _evaluate(student, tokenizer, examples, names, tc: TrainConfig) -> dict[str,
     return {"exact": round(metrics["exact_match"], 3), "f1": round(metrics["f1"], 3), "questions": len(examples)}
 
 
-def _save_model(student, tokenizer, folder: Path) -> None:
+def _save_model(student, tokenizer, folder: Path, hooks: Hooks) -> None:
     with atomic_dir(folder) as tmp:
-        save_student(student, tokenizer, tmp)
+        save_student(hooks.to_save(student) if hooks.to_save else student, tokenizer, tmp)
 
 
 def _gather_rng(dist: Dist) -> list:
@@ -557,9 +599,11 @@ def _gather_rng(dist: Dist) -> list:
     return out
 
 
-def _save_checkpoint(path, cfg, trainee, optimizer, scheduler, stage, step, best, history, seconds, rngs) -> None:
+def _save_checkpoint(
+    path, record, trainee, optimizer, scheduler, stage, step, best, history, seconds, rngs, extra=None
+) -> None:
     state = {
-        "config": json.loads(json.dumps(cfg.to_dict())),
+        "config": json.loads(json.dumps(record)),
         "model": trainee.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer else None,
         "scheduler": scheduler.state_dict() if scheduler else None,
@@ -569,17 +613,18 @@ def _save_checkpoint(path, cfg, trainee, optimizer, scheduler, stage, step, best
         "best": best,
         "history": history,
         "seconds": seconds,
+        "hooks": extra,
     }
     with atomic_file(path) as tmp:
         torch.save(state, tmp)
 
 
-def _load_checkpoint(path: Path, cfg: DistillConfig) -> dict:
+def _load_checkpoint(path: Path, record: dict) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
         raise EdgeQAError(f"{path}: unreadable checkpoint ({e}); delete it to start over") from e
-    if state.get("config") != json.loads(json.dumps(cfg.to_dict())):
+    if state.get("config") != json.loads(json.dumps(record)):
         raise EdgeQAError(f"{path}: checkpoint of a run with other settings; delete it or change the step's name")
     log.info("resuming from %s: stage %d, step %d", path, state["stage"], state["step"])
     return state

@@ -1,0 +1,98 @@
+"""What a model file really holds: parameters, zeros in its weight matrices, and its size raw and gzip-compressed.
+
+Measured on the artefact that ships (model.onnx, model.ort or model.safetensors), never taken from the recipe
+that made it, so a report cannot claim sparsity that the file does not have. A weight matrix is any 2-D float
+initializer or tensor with at least 64 elements in each dimension (embeddings included); for int8 ONNX weights a
+zero is a value equal to its zero point.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MIN_DIM = 16
+
+
+def gzip_size(path: Path) -> int:
+    """Bytes of `path` after gzip (level 6): the size a sparse model takes to download or store compressed."""
+
+    class Counter:
+        n = 0
+
+        def write(self, b) -> int:
+            self.n += len(b)
+            return len(b)
+
+        def flush(self) -> None:
+            pass
+
+    counter = Counter()
+    with open(path, "rb") as src, gzip.GzipFile(fileobj=counter, mode="wb", compresslevel=6, mtime=0) as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    return counter.n
+
+
+def _matrices_onnx(path: Path) -> dict[str, tuple[int, int]]:
+    """(zeros, size) of each 2-D weight initializer; int8 weights count values equal to their zero point."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {i.name: i for i in model.graph.initializer}
+    zero_points: dict[str, np.ndarray] = {}
+    for node in model.graph.node:
+        if node.op_type in ("DequantizeLinear", "MatMulInteger") and len(node.input) >= 3:
+            for weight, zp in ((node.input[0], node.input[2]), (node.input[1], node.input[-1])):
+                if weight in inits and zp in inits:
+                    zero_points[weight] = numpy_helper.to_array(inits[zp])
+    out = {}
+    for name, init in inits.items():
+        if len(init.dims) != 2 or min(init.dims) < MIN_DIM:
+            continue
+        arr = numpy_helper.to_array(init)
+        zp = zero_points.get(name, np.zeros((), dtype=arr.dtype))
+        zp = zp.reshape(1, -1) if zp.ndim == 1 and zp.size == arr.shape[1] else zp
+        out[name] = (int((arr == zp).sum()), arr.size)
+    return out
+
+
+def _matrices_torch(folder: Path) -> tuple[dict[str, tuple[int, int]], int]:
+    from safetensors.numpy import load_file
+
+    files = sorted(folder.glob("*.safetensors"))
+    out, params = {}, 0
+    for f in files:
+        for name, arr in load_file(str(f)).items():
+            params += arr.size
+            if arr.ndim == 2 and min(arr.shape) >= MIN_DIM:
+                out[name] = (int((arr == 0).sum()), arr.size)
+    return out, params
+
+
+def weight_stats(path: str | Path) -> dict[str, Any]:
+    """Zeros per weight matrix and overall, parameter count, and file size raw and gzipped."""
+    from bench.engines import TORCH_WEIGHTS, resolve_model
+
+    backend, model_path, folder = resolve_model(path)
+    if backend == "onnxruntime":
+        weights_file = model_path
+        matrices = _matrices_onnx(model_path) if model_path.suffix == ".onnx" else {}
+        params = None
+    else:
+        weights_file = next((folder / w for w in TORCH_WEIGHTS if (folder / w).exists()), None)
+        matrices, params = _matrices_torch(folder)
+    zeros = sum(z for z, _ in matrices.values())
+    size = sum(n for _, n in matrices.values())
+    return {
+        "file": weights_file.name if weights_file else None,
+        "file_bytes": weights_file.stat().st_size if weights_file else None,
+        "gzip_bytes": gzip_size(weights_file) if weights_file else None,
+        "parameters": params,
+        "matrix_sparsity": round(zeros / size, 4) if size else None,
+        "per_matrix_sparsity": {k: round(z / n, 4) for k, (z, n) in matrices.items()},
+    }

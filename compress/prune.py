@@ -1,0 +1,455 @@
+"""Pruning: magnitude sparsity (masks during training, ordinary weights when saved) and structured pruning of
+attention heads and feed-forward neurons that physically shrinks the matrices.
+
+- Unstructured: the encoder's nn.Linear weights (QA head and embeddings excluded unless `include` says
+  otherwise) lose their smallest-magnitude weights, with one threshold over all of them (`scope: global`) or one
+  per matrix (`scope: layer`); at once, or along Zhu and Gupta's cubic schedule during recovery training
+  (s_t = s_f * (1 - (1 - t/T)^3)). Masks live in `torch.nn.utils.prune` re-parametrisations while training and
+  are baked into the weights before saving, so a pruned folder holds plain tensors that load anywhere.
+- Structured: heads ranked by the L2 norm of their query/key/value/output slices (or, `importance: gradient`,
+  by the loss's sensitivity to a mask on each head, Michel et al. 2019) are removed with transformers'
+  `prune_heads`, which records them in `config.pruned_heads`; feed-forward neurons ranked by the norm of their
+  input row and output column are removed in equal numbers from every layer, so `config.intermediate_size` still
+  describes the model and the folder loads with plain transformers.
+
+Dense ONNX Runtime kernels do not skip zeros: unstructured sparsity shrinks compressed files, not latency.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import logging
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from bench.files import EdgeQAError
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+METHODS = ("magnitude", "structured")
+STRUCTURED_TYPES = ("bert",)  # encoder layout: layer.N.attention.self.{query,key,value}, intermediate, output
+DEFAULT_INCLUDE = ("*encoder.layer.*",)  # every nn.Linear inside the encoder: QA head and embeddings stay dense
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    method: str = "magnitude"
+    sparsity: float = 0.5  # magnitude: share of the selected weights set to zero at the end
+    scope: str = "global"  # magnitude: "global" (one threshold) or "layer" (per matrix)
+    schedule: str = "oneshot"  # magnitude: "oneshot" or "cubic" (during recovery)
+    ramp: float = 0.7  # cubic: share of the recovery steps over which sparsity rises to its target
+    update_every: int = 50  # cubic: steps between mask updates
+    include: tuple[str, ...] = DEFAULT_INCLUDE  # module-name globs of the nn.Linear layers to prune
+    exclude: tuple[str, ...] = ()
+    heads: float = 0.0  # structured: share of all attention heads to remove
+    ffn: float = 0.0  # structured: share of each layer's feed-forward neurons to remove
+    importance: str = "magnitude"  # structured: "magnitude" or "gradient"
+    backend: str = "torch"  # magnitude: "torch" (element-wise) or "neural-compressor" (patterns, during training)
+    pattern: str = "1x1"  # neural-compressor: "NxM" blocks (4x1: 4 output rows) or "N:M" (2:4 along the input)
+    criterion: str = "magnitude"  # neural-compressor: "magnitude" or "snip_momentum" (|weight x gradient|)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "include", tuple(self.include))
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        if self.method not in METHODS:
+            raise EdgeQAError(f"prune method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        for name in ("sparsity", "heads", "ffn"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not 0 <= value < 1:
+                raise EdgeQAError(f"{name} must be in [0, 1), got {value!r}")
+        if self.scope not in ("global", "layer"):
+            raise EdgeQAError(f"scope must be 'global' or 'layer', got {self.scope!r}")
+        if self.schedule not in ("oneshot", "cubic"):
+            raise EdgeQAError(f"schedule must be 'oneshot' or 'cubic', got {self.schedule!r}")
+        if not 0 < self.ramp <= 1 or self.update_every < 1:
+            raise EdgeQAError("ramp must be in (0, 1] and update_every positive")
+        if self.importance not in ("magnitude", "gradient"):
+            raise EdgeQAError(f"importance must be 'magnitude' or 'gradient', got {self.importance!r}")
+        if self.method == "structured" and not (self.heads or self.ffn):
+            raise EdgeQAError("structured pruning needs heads > 0 or ffn > 0")
+        if self.backend not in ("torch", "neural-compressor"):
+            raise EdgeQAError(f"backend must be 'torch' or 'neural-compressor', got {self.backend!r}")
+        if not re.fullmatch(r"\d+x\d+|\d+:\d+", str(self.pattern)):
+            raise EdgeQAError(f"pattern must look like 4x1 (blocks) or 2:4 (N of every M), got {self.pattern!r}")
+        if self.backend == "torch" and self.pattern != "1x1":
+            raise EdgeQAError(f"pattern {self.pattern} needs backend: neural-compressor (torch prunes element-wise)")
+        if self.backend == "neural-compressor" and self.method != "magnitude":
+            raise EdgeQAError("the neural-compressor backend does pattern (magnitude-family) pruning only")
+        if self.criterion not in ("magnitude", "snip_momentum"):
+            raise EdgeQAError(f"criterion must be 'magnitude' or 'snip_momentum', got {self.criterion!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["include"], d["exclude"] = list(self.include), list(self.exclude)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PruneConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise EdgeQAError(
+                f"unknown prune key(s) {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(known))})"
+            )
+        return cls(**d)
+
+
+# --- unstructured magnitude pruning --------------------------------------------------------------------------------
+
+
+def prunable_linears(model, include=DEFAULT_INCLUDE, exclude=()) -> dict[str, torch.nn.Linear]:
+    """The nn.Linear modules whose names match `include` and not `exclude`."""
+    import torch
+
+    found = {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear)
+        and any(fnmatch.fnmatchcase(name, p) for p in include)
+        and not any(fnmatch.fnmatchcase(name, p) for p in exclude)
+    }
+    if not found:
+        raise EdgeQAError(f"no nn.Linear layer matches include {list(include)} minus exclude {list(exclude)}")
+    return found
+
+
+def cubic_sparsity(step: int, total: int, final: float, ramp: float = 0.7) -> float:
+    """Zhu and Gupta's schedule: fast early pruning, slow near the target, reached at `ramp` of the steps."""
+    end = max(1, round(total * ramp))
+    t = min(step, end) / end
+    return final * (1 - (1 - t) ** 3)
+
+
+def apply_magnitude_masks(layers: dict[str, torch.nn.Linear], sparsity: float, scope: str = "global") -> None:
+    """(Re)compute masks so that `sparsity` of the weights are zero; weights pruned earlier stay pruned."""
+    import torch
+    from torch.nn.utils import prune as torch_prune
+
+    current = {name: _masked_weight(m).detach().abs() for name, m in layers.items()}
+    if scope == "global":
+        scores = torch.cat([w.flatten() for w in current.values()])
+        k = int(sparsity * scores.numel())
+        threshold = torch.kthvalue(scores.float(), k).values if k > 0 else scores.new_tensor(-1.0)
+        masks = {name: (w > threshold).to(w.dtype) for name, w in current.items()}
+    else:
+        masks = {}
+        for name, w in current.items():
+            k = int(sparsity * w.numel())
+            threshold = torch.kthvalue(w.flatten().float(), k).values if k > 0 else w.new_tensor(-1.0)
+            masks[name] = (w > threshold).to(w.dtype)
+    for name, m in layers.items():
+        if torch_prune.is_pruned(m):
+            m.weight_mask.copy_(masks[name])
+        else:
+            torch_prune.custom_from_mask(m, "weight", masks[name])
+
+
+def _masked_weight(m: torch.nn.Linear) -> torch.Tensor:
+    from torch.nn.utils import prune as torch_prune
+
+    return m.weight_orig * m.weight_mask if torch_prune.is_pruned(m) else m.weight
+
+
+def bake_masks(model) -> None:
+    """Fold every pruning mask into its weight: the model holds ordinary (zero-filled) tensors again."""
+    import torch
+    from torch.nn.utils import prune as torch_prune
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear) and torch_prune.is_pruned(m):
+            torch_prune.remove(m, "weight")
+
+
+def sparsity_report(model, include=DEFAULT_INCLUDE, exclude=()) -> dict[str, Any]:
+    """Zeros per pruned matrix and overall, and parameter counts, measured on the weights themselves."""
+    layers = prunable_linears(model, include, exclude)
+    per_layer, zeros, total = {}, 0, 0
+    for name, m in layers.items():
+        w = _masked_weight(m)
+        z, n = int((w == 0).sum()), w.numel()
+        per_layer[name] = round(z / n, 4)
+        zeros, total = zeros + z, total + n
+    params = sum(p.numel() for p in model.parameters())
+    return {
+        "pruned_matrices_sparsity": round(zeros / total, 4),
+        "model_sparsity": round(zeros / params, 4),
+        "parameters": params,
+        "nonzero_parameters": params - zeros,
+        "per_layer": per_layer,
+    }
+
+
+def check_pattern(layers: dict, pattern: str) -> None:
+    """Refuse a block or N:M pattern that does not tile a weight matrix (out x in), naming the first such one."""
+    if re.fullmatch(r"\d+x\d+", pattern):
+        rows, cols = (int(x) for x in pattern.split("x"))
+    else:
+        n, m = (int(x) for x in pattern.split(":"))
+        if not 0 < n < m:
+            raise EdgeQAError(f"pattern {pattern}: N:M needs 0 < N < M")
+        rows, cols = 1, m
+    for name, m in layers.items():
+        out_features, in_features = m.weight.shape
+        if out_features % rows or in_features % cols:
+            raise EdgeQAError(
+                f"pattern {pattern} does not divide {name}'s weight shape ({out_features} x {in_features})"
+            )
+
+
+# --- structured pruning --------------------------------------------------------------------------------------------
+
+
+def check_structured(model) -> None:
+    if model.config.model_type not in STRUCTURED_TYPES:
+        raise EdgeQAError(
+            f"structured pruning knows {', '.join(STRUCTURED_TYPES)} models; this one is {model.config.model_type!r}"
+        )
+
+
+def head_scores_by_magnitude(model) -> torch.Tensor:
+    """(layers, heads) L2 norm of each head's query, key and value rows and output-projection columns."""
+    import torch
+
+    check_structured(model)
+    rows = []
+    for layer in model.base_model.encoder.layer:
+        attn = layer.attention
+        n, d = attn.self.num_attention_heads, attn.self.attention_head_size
+        q, k, v = (getattr(attn.self, x).weight.detach().view(n, d, -1) for x in ("query", "key", "value"))
+        o = attn.output.dense.weight.detach().view(-1, n, d).transpose(0, 1)
+        rows.append(torch.sqrt((q**2).sum((1, 2)) + (k**2).sum((1, 2)) + (v**2).sum((1, 2)) + (o**2).sum((1, 2))))
+    return torch.stack(rows)
+
+
+def ffn_scores_by_magnitude(model) -> torch.Tensor:
+    """(layers, neurons) L2 norm of each feed-forward neuron's input row and output column."""
+    import torch
+
+    check_structured(model)
+    return torch.stack(
+        [
+            torch.sqrt(
+                (layer.intermediate.dense.weight.detach() ** 2).sum(1)
+                + (layer.output.dense.weight.detach() ** 2).sum(0)
+            )
+            for layer in model.base_model.encoder.layer
+        ]
+    )
+
+
+def heads_to_remove(scores: torch.Tensor, share: float) -> dict[int, list[int]]:
+    """The lowest-scoring `share` of all heads, ranked globally; refuses to empty a layer."""
+    import torch
+
+    n_layers, n_heads = scores.shape
+    k = int(round(share * n_layers * n_heads))
+    if k == 0:
+        return {}
+    order = torch.argsort(scores.flatten())[:k].tolist()
+    plan: dict[int, list[int]] = {}
+    for flat in order:
+        plan.setdefault(flat // n_heads, []).append(flat % n_heads)
+    for layer, heads in plan.items():
+        if len(heads) >= n_heads:
+            raise EdgeQAError(
+                f"pruning {share:.0%} of the heads would remove every head of layer {layer}; lower `heads`"
+            )
+    return {layer: sorted(h) for layer, h in sorted(plan.items())}
+
+
+def prune_heads_(model, plan: dict[int, list[int]]) -> None:
+    """Remove heads physically (transformers' prune_heads; recorded in config.pruned_heads)."""
+    check_structured(model)
+    for layer, heads in plan.items():
+        have = model.base_model.encoder.layer[layer].attention.self.num_attention_heads
+        if len(heads) >= have:
+            raise EdgeQAError(f"cannot remove all {have} heads of layer {layer}")
+    model.prune_heads(plan)
+
+
+def prune_ffn_(model, share: float, scores: torch.Tensor | None = None) -> int:
+    """Remove the same number of lowest-scoring feed-forward neurons from every layer; returns the new width."""
+    import torch
+    from transformers.pytorch_utils import prune_linear_layer
+
+    check_structured(model)
+    scores = ffn_scores_by_magnitude(model) if scores is None else scores
+    width = scores.shape[1]
+    keep = width - int(round(share * width))
+    if keep < 1:
+        raise EdgeQAError(f"pruning {share:.0%} of {width} feed-forward neurons leaves none")
+    for layer, s in zip(model.base_model.encoder.layer, scores, strict=True):
+        index = torch.sort(torch.argsort(s, descending=True)[:keep]).values
+        layer.intermediate.dense = prune_linear_layer(layer.intermediate.dense, index, dim=0)
+        layer.output.dense = prune_linear_layer(layer.output.dense, index, dim=1)
+    model.config.intermediate_size = keep
+    return keep
+
+
+def gradient_scores(model, batches, loss_fn) -> tuple[torch.Tensor, torch.Tensor]:
+    """Head and neuron importance as |d loss / d mask| summed over batches (masks of ones on heads and neurons).
+
+    Heads: a multiplicative gate on each head's context vector, through a hook on the attention output projection's
+    input; neurons: a gate on the intermediate activations. `loss_fn(model, batch)` returns a scalar loss.
+    """
+    import torch
+
+    check_structured(model)
+    layers = model.base_model.encoder.layer
+    head_gates = [torch.ones(lay.attention.self.num_attention_heads, requires_grad=True) for lay in layers]
+    ffn_gates = [torch.ones(lay.intermediate.dense.out_features, requires_grad=True) for lay in layers]
+    handles = []
+    for layer, hg, fg in zip(layers, head_gates, ffn_gates, strict=True):
+        d = layer.attention.self.attention_head_size
+
+        def gate_heads(_m, args, hg=hg, d=d):
+            x = args[0]
+            return (x.view(*x.shape[:-1], -1, d) * hg[:, None]).view_as(x)
+
+        handles.append(layer.attention.output.dense.register_forward_pre_hook(gate_heads))
+        handles.append(layer.intermediate.register_forward_hook(lambda _m, _i, out, fg=fg: out * fg))
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            loss_fn(model, batch).backward()
+    finally:
+        for h in handles:
+            h.remove()
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    heads = torch.stack([g.grad.abs() for g in head_gates])
+    ffn = torch.stack([g.grad.abs() for g in ffn_gates])
+    return heads, ffn
+
+
+# --- riding the training loop --------------------------------------------------------------------------------------
+
+
+def prune_now(model, cfg: PruneConfig, trainset=None, gradual: bool = False, batches: int = 8) -> dict[str, Any]:
+    """Apply `cfg` to `model` in place; with `gradual`, as it stands before recovery (a cubic schedule starts at 0)."""
+    if cfg.method == "structured":
+        if cfg.importance == "gradient":
+            if trainset is None:
+                raise EdgeQAError("gradient importance needs training data to measure the loss on")
+            head_scores, ffn_scores = gradient_scores(model, _label_batches(model, trainset, batches), _span_loss)
+        else:
+            head_scores, ffn_scores = head_scores_by_magnitude(model), ffn_scores_by_magnitude(model)
+        plan = heads_to_remove(head_scores, cfg.heads) if cfg.heads else {}
+        prune_heads_(model, plan)
+        width = prune_ffn_(model, cfg.ffn, ffn_scores) if cfg.ffn else model.config.intermediate_size
+        return {"heads_removed": {str(k): v for k, v in plan.items()}, "intermediate_size": width}
+    layers = prunable_linears(model, cfg.include, cfg.exclude)
+    first = 0.0 if gradual and cfg.schedule == "cubic" else cfg.sparsity
+    apply_magnitude_masks(layers, first, cfg.scope)
+    return {"matrices": len(layers)}
+
+
+def pruning_hooks(cfg: PruneConfig):
+    """Hooks for `compress.train.distill`: prune before training, follow the schedule, save baked weights."""
+    import copy
+
+    from compress.train import Hooks
+
+    def after_step(student, stage: int, step: int, total: int) -> None:
+        if cfg.method == "magnitude" and cfg.schedule == "cubic" and (step % cfg.update_every == 0 or step == total):
+            apply_magnitude_masks(
+                prunable_linears(student, cfg.include, cfg.exclude),
+                cubic_sparsity(step, total, cfg.sparsity, cfg.ramp),
+                cfg.scope,
+            )
+
+    def to_save(student):
+        baked = copy.deepcopy(student)
+        bake_masks(baked)
+        return baked
+
+    if cfg.backend == "neural-compressor":
+        return _inc_hooks(cfg, Hooks)
+    return Hooks(
+        prepare=lambda student, trainset: prune_now(student, cfg, trainset, gradual=True),
+        after_step=after_step,
+        to_save=to_save,
+        fingerprint={"prune": cfg.to_dict()},
+    )
+
+
+INC_STATE = ("global_step", "masks", "current_sparsity_ratio", "init_sparsity_ratio", "completed_pruned_cnt")
+
+
+def _inc_hooks(cfg: PruneConfig, Hooks):
+    """Drive neural-compressor's pattern pruner from the loop's hooks (its own optimiser and model patching,
+    including its replacement of torch.save, are not used). Its masks and counters go into the checkpoint."""
+    held: dict[str, Any] = {}
+
+    def start_stage(student, optimizer, stage: int, total: int) -> None:
+        from neural_compressor import WeightPruningConfig
+        from neural_compressor.compression.pruner.pruning import BasicPruning
+        from neural_compressor.compression.pruner.utils import process_config
+
+        layers = prunable_linears(student, cfg.include, cfg.exclude)
+        check_pattern(layers, cfg.pattern)
+        gradual = cfg.schedule == "cubic"
+        config = WeightPruningConfig(
+            pruning_configs=[{"op_names": [f"^{re.escape(n)}$" for n in layers]}],
+            target_sparsity=cfg.sparsity,
+            pattern=cfg.pattern,
+            pruning_type=cfg.criterion,
+            start_step=0,
+            end_step=max(1, round(total * cfg.ramp)) if gradual else 0,
+            pruning_frequency=cfg.update_every if gradual else 1,
+            pruning_scope="global" if cfg.scope == "global" else "local",
+            sparsity_decay_type="cube" if gradual else "exp",
+        )
+        held["pruning"] = BasicPruning(process_config(config), student)
+        held["pruning"].on_train_begin()
+
+    def state() -> list[dict]:
+        return [{k: getattr(p, k) for k in INC_STATE if hasattr(p, k)} for p in held["pruning"].pruners]
+
+    def load_state(saved: list[dict]) -> None:
+        for pruner, values in zip(held["pruning"].pruners, saved, strict=True):
+            for k, v in values.items():
+                setattr(pruner, k, v)
+
+    def after_step(student, stage: int, step: int, total: int) -> None:
+        held["pruning"].on_after_optimizer_step()
+        held["pruning"].on_step_end()
+
+    return Hooks(
+        start_stage=start_stage,
+        before_step=lambda stage, step: held["pruning"].on_step_begin(step),
+        before_optimizer=lambda: held["pruning"].on_before_optimizer_step(),
+        after_step=after_step,
+        state=state,
+        load_state=load_state,
+        fingerprint={"prune": cfg.to_dict()},
+    )
+
+
+def _label_batches(model, trainset, n: int, size: int = 16):
+    """The first n batches of labelled training windows, as model inputs plus labels."""
+    import torch
+
+    from bench.qa import batches
+
+    names = ("input_ids", "attention_mask", "token_type_ids")
+    for i, (idx, inputs) in enumerate(batches(trainset.features, size, 0, names)):
+        if i == n:
+            return
+        batch = {k: torch.from_numpy(v) for k, v in inputs.items()}
+        batch["labels"] = torch.from_numpy(trainset.labels[idx])
+        yield batch
+
+
+def _span_loss(model, batch) -> torch.Tensor:
+    from compress.losses import span_ce
+
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    out = model(**inputs)
+    return span_ce(out.start_logits, out.end_logits, batch["labels"], inputs["attention_mask"].bool())

@@ -1,0 +1,270 @@
+"""Pruning: magnitude masks and schedules, structured head and neuron removal, and early refusals."""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bench.engines import load_torch_qa_model
+from bench.files import EdgeQAError
+from compress.prune import (
+    PruneConfig,
+    apply_magnitude_masks,
+    bake_masks,
+    cubic_sparsity,
+    ffn_scores_by_magnitude,
+    gradient_scores,
+    head_scores_by_magnitude,
+    heads_to_remove,
+    prunable_linears,
+    prune_ffn_,
+    prune_heads_,
+    sparsity_report,
+)
+from compress.recipe import run_recipe
+from conftest import TOY_QAS, make_tiny_qa_model, write_squad
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    return load_torch_qa_model(make_tiny_qa_model(tmp_path / "m", layers=2, hidden=32, heads=4, dropout=0.0))
+
+
+def _inputs(model, n=3, length=12):
+    torch.manual_seed(1)
+    ids = torch.randint(5, model.config.vocab_size, (n, length))
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+
+
+def test_global_and_per_layer_magnitude_masks_hit_the_target(tiny):
+    layers = prunable_linears(tiny)
+    assert "qa_outputs" not in layers and all(".encoder.layer." in n for n in layers)
+    apply_magnitude_masks(layers, 0.6, "layer")
+    report = sparsity_report(tiny)
+    assert all(abs(s - 0.6) < 0.01 for s in report["per_layer"].values())
+    apply_magnitude_masks(layers, 0.8, "global")  # raising the target keeps what was pruned
+    report = sparsity_report(tiny)
+    assert abs(report["pruned_matrices_sparsity"] - 0.8) < 0.005
+    assert len(set(report["per_layer"].values())) > 1  # one threshold: layers differ
+    before = tiny(**_inputs(tiny)).start_logits
+    bake_masks(tiny)
+    assert not any(n.endswith("weight_orig") for n, _ in tiny.named_parameters())
+    torch.testing.assert_close(tiny(**_inputs(tiny)).start_logits, before)
+    assert abs(sparsity_report(tiny)["pruned_matrices_sparsity"] - 0.8) < 0.005
+
+
+def test_cubic_schedule_rises_fast_then_slowly_to_the_target():
+    values = [cubic_sparsity(s, 100, 0.8, ramp=0.5) for s in range(0, 101, 10)]
+    assert values[0] == 0.0 and values[5] == pytest.approx(0.8) and values[-1] == pytest.approx(0.8)
+    steps = [b - a for a, b in zip(values, values[1:6], strict=False)]
+    assert steps == sorted(steps, reverse=True)
+
+
+def test_structured_pruning_shrinks_matrices_and_reloads(tiny, tmp_path):
+    from transformers import AutoModelForQuestionAnswering
+
+    plan = heads_to_remove(head_scores_by_magnitude(tiny), 0.25)
+    assert sum(len(h) for h in plan.values()) == 2
+    prune_heads_(tiny, plan)
+    width = prune_ffn_(tiny, 0.5)
+    assert width == 64 and tiny.bert.encoder.layer[0].intermediate.dense.weight.shape == (64, 32)
+    removed = {layer: len(h) for layer, h in plan.items()}
+    for i, layer in enumerate(tiny.bert.encoder.layer):
+        assert layer.attention.self.query.weight.shape[0] == 8 * (4 - removed.get(i, 0))
+    out = tiny(**_inputs(tiny)).start_logits
+    tiny.save_pretrained(tmp_path / "pruned")
+    again = AutoModelForQuestionAnswering.from_pretrained(tmp_path / "pruned").eval()
+    torch.testing.assert_close(again(**_inputs(again)).start_logits, out)
+
+
+def test_gradient_importance_ranks_heads_and_neurons(tiny):
+    def loss(model, batch):
+        out = model(**batch)
+        return out.start_logits.logsumexp(-1).sum() + out.end_logits.logsumexp(-1).sum()
+
+    heads, ffn = gradient_scores(tiny, [_inputs(tiny)], loss)
+    assert heads.shape == (2, 4) and ffn.shape == (2, 128)
+    assert (heads > 0).all() and ffn.sum() > 0
+    assert all(p.grad is None for p in tiny.parameters())
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"sparsity": 1.0}, r"sparsity must be in \[0, 1\)"),
+        ({"sparsity": -0.1}, r"sparsity must be in \[0, 1\)"),
+        ({"method": "structured"}, "needs heads > 0 or ffn > 0"),
+        ({"method": "random"}, "prune method"),
+        ({"method": "structured", "heads": 1.0}, r"heads must be in \[0, 1\)"),
+        ({"sparsity": 0.5, "amount": 3}, "unknown prune key"),
+    ],
+)
+def test_bad_prune_settings_are_refused(settings, message):
+    with pytest.raises(EdgeQAError, match=message):
+        PruneConfig.from_dict(settings)
+
+
+def test_removing_every_head_of_a_layer_is_refused(tiny):
+    scores = head_scores_by_magnitude(tiny)
+    scores[1] = -1.0  # layer 1's heads are the weakest: 50% of all heads would empty it
+    with pytest.raises(EdgeQAError, match="every head of layer 1"):
+        heads_to_remove(scores, 0.5)
+    with pytest.raises(EdgeQAError, match="all 4 heads of layer 0"):
+        prune_heads_(tiny, {0: [0, 1, 2, 3]})
+
+
+def test_structured_pruning_refuses_an_unknown_model_type(tmp_path):
+    model = load_torch_qa_model(make_tiny_qa_model(tmp_path / "d", family="distilbert"))
+    with pytest.raises(EdgeQAError, match="knows bert models; this one is 'distilbert'"):
+        ffn_scores_by_magnitude(model)
+
+
+# --- recipes: prune, recover, export, report ------------------------------------------------------------------------
+
+
+def _prune_recipe(tmp_path, model, data, steps: str) -> Path:
+    path = tmp_path / "prune.yaml"
+    path.write_text(
+        textwrap.dedent(f"""\
+        name: p
+        model: {model}
+        eval: {{data: {data}, batch_size: 4}}
+        parity: {{limit: 3}}
+        bench: {{threads: 1, batch_sizes: [1], seq_lens: [32], warmup: 1, repeats: 3}}
+        steps:
+        """)
+        + textwrap.indent(textwrap.dedent(steps).replace("DATA", str(data)), "  ")
+    )
+    return path
+
+
+def test_magnitude_pruning_with_recovery_saves_plain_sparse_weights(tmp_path, toy_squad):
+    teacher = make_tiny_qa_model(tmp_path / "t", layers=2, hidden=32, heads=4)
+    train = write_squad(tmp_path / "train.json", TOY_QAS * 16)
+    steps = """\
+    - prune:
+        name: sparse
+        sparsity: 0.7
+        schedule: cubic
+        update_every: 2
+        ramp: 0.5
+        train: {data: TRAIN, batch_size: 8, precision: fp32, checkpoint_every: 4, eval_limit: 3}
+        stages:
+          - {loss: {hard: 0.5, soft: 0.5}, max_steps: 10, lr: 1.0e-3}
+    - export: {name: sparse-onnx, from: sparse}
+    - bench: {}
+    - report: {}
+    """.replace("TRAIN", str(train))
+    root = run_recipe(_prune_recipe(tmp_path, teacher, toy_squad, steps), tmp_path / "runs")
+    folder = root / "models" / "sparse"
+    weights = load_file(folder / "model.safetensors")
+    assert not any(k.endswith(("weight_orig", "weight_mask")) for k in weights)
+    record = json.loads((folder / "prune.json").read_text())
+    assert abs(record["pruned_matrices_sparsity"] - 0.7) < 0.01
+    assert all(s >= 0.3 for s in record["per_layer"].values())  # global threshold, every matrix pruned
+    assert float((weights["qa_outputs.weight"] == 0).float().mean()) == 0.0  # the QA head stays dense
+    report = json.loads((root / "report.json").read_text())
+    rows = {r["name"]: r for r in report["rows"]}
+    # Measured on the ONNX file: the encoder's matrices are 70% zeros; with the dense embeddings, less overall.
+    onnx_sparsity = rows["sparse-onnx"]["extra"]["weights"]["matrix_sparsity"]
+    assert 0.2 < onnx_sparsity < 0.7
+    assert (
+        rows["sparse-onnx"]["extra"]["weights"]["gzip_bytes"] < rows["pytorch-fp32"]["extra"]["weights"]["gzip_bytes"]
+    )
+    assert "zeros in weight matrices" in (root / "report.md").read_text()
+
+
+def test_structured_pruning_with_recovery_exports_smaller_onnx(tmp_path, toy_squad):
+    teacher = make_tiny_qa_model(tmp_path / "t", layers=2, hidden=32, heads=4)
+    train = write_squad(tmp_path / "train.json", TOY_QAS * 16)
+    steps = """\
+    - prune:
+        name: slim
+        method: structured
+        heads: 0.25
+        ffn: 0.5
+        importance: gradient
+        train: {data: TRAIN, batch_size: 8, precision: fp32, checkpoint_every: 4, eval_limit: 3}
+        stages:
+          - {loss: {soft: 1.0, hidden: 1.0}, max_steps: 4, lr: 1.0e-3}
+    - export: {name: slim-onnx, from: slim}
+    - export: {name: dense-onnx}
+    """.replace("TRAIN", str(train))
+    root = run_recipe(_prune_recipe(tmp_path, teacher, toy_squad, steps), tmp_path / "runs")
+    config = json.loads((root / "models" / "slim" / "config.json").read_text())
+    assert config["intermediate_size"] == 64 and sum(len(h) for h in config["pruned_heads"].values()) == 2
+    model = load_torch_qa_model(root / "models" / "slim")
+    assert model.bert.encoder.layer[0].intermediate.dense.weight.shape == (64, 32)
+    dense = sum(p.numel() for p in load_torch_qa_model(teacher).parameters())
+    slim = sum(p.numel() for p in model.parameters())
+    # Removed: half of each FFN (2 x 2 x 32 x 64 weights + 64 biases) and 2 heads (2 x 4 x 32 x 8 weights + biases).
+    assert dense - slim == 2 * (2 * 32 * 64 + 64) + 2 * (4 * 32 * 8 + 3 * 8)
+    onnx = {n: (root / "models" / n / "model.onnx").stat().st_size for n in ("slim-onnx", "dense-onnx")}
+    assert onnx["dense-onnx"] - onnx["slim-onnx"] > 4 * (dense - slim) * 0.9
+
+
+@pytest.mark.parametrize(
+    "family, settings, message",
+    [
+        ("distilbert", "method: structured, heads: 0.25", "structured pruning knows bert models"),
+        ("bert", "method: structured, heads: 0.99", "removes every head"),
+        ("bert", "sparsity: 1.5", r"sparsity must be in \[0, 1\)"),
+        (
+            "bert",
+            "method: structured, heads: 0.25, train: {data: DATA}, stages: [{loss: {attention: 1.0}}]",
+            "attention transfer",
+        ),
+    ],
+)
+def test_bad_pruning_fails_with_file_and_line_before_work(tmp_path, toy_squad, capsys, family, settings, message):
+    from compress.cli import main
+
+    model = make_tiny_qa_model(tmp_path / "m", family=family, layers=2)
+    path = _prune_recipe(tmp_path, model, toy_squad, f"- prune: {{name: p1, {settings}}}\n- bench: {{}}\n")
+    assert main(["run", str(path), "--out", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and f"{path}:7" in err
+    assert not (tmp_path / "runs" / "p" / "models").exists()
+
+
+@pytest.mark.parametrize("pattern", ["4x1", "2:4"])
+def test_neural_compressor_patterns_during_recovery(tmp_path, toy_squad, pattern):
+    teacher = make_tiny_qa_model(tmp_path / "t", layers=2, hidden=32, heads=4)
+    train = write_squad(tmp_path / "train.json", TOY_QAS * 16)
+    steps = f"""\
+    - prune:
+        name: patterned
+        backend: neural-compressor
+        pattern: "{pattern}"
+        sparsity: 0.5
+        train: {{data: TRAIN, batch_size: 8, precision: fp32, checkpoint_every: 50, eval_limit: 3}}
+        stages:
+          - {{loss: {{hard: 0.5, soft: 0.5}}, max_steps: 3, lr: 1.0e-3}}
+    """.replace("TRAIN", str(train))
+    root = run_recipe(_prune_recipe(tmp_path, teacher, toy_squad, steps), tmp_path / "runs")
+    weights = load_file(root / "models" / "patterned" / "model.safetensors")
+    record = json.loads((root / "models" / "patterned" / "prune.json").read_text())
+    assert 0.45 < record["pruned_matrices_sparsity"] < 0.55
+    w = weights["bert.encoder.layer.0.intermediate.dense.weight"]  # (128 out, 32 in)
+    if pattern == "4x1":  # whole blocks of 4 output rows in one input column are zero together
+        blocks = (w.view(32, 4, 32) == 0).sum(1)
+        assert set(blocks.unique().tolist()) <= {0, 4}
+    else:  # at least 2 zeros in every 4 consecutive inputs
+        assert ((w.view(128, 8, 4) == 0).sum(-1) >= 2).all()
+    assert not (root / "nc_workspace").exists() and not Path("nc_workspace").exists()
+
+
+def test_pattern_that_does_not_tile_the_weights_is_refused(tmp_path, toy_squad, capsys):
+    from compress.cli import main
+
+    model = make_tiny_qa_model(tmp_path / "m", layers=2, hidden=32, heads=4)
+    settings = 'backend: neural-compressor, pattern: "3x1", train: {data: DATA}'
+    path = _prune_recipe(tmp_path, model, toy_squad, f"- prune: {{name: p1, {settings}}}\n")
+    assert main(["run", str(path), "--out", str(tmp_path / "runs")]) == 2
+    assert "pattern 3x1 does not divide" in capsys.readouterr().err
