@@ -1,4 +1,4 @@
-"""User-facing errors, JSON reading with clear messages, and atomic writes.
+"""User-facing errors, settings checked against their dataclass, JSON reading with clear messages, atomic writes.
 
 Every artefact edgeqa writes goes to a temporary name beside its target and is renamed into place, so a killed
 run never leaves a half-written file or folder that a resumed run would mistake for a finished one.
@@ -7,6 +7,7 @@ run never leaves a half-written file or folder that a resumed run would mistake 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gzip
 import json
 import os
@@ -19,6 +20,15 @@ from typing import Any
 
 class EdgeQAError(Exception):
     """An expected mistake in the user's input: the CLI prints it as one line and exits non-zero."""
+
+
+def known_fields(cls, raw: dict[str, Any], what: str) -> dict[str, Any]:
+    """`raw` as keyword arguments for the dataclass `cls`, refusing keys it does not have, by name."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise EdgeQAError(f"unknown {what} setting(s): {', '.join(unknown)} (allowed: {', '.join(sorted(known))})")
+    return dict(raw)
 
 
 def read_json(path: str | Path, what: str = "JSON file") -> Any:

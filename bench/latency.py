@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.files import EdgeQAError
+from bench.files import EdgeQAError, known_fields
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +53,7 @@ class LatencyConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> LatencyConfig:
-        unknown = sorted(set(raw) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise EdgeQAError(f"unknown bench setting(s): {', '.join(unknown)}")
+        raw = known_fields(cls, raw, "bench")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -38,6 +39,16 @@ class QAConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+class Windows(Protocol):
+    """Token windows, padded on demand: `Features` below, or compress's labelled training windows."""
+
+    input_ids: Sequence[Sequence[int]]
+    token_type_ids: Sequence[Sequence[int]] | None
+
+    @property
+    def lengths(self) -> np.ndarray: ...
 
 
 @dataclass
@@ -111,24 +122,29 @@ def tokenize(tokenizer, questions: Sequence[str], contexts: Sequence[str], cfg: 
 
 
 def batches(
-    features: Features, batch_size: int, pad_id: int, input_names: Sequence[str]
+    features: Windows, batch_size: int, pad_id: int, input_names: Sequence[str]
 ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
     """Yield (window indices, padded int64 inputs), longest windows first, padded only to the batch's longest."""
     order = np.argsort(-features.lengths, kind="stable")
     for lo in range(0, len(order), batch_size):
         idx = order[lo : lo + batch_size]
-        width = int(max(len(features.input_ids[i]) for i in idx))
-        ids = np.full((len(idx), width), pad_id, dtype=np.int64)
-        mask = np.zeros((len(idx), width), dtype=np.int64)
-        types = np.zeros((len(idx), width), dtype=np.int64)
-        for row, i in enumerate(idx):
-            n = len(features.input_ids[i])
-            ids[row, :n] = features.input_ids[i]
-            mask[row, :n] = 1
-            if features.token_type_ids is not None:
-                types[row, :n] = features.token_type_ids[i]
-        arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        arrays = pad(features, idx, pad_id)
         yield idx, {name: arrays[name] for name in input_names}
+
+
+def pad(features: Windows, idx: Sequence[int], pad_id: int) -> dict[str, np.ndarray]:
+    """The windows `idx` as int64 arrays padded to the longest of them: input_ids, attention_mask, token_type_ids."""
+    width = int(max(len(features.input_ids[i]) for i in idx))
+    ids = np.full((len(idx), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(idx), width), dtype=np.int64)
+    types = np.zeros((len(idx), width), dtype=np.int64)
+    for row, i in enumerate(idx):
+        n = len(features.input_ids[i])
+        ids[row, :n] = features.input_ids[i]
+        mask[row, :n] = 1
+        if features.token_type_ids is not None:
+            types[row, :n] = features.token_type_ids[i]
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
 
 def best_spans(

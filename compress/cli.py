@@ -236,47 +236,54 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_distill(args: argparse.Namespace) -> int:
-    from bench.files import read_json
+def _run_training_steps(args: argparse.Namespace, kind: str, columns: list[str], row) -> int:
+    """Run a recipe up to its last `kind` step; print a Markdown table with `row(name, folder)` per such step."""
     from compress.recipe import is_main_process, load_recipe, run_recipe
 
-    root = run_recipe(args.recipe, args.out, args.shared, until="distill")
+    root = run_recipe(args.recipe, args.out, args.shared, until=kind)
     if not is_main_process():
         return 0
-    print("| student | parameters | training questions | minutes | dev-subset EM | dev-subset F1 | folder |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    print("| " + " | ".join(columns) + " |")
+    print("| --- |" + " ---: |" * (len(columns) - 2) + " --- |")
     for step in load_recipe(args.recipe, args.shared).steps:
-        if step.kind != "distill":
-            continue
-        folder = root / "models" / step.name
+        if step.kind == kind:
+            folder = root / "models" / step.name
+            print("| " + " | ".join([step.name, *row(folder), str(folder)]) + " |")
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from bench.files import read_json
+
+    def row(folder: Path) -> list[str]:
         info = read_json(folder / "training.json", "training record")
         best = info["best"]
-        em, f1 = (f"{best['exact']:.2f}", f"{best['f1']:.2f}") if best.get("step") else ("-", "-")
-        print(
-            f"| {step.name} | {info['parameters'] / 1e6:.1f}M | {info['questions']} | "
-            f"{info['train_seconds'] / 60:.1f} | {em} | {f1} | {folder} |"
-        )
-    return 0
+        scores = [f"{best['exact']:.2f}", f"{best['f1']:.2f}"] if best.get("step") else ["-", "-"]
+        return [
+            f"{info['parameters'] / 1e6:.1f}M",
+            str(info["questions"]),
+            f"{info['train_seconds'] / 60:.1f}",
+            *scores,
+        ]
+
+    columns = ["student", "parameters", "training questions", "minutes", "dev-subset EM", "dev-subset F1", "folder"]
+    return _run_training_steps(args, "distill", columns, row)
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
     from bench.files import read_json
-    from compress.recipe import is_main_process, load_recipe, run_recipe
 
-    root = run_recipe(args.recipe, args.out, args.shared, until="prune")
-    if not is_main_process():
-        return 0
-    print("| pruned | method | zeros in pruned matrices | parameters | nonzero parameters | folder |")
-    print("| --- | --- | ---: | ---: | ---: | --- |")
-    for step in load_recipe(args.recipe, args.shared).steps:
-        if step.kind == "prune":
-            folder = root / "models" / step.name
-            r = read_json(folder / "prune.json", "pruning record")
-            print(
-                f"| {step.name} | {r['method']} | {r['pruned_matrices_sparsity']:.1%} | {r['parameters'] / 1e6:.2f}M | "
-                f"{r['nonzero_parameters'] / 1e6:.2f}M | {folder} |"
-            )
-    return 0
+    def row(folder: Path) -> list[str]:
+        r = read_json(folder / "prune.json", "pruning record")
+        return [
+            r["method"],
+            f"{r['pruned_matrices_sparsity']:.1%}",
+            f"{r['parameters'] / 1e6:.2f}M",
+            f"{r['nonzero_parameters'] / 1e6:.2f}M",
+        ]
+
+    columns = ["pruned", "method", "zeros in pruned matrices", "parameters", "nonzero parameters", "folder"]
+    return _run_training_steps(args, "prune", columns, row)
 
 
 def _add_parity_options(p: argparse.ArgumentParser) -> None:
@@ -366,25 +373,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench_options(p)
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("run", help="run a YAML recipe into runs/<name>/ (resumable)")
-    p.add_argument("recipe")
-    p.add_argument("--out", default="runs", help="parent folder of the run folder (default runs/)")
-    p.add_argument("--shared", default=None, help="what ${shared} means in the recipe (default ../shared)")
-    p.set_defaults(func=cmd_run)
-
-    p = sub.add_parser(
-        "distill", help="train the students of a recipe's distill steps (resumable; runs under torchrun too)"
-    )
-    p.add_argument("recipe")
-    p.add_argument("--out", default="runs", help="parent folder of the run folder (default runs/)")
-    p.add_argument("--shared", default=None, help="what ${shared} means in the recipe (default ../shared)")
-    p.set_defaults(func=cmd_distill)
-
-    p = sub.add_parser("prune", help="run a recipe's prune steps (and what they take from): prune, recover, record")
-    p.add_argument("recipe")
-    p.add_argument("--out", default="runs", help="parent folder of the run folder (default runs/)")
-    p.add_argument("--shared", default=None, help="what ${shared} means in the recipe (default ../shared)")
-    p.set_defaults(func=cmd_prune)
+    for name, func, text in (
+        ("run", cmd_run, "run a YAML recipe into runs/<name>/ (resumable)"),
+        ("distill", cmd_distill, "run a recipe up to its distill steps: train the students (resumable, torchrun too)"),
+        ("prune", cmd_prune, "run a recipe up to its prune steps: prune, recover, record (resumable)"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("recipe")
+        p.add_argument("--out", default="runs", help="parent folder of the run folder (default runs/)")
+        p.add_argument("--shared", default=None, help="what ${shared} means in the recipe (default ../shared)")
+        p.set_defaults(func=func)
 
     return parser
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bench.files import EdgeQAError
+from bench.files import EdgeQAError, known_fields
 
 TERMS = ("hard", "soft", "hidden", "attention", "embedding")
 
@@ -66,11 +66,7 @@ class LossConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LossConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise EdgeQAError(f"unknown loss key(s) {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(known))})")
-        return cls(**d)
+        return cls(**known_fields(cls, d, "loss"))
 
 
 def _masked(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -117,9 +113,9 @@ def distill_loss(
     teacher: dict[str, Any] | None,
     labels: torch.Tensor,
     mask: torch.Tensor,
-    projection: torch.nn.Module | None,
 ) -> dict[str, torch.Tensor]:
-    """Weighted terms and their sum ("loss"); `student`/`teacher` hold start, end, and when needed hidden, scores."""
+    """Weighted terms and their sum ("loss"); `student`/`teacher` hold start, end, and when needed hidden states
+    (the student's already projected to the teacher's width) and attention scores by layer."""
     terms: dict[str, torch.Tensor] = {}
     mask = mask.bool()
     if cfg.hard:
@@ -128,12 +124,11 @@ def distill_loss(
         terms["soft"] = span_kl(
             student["start"], student["end"], teacher["start"], teacher["end"], mask, cfg.temperature
         )
-    project = projection if projection is not None else (lambda x: x)
     if cfg.embedding:
-        terms["embedding"] = token_mse(project(student["hidden"][0]), teacher["hidden"][0], mask)
+        terms["embedding"] = token_mse(student["hidden"][0], teacher["hidden"][0], mask)
     if cfg.hidden:
         terms["hidden"] = sum(
-            token_mse(project(student["hidden"][s + 1]), teacher["hidden"][t + 1], mask) for s, t in layer_map.items()
+            token_mse(student["hidden"][s + 1], teacher["hidden"][t + 1], mask) for s, t in layer_map.items()
         )
     if cfg.attention:
         terms["attention"] = sum(

@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bench.files import EdgeQAError
+from bench.files import EdgeQAError, known_fields
 
 if TYPE_CHECKING:
     import torch
@@ -90,13 +90,7 @@ class PruneConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PruneConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise EdgeQAError(
-                f"unknown prune key(s) {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(known))})"
-            )
-        return cls(**d)
+        return cls(**known_fields(cls, d, "prune"))
 
 
 # --- unstructured magnitude pruning --------------------------------------------------------------------------------
@@ -439,7 +433,7 @@ def _label_batches(model, trainset, n: int, size: int = 16):
     from bench.qa import batches
 
     names = ("input_ids", "attention_mask", "token_type_ids")
-    for i, (idx, inputs) in enumerate(batches(trainset.features, size, 0, names)):
+    for i, (idx, inputs) in enumerate(batches(trainset, size, 0, names)):
         if i == n:
             return
         batch = {k: torch.from_numpy(v) for k, v in inputs.items()}

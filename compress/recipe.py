@@ -432,8 +432,6 @@ def check_prune(run: Run, step: Step) -> None:
 
 def step_distill(run: Run, step: Step) -> None:
     """Train a student from the `from` variant (the teacher) into a transformers QA folder."""
-    import shutil
-
     from compress.train import distill
 
     src = _source(run, step)
@@ -444,19 +442,28 @@ def step_distill(run: Run, step: Step) -> None:
     def train() -> Path:
         return distill(cfg, teacher, work, run.recipe.eval_data, cache_root=run.root.parent / "cache")
 
-    if not is_main_process():  # other data-parallel processes only train; the first writes the folder
-        if not (run.model_dir(step.name) / "step.json").exists():
-            train()
-        return
+    _train_once(run, step, {"from": str(src.path), **cfg.to_dict()}, train, work)
+
+
+def _train_once(
+    run: Run, step: Step, settings: dict, train: Callable[[], Path], work: Path, record: Callable | None = None
+) -> None:
+    """Every data-parallel process trains; the first then copies the result and its logs into the step's folder."""
+    import shutil
 
     def make(out: Path) -> None:
         best = train()
         with atomic_dir(out) as tmp:
             shutil.copytree(best, tmp, dirs_exist_ok=True)
-            for record in ("training.json", "train_log.jsonl"):
-                shutil.copy2(work / record, tmp / record)
+            for name in ("training.json", "train_log.jsonl"):
+                shutil.copy2(work / name, tmp / name)
+            if record is not None:
+                record(tmp)
 
-    _make_once(run, step, {"from": str(src.path), **distill_config(step).to_dict()}, make)
+    if is_main_process():
+        _make_once(run, step, settings, make)
+    elif not (run.model_dir(step.name) / "step.json").exists():
+        train()
     run.variants[step.name] = Variant(step.name, run.model_dir(step.name))
 
 
@@ -481,8 +488,6 @@ def recovery_config(step: Step, source: str):
 
 def step_prune(run: Run, step: Step) -> None:
     """Prune the `from` variant; with `train`, recover by distillation from `teacher` (default: the recipe's model)."""
-    import shutil
-
     from bench.engines import load_tokenizer, load_torch_qa_model
     from compress.prune import bake_masks, prune_now, pruning_hooks, sparsity_report
     from compress.student import save_student
@@ -527,22 +532,9 @@ def step_prune(run: Run, step: Step) -> None:
             hooks=hooks,
         )
 
-    if not is_main_process():
-        if not (run.model_dir(step.name) / "step.json").exists():
-            train()
-        return
-
-    def make_recovered(out: Path) -> None:
-        best = train()
-        with atomic_dir(out) as tmp:
-            shutil.copytree(best, tmp, dirs_exist_ok=True)
-            for name in ("training.json", "train_log.jsonl"):
-                shutil.copy2(work / name, tmp / name)
-            record(tmp, {"recovery": {"teacher": str(teacher.path), **cfg.to_dict()}})
-
     settings = {"from": str(src.path), "teacher": str(teacher.path), **pcfg.to_dict(), **cfg.to_dict()}
-    _make_once(run, step, settings, make_recovered)
-    run.variants[step.name] = Variant(step.name, run.model_dir(step.name))
+    summary = {"recovery": {"teacher": str(teacher.path), **cfg.to_dict()}}
+    _train_once(run, step, settings, train, work, lambda folder: record(folder, summary))
 
 
 def step_torch_int8(run: Run, step: Step) -> None:
@@ -677,10 +669,13 @@ def step_report(run: Run, step: Step) -> None:
         "peak). A resumed run keeps the timings it already has.",
         "Size: the weights file that ships (model.onnx, model.ort or model.safetensors); gzip MB is that file "
         "compressed, and sparsity the share of zeros in its weight matrices, both measured on the file.",
-        "ONNX Runtime's CPU kernels are dense: zeros from unstructured pruning are multiplied like any other weight, "
-        "so such sparsity shrinks the compressed file, not the latency. Structured pruning (fewer heads, narrower "
-        "feed-forward layers) is what makes a model faster.",
     ]
+    if any((r["extra"]["weights"].get("matrix_sparsity") or 0) > 0.05 for r in rows):
+        notes.append(
+            "ONNX Runtime's CPU kernels are dense: zeros from unstructured pruning are multiplied like any other "
+            "weight, so such sparsity shrinks the compressed file, not the latency. Structured pruning (fewer heads, "
+            "narrower feed-forward layers) is what makes a model faster."
+        )
     report = build_report(
         run.recipe.name, rows, reference, eval_info, bench_info, first["machine"], first["versions"], notes
     )

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.files import EdgeQAError
+from bench.files import EdgeQAError, known_fields
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +60,7 @@ class StudentSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StudentSpec:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise EdgeQAError(f"unknown student key(s) {', '.join(sorted(unknown))} (allowed: {', '.join(known)})")
-        return cls(**d)
+        return cls(**known_fields(cls, d, "student"))
 
     @property
     def narrower(self) -> bool:

@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,9 +28,9 @@ import torch
 from tqdm import tqdm
 
 from bench.engines import QAModel, TorchEngine, default_threads, load_tokenizer, load_torch_qa_model, model_input_names
-from bench.files import EdgeQAError, atomic_dir, atomic_file, write_json
+from bench.files import EdgeQAError, atomic_dir, atomic_file, known_fields, write_json
 from bench.metric import score
-from bench.qa import QAConfig
+from bench.qa import QAConfig, pad
 from bench.squad import load_squad
 from compress.losses import LossConfig, distill_loss
 from compress.student import (
@@ -119,28 +120,17 @@ class DistillConfig:
     def from_dict(cls, d: dict[str, Any]) -> DistillConfig:
         unknown = set(d) - {"student", "train", "stages", "loss"}
         if unknown:
-            raise EdgeQAError(f"unknown distill key(s): {', '.join(sorted(unknown))}")
-        train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
-        bad = set(d.get("train") or {}) - train_keys
-        if bad:
-            raise EdgeQAError(
-                f"unknown train key(s) {', '.join(sorted(bad))} (allowed: {', '.join(sorted(train_keys))})"
-            )
+            raise EdgeQAError(f"unknown distill setting(s): {', '.join(sorted(unknown))}")
         if "loss" in d and "stages" in d:
             raise EdgeQAError("give either one `loss` (a single stage) or `stages`, not both")
-        raw_stages = d.get("stages") or [{"loss": d.get("loss") or {"hard": 1.0}}]
-        stage_keys = {f.name for f in dataclasses.fields(Stage)}
-        stages = []
-        for i, s in enumerate(raw_stages):
-            bad = set(s) - stage_keys
-            if bad:
-                raise EdgeQAError(
-                    f"stage {i}: unknown key(s) {', '.join(sorted(bad))} (allowed: {', '.join(stage_keys)})"
-                )
-            stages.append(Stage(**{**s, "loss": LossConfig.from_dict(dict(s.get("loss") or {}))}))
         if "data" not in (d.get("train") or {}):
             raise EdgeQAError("train.data (the SQuAD file to train on) is missing")
-        return cls(StudentSpec.from_dict(dict(d.get("student") or {})), TrainConfig(**d["train"]), tuple(stages))
+        train = TrainConfig(**known_fields(TrainConfig, dict(d["train"]), "train"))
+        stages = []
+        for i, raw in enumerate(d.get("stages") or [{"loss": d.get("loss") or {"hard": 1.0}}]):
+            stage = known_fields(Stage, dict(raw), f"stage {i}")
+            stages.append(Stage(**{**stage, "loss": LossConfig.from_dict(dict(stage.get("loss") or {}))}))
+        return cls(StudentSpec.from_dict(dict(d.get("student") or {})), train, tuple(stages))
 
 
 @dataclass
@@ -392,13 +382,17 @@ def distill(
         per_epoch = len(trainset) // tc.batch_size
         order_epoch, order = -1, []
         bar = tqdm(
-            total=total, initial=step, desc=f"stage {si + 1}/{len(cfg.stages)}", disable=not (progress and dist.main)
+            total=total,
+            initial=step,
+            desc=f"stage {si + 1}/{len(cfg.stages)}",
+            disable=not (progress and dist.main),
+            mininterval=1 if sys.stderr.isatty() else 60,  # a log file gets a line a minute, not ten a second
         )
         window_count, t_log = 0, time.perf_counter()
         while step < total:
             epoch, j = divmod(step, per_epoch)
             if epoch != order_epoch:
-                order_epoch, order = epoch, epoch_batches(trainset.features.lengths, tc.batch_size, tc.seed, si, epoch)
+                order_epoch, order = epoch, epoch_batches(trainset.lengths, tc.batch_size, tc.seed, si, epoch)
             mine = order[j][dist.rank :: dist.world]
             if hooks.before_step:
                 hooks.before_step(si, step)
@@ -528,18 +522,8 @@ def _teacher_fn(teacher, device: str, bf16: bool):
 
 
 def _micro_step(model, teacher, taps, trainset, logits, idx, names, loss_cfg, layer_map, device, bf16, pad_id):
-    f = trainset.features
-    width = int(max(len(f.input_ids[i]) for i in idx))
-    ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(idx), width), dtype=torch.long)
-    types = torch.zeros((len(idx), width), dtype=torch.long)
-    for row, i in enumerate(idx):
-        n = len(f.input_ids[i])
-        ids[row, :n] = torch.tensor(f.input_ids[i])
-        mask[row, :n] = 1
-        if f.token_type_ids is not None:
-            types[row, :n] = torch.tensor(f.token_type_ids[i])
-    all_inputs = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    all_inputs = {k: torch.from_numpy(v) for k, v in pad(trainset, idx, pad_id).items()}
+    mask, width = all_inputs["attention_mask"], all_inputs["input_ids"].shape[1]
     inputs = {k: all_inputs[k].to(device) for k in names}
     labels = torch.from_numpy(trainset.labels[idx]).to(device)
     with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
@@ -551,7 +535,7 @@ def _micro_step(model, teacher, taps, trainset, logits, idx, names, loss_cfg, la
             cached = torch.from_numpy(np.asarray(logits[idx, :, :width], dtype=np.float32))
             t_out = {"start": cached[:, 0].to(device), "end": cached[:, 1].to(device)}
         s_out = model(inputs, hidden=loss_cfg.intermediate, scores=bool(loss_cfg.attention))
-    return distill_loss(loss_cfg, layer_map, s_out, t_out, labels, mask.to(device), None)
+    return distill_loss(loss_cfg, layer_map, s_out, t_out, labels, mask.to(device))
 
 
 def _optimizer(trainee: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.files import EdgeQAError, read_json, write_json
-from bench.qa import Features, QAConfig, batches, tokenize
+from bench.qa import QAConfig, batches, tokenize
 from bench.squad import load_squad
 
 log = logging.getLogger(__name__)
@@ -34,27 +35,55 @@ CHUNK_BATCHES = 50  # windows are length-sorted within chunks of this many batch
 
 @dataclass
 class TrainSet:
-    features: Features
+    """Labelled windows, compact: token ids as int32 arrays, no character offsets once the labels are known."""
+
+    input_ids: list[np.ndarray]
+    token_type_ids: list[np.ndarray] | None
     labels: np.ndarray  # (F, 2) start and end token of the answer, 0 (classifier token) when outside the window
+    example_index: np.ndarray  # (F,) which question each window belongs to
     questions: int
     source: str
     limit: int | None
 
     def __len__(self) -> int:
-        return len(self.features)
+        return len(self.input_ids)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(ids) for ids in self.input_ids), dtype=np.int64, count=len(self.input_ids))
 
 
-def load_trainset(data: str | Path, limit: int | None, tokenizer, cfg: QAConfig) -> TrainSet:
+def load_trainset(data: str | Path, limit: int | None, tokenizer, cfg: QAConfig, chunk: int = 2000) -> TrainSet:
+    """Tokenise and label `chunk` questions at a time: the tokenizer's per-token offsets for the whole SQuAD train
+    set at once would take several GB."""
     dataset = load_squad(data, limit)
     examples = [e for e in dataset.examples if e.answers]  # v2.0's unanswerable questions carry no span to learn
     if not examples:
         raise EdgeQAError(f"{data}: holds no answered questions to train on")
-    log.info("tokenising %d training questions", len(examples))
-    features = tokenize(tokenizer, [e.question for e in examples], [e.context for e in examples], cfg)
-    starts = np.array([e.answer_starts[0] for e in examples])[features.example_index]
-    ends = starts + np.array([len(e.answers[0]) for e in examples])[features.example_index]
-    labels = span_labels(features.offsets, starts, ends)
-    return TrainSet(features, labels, len(examples), str(data), limit)
+    input_ids: list[np.ndarray] = []
+    token_type_ids: list[np.ndarray] | None = []
+    labels, example_index = [], []
+    for lo in tqdm(range(0, len(examples), chunk), desc="tokenising", unit="chunk", disable=len(examples) <= chunk):
+        part = examples[lo : lo + chunk]
+        f = tokenize(tokenizer, [e.question for e in part], [e.context for e in part], cfg)
+        starts = np.array([e.answer_starts[0] for e in part])[f.example_index]
+        ends = starts + np.array([len(e.answers[0]) for e in part])[f.example_index]
+        labels.append(span_labels(f.offsets, starts, ends))
+        example_index.append(f.example_index + lo)
+        input_ids.extend(np.asarray(ids, dtype=np.int32) for ids in f.input_ids)
+        if f.token_type_ids is None:
+            token_type_ids = None
+        else:
+            token_type_ids.extend(np.asarray(t, dtype=np.int8) for t in f.token_type_ids)
+    return TrainSet(
+        input_ids,
+        token_type_ids,
+        np.concatenate(labels),
+        np.concatenate(example_index),
+        len(examples),
+        str(data),
+        limit,
+    )
 
 
 def span_labels(offsets: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
@@ -164,10 +193,15 @@ def build_cache(
         record = read_json(progress_file, "teacher cache progress")
         done = record["done"] if record.get("key") == key else 0
     arr = np.lib.format.open_memmap(partial, mode="r+" if done else "w+", dtype=np.float16, shape=shape)
-    all_batches = list(
-        batches(trainset.features, batch_size, pad_id, ("input_ids", "attention_mask", "token_type_ids"))
+    all_batches = list(batches(trainset, batch_size, pad_id, ("input_ids", "attention_mask", "token_type_ids")))
+    bar = tqdm(
+        total=len(all_batches),
+        initial=done,
+        desc="teacher logits",
+        unit="batch",
+        disable=not progress,
+        mininterval=1 if sys.stderr.isatty() else 60,
     )
-    bar = tqdm(total=len(all_batches), initial=done, desc="teacher logits", unit="batch", disable=not progress)
     for b, (idx, inputs) in enumerate(all_batches):
         if b < done:
             continue

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from bench.engines import ONNX_NAME, SESSION_FILE, load_tokenizer, resolve_model
-from bench.files import EdgeQAError, atomic_dir, write_json
+from bench.files import EdgeQAError, atomic_dir, known_fields, write_json
 from bench.qa import QAConfig, batches, tokenize
 from bench.squad import SquadExample, load_squad
 from export.onnx import check_parity, copy_model_metadata, write_parity
@@ -60,10 +60,7 @@ class QuantizeConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> QuantizeConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise EdgeQAError(f"unknown quantization setting(s): {', '.join(unknown)}")
+        raw = known_fields(cls, raw, "quantization")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
 
 

@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 
 from bench.engines import load_tokenizer, load_torch_qa_model
 from bench.files import EdgeQAError
-from bench.qa import QAConfig
+from bench.qa import QAConfig, tokenize
+from bench.squad import load_squad
 from compress import train as train_mod
 from compress.cli import main
 from compress.losses import LossConfig, distill_loss, span_ce, span_kl, token_mse
@@ -124,7 +125,6 @@ def test_losses_mask_padding_and_scale_with_temperature():
         {"start": t_start, "end": t_end},
         labels,
         mask,
-        None,
     )
     assert float(terms["loss"]) == pytest.approx(0.25 * float(terms["hard"]) + float(terms["soft"]), rel=1e-6)
 
@@ -134,37 +134,39 @@ def test_loss_config_rejects_nonsense():
         LossConfig()
     with pytest.raises(EdgeQAError, match="negative"):
         LossConfig(hard=1.0, soft=-1.0)
-    with pytest.raises(EdgeQAError, match="unknown loss key"):
+    with pytest.raises(EdgeQAError, match="unknown loss setting"):
         LossConfig.from_dict({"hard": 1.0, "kd": 1.0})
     assert LossConfig.from_dict(LossConfig(hard=1, layer_map={0: 1}).to_dict()) == LossConfig(hard=1, layer_map={0: 1})
 
 
+def _label_texts(ts, examples, tokenizer, cfg) -> list[tuple[str, str]]:
+    """(text under each labelled span, gold answer) for windows that hold their answer; offsets re-tokenised."""
+    f = tokenize(tokenizer, [e.question for e in examples], [e.context for e in examples], cfg)
+    assert f.input_ids == [ids.tolist() for ids in ts.input_ids]  # chunked tokenisation cuts the same windows
+    out = []
+    for w in np.flatnonzero(ts.labels[:, 0] > 0):
+        ex = examples[ts.example_index[w]]
+        s, e = ts.labels[w]
+        out.append((ex.context[f.offsets[w, s, 0] : f.offsets[w, e, 1]], ex.answers[0]))
+    return out
+
+
 def test_span_labels_point_at_the_answer_tokens(tiny_qa_model, toy_train):
     tokenizer = load_tokenizer(tiny_qa_model)
-    ts = load_trainset(toy_train, None, tokenizer, QAConfig(max_length=20, doc_stride=4))
-    f = ts.features
+    cfg = QAConfig(max_length=20, doc_stride=4)
+    ts = load_trainset(toy_train, None, tokenizer, cfg, chunk=5)
     assert len(ts) > ts.questions  # long contexts were split, and some windows miss the answer
     inside = ts.labels[:, 0] > 0
     assert inside.any() and (~inside).any()
-    examples = TOY_QAS * 16
-    for w in np.flatnonzero(inside):
-        context, _, answers = examples[f.example_index[w]]
-        s, e = ts.labels[w]
-        assert context[f.offsets[w, s, 0] : f.offsets[w, e, 1]] == answers[0]
+    pairs = _label_texts(ts, load_squad(toy_train).examples, tokenizer, cfg)
+    assert pairs and all(got == gold for got, gold in pairs)
 
 
 def test_span_labels_on_real_squad_train(teacher):
     tokenizer = load_tokenizer(teacher)
-    ts = load_trainset(TRAIN, 300, tokenizer, QAConfig())
-    from bench.squad import load_squad
-
-    examples = load_squad(TRAIN, 300).examples
-    hits = []
-    for w in np.flatnonzero(ts.labels[:, 0] > 0):
-        ex = examples[ts.features.example_index[w]]
-        s, e = ts.labels[w]
-        got = ex.context[ts.features.offsets[w, s, 0] : ts.features.offsets[w, e, 1]]
-        hits.append(got.strip().lower() == ex.answers[0].strip().lower())
+    ts = load_trainset(TRAIN, 300, tokenizer, QAConfig(), chunk=128)
+    pairs = _label_texts(ts, load_squad(TRAIN, 300).examples, tokenizer, QAConfig())
+    hits = [got.strip().lower() == gold.strip().lower() for got, gold in pairs]
     assert len(hits) >= 295 and np.mean(hits) > 0.97  # word pieces can widen a span past odd punctuation
 
 
@@ -368,7 +370,6 @@ def test_cache_of_other_tokenisation_is_refused_before_training(tmp_path, toy_tr
 
 
 def test_distilled_student_of_the_shared_teacher_learns(tmp_path, teacher):
-    from bench.squad import load_squad
     from compress.train import _evaluate
     from conftest import DEV
 

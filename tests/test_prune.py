@@ -102,7 +102,7 @@ def test_gradient_importance_ranks_heads_and_neurons(tiny):
         ({"method": "structured"}, "needs heads > 0 or ffn > 0"),
         ({"method": "random"}, "prune method"),
         ({"method": "structured", "heads": 1.0}, r"heads must be in \[0, 1\)"),
-        ({"sparsity": 0.5, "amount": 3}, "unknown prune key"),
+        ({"sparsity": 0.5, "amount": 3}, "unknown prune setting"),
     ],
 )
 def test_bad_prune_settings_are_refused(settings, message):
