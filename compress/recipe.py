@@ -503,6 +503,11 @@ def step_prune(run: Run, step: Step) -> None:
         include = pcfg.include if pcfg.method == "magnitude" else ("*encoder.layer.*",)
         report = sparsity_report(model, include, pcfg.exclude)
         report.update(method=pcfg.method, settings=pcfg.to_dict(), source=str(src.path), **summary)
+        if pcfg.method == "structured":  # what is left, as the config the folder loads with records it
+            heads = model.config.num_attention_heads
+            removed = {str(k): len(v) for k, v in (model.config.pruned_heads or {}).items()}
+            report["heads_per_layer"] = [heads - removed.get(str(i), 0) for i in range(model.config.num_hidden_layers)]
+            report["intermediate_size"] = model.config.intermediate_size
         write_json(folder / "prune.json", report)
 
     if "train" not in step.params:  # prune only, no recovery

@@ -63,7 +63,11 @@ def load_trainset(data: str | Path, limit: int | None, tokenizer, cfg: QAConfig,
     input_ids: list[np.ndarray] = []
     token_type_ids: list[np.ndarray] | None = []
     labels, example_index = [], []
-    for lo in tqdm(range(0, len(examples), chunk), desc="tokenising", unit="chunk", disable=len(examples) <= chunk):
+    chunks = range(0, len(examples), chunk)
+    quiet = len(examples) <= chunk
+    for lo in tqdm(
+        chunks, desc="tokenising", unit="chunk", disable=quiet, mininterval=1 if sys.stderr.isatty() else 60
+    ):
         part = examples[lo : lo + chunk]
         f = tokenize(tokenizer, [e.question for e in part], [e.context for e in part], cfg)
         starts = np.array([e.answer_starts[0] for e in part])[f.example_index]

@@ -199,6 +199,8 @@ def test_structured_pruning_with_recovery_exports_smaller_onnx(tmp_path, toy_squ
     root = run_recipe(_prune_recipe(tmp_path, teacher, toy_squad, steps), tmp_path / "runs")
     config = json.loads((root / "models" / "slim" / "config.json").read_text())
     assert config["intermediate_size"] == 64 and sum(len(h) for h in config["pruned_heads"].values()) == 2
+    record = json.loads((root / "models" / "slim" / "prune.json").read_text())
+    assert sum(record["heads_per_layer"]) == 6 and record["intermediate_size"] == 64
     model = load_torch_qa_model(root / "models" / "slim")
     assert model.bert.encoder.layer[0].intermediate.dense.weight.shape == (64, 32)
     dense = sum(p.numel() for p in load_torch_qa_model(teacher).parameters())
