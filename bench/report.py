@@ -154,7 +154,17 @@ def to_markdown(report: dict[str, Any]) -> str:
             sparsity = f"{w['matrix_sparsity']:.1%}" if w.get("matrix_sparsity") is not None else "-"
             gz = f"{w['gzip_bytes'] / 2**20:.1f}" if w.get("gzip_bytes") else "-"
             raw = f"{w['file_bytes'] / 2**20:.1f}" if w.get("file_bytes") else "-"
-            lines.append(f"| {r['name']} | {params} | {sparsity} | {raw} | {gz} | {p['method'] if p else ''} |")
+            lines.append(f"| {r['name']} | {params} | {sparsity} | {raw} | {gz} | {_describe_pruning(p)} |")
+        sparse = [r for r in weighed if (r["extra"]["weights"].get("matrix_sparsity") or 0) > 0.05]
+        depth = max((len(r["extra"]["weights"].get("per_layer_sparsity") or {}) for r in sparse), default=0)
+        if depth:
+            lines += ["", "Zeros in each encoder layer's weight matrices, measured on each file:", ""]
+            lines += ["| variant | " + " | ".join(f"layer {i}" for i in range(depth)) + " |"]
+            lines += ["| --- |" + " ---: |" * depth]
+            for r in sparse:
+                per = r["extra"]["weights"].get("per_layer_sparsity") or {}
+                cells = [f"{per[str(i)]:.1%}" if str(i) in per else "-" for i in range(depth)]
+                lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
     trained = [r for r in report["rows"] if r["extra"].get("training")]
     if trained:
         lines += ["", "Trained here (distilled or fine-tuned):", ""]
@@ -170,6 +180,20 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines += ["", "Notes:", ""] + [f"- {n}" for n in report["notes"]]
     lines += ["", f"Versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items())}.", ""]
     return "\n".join(lines)
+
+
+def _describe_pruning(p: dict[str, Any] | None) -> str:
+    """One cell: what the pruning step asked for (what the file holds is in the other columns)."""
+    if not p:
+        return ""
+    cfg = p.get("settings") or {}
+    if p.get("method") == "structured":
+        parts = [f"heads per layer {p['heads_per_layer']}" if p.get("heads_per_layer") else f"heads {cfg.get('heads')}"]
+        parts.append(f"FFN {p['intermediate_size']}" if p.get("intermediate_size") else f"FFN {cfg.get('ffn')}")
+        return f"structured ({cfg.get('importance', 'magnitude')}): " + ", ".join(parts)
+    pattern = cfg.get("pattern", "1x1")
+    shape = "" if pattern == "1x1" else f" {pattern}"
+    return f"magnitude{shape} {cfg.get('sparsity', 0):.0%} ({cfg.get('scope')}, {cfg.get('schedule')})"
 
 
 def plot_pareto(report: dict[str, Any], path: Path) -> None:

@@ -9,6 +9,7 @@ zero is a value equal to its zero point.
 from __future__ import annotations
 
 import gzip
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -37,10 +38,15 @@ def gzip_size(path: Path) -> int:
     return counter.n
 
 
-def _matrices_onnx(path: Path) -> dict[str, tuple[int, int]]:
-    """(zeros, size) of each 2-D weight initializer; int8 weights count values equal to their zero point."""
+def _matrices_onnx(path: Path) -> tuple[dict[str, tuple[int, int]], int]:
+    """(zeros, size) of each 2-D weight initializer, and the parameter count.
+
+    int8 weights count values equal to their zero point as zeros. Parameters are the elements of the float and
+    8-bit initializers other than quantisation scales and zero points, so an exported model counts as its
+    PyTorch source does (give or take constants the exporter folds in).
+    """
     import onnx
-    from onnx import numpy_helper
+    from onnx import TensorProto, numpy_helper
 
     model = onnx.load(str(path))
     inits = {i.name: i for i in model.graph.initializer}
@@ -50,6 +56,19 @@ def _matrices_onnx(path: Path) -> dict[str, tuple[int, int]]:
             for weight, zp in ((node.input[0], node.input[2]), (node.input[1], node.input[-1])):
                 if weight in inits and zp in inits:
                     zero_points[weight] = numpy_helper.to_array(inits[zp])
+    first_quant_input = {"DequantizeLinear": 1, "QuantizeLinear": 1, "MatMulInteger": 2}  # scales, zero points
+    quant_params = {
+        name
+        for node in model.graph.node
+        if node.op_type in first_quant_input
+        for name in node.input[first_quant_input[node.op_type] :]
+    }
+    kinds = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.INT8, TensorProto.UINT8}
+    params = sum(int(np.prod(i.dims)) for i in inits.values() if i.data_type in kinds and i.name not in quant_params)
+    consumer: dict[str, str] = {}  # the exporter names MatMul weights "onnx::MatMul_756"; their nodes keep the path
+    for node in model.graph.node:
+        for name in node.input:
+            consumer.setdefault(name, node.name)
     out = {}
     for name, init in inits.items():
         if len(init.dims) != 2 or min(init.dims) < MIN_DIM:
@@ -57,8 +76,9 @@ def _matrices_onnx(path: Path) -> dict[str, tuple[int, int]]:
         arr = numpy_helper.to_array(init)
         zp = zero_points.get(name, np.zeros((), dtype=arr.dtype))
         zp = zp.reshape(1, -1) if zp.ndim == 1 and zp.size == arr.shape[1] else zp
-        out[name] = (int((arr == zp).sum()), arr.size)
-    return out
+        module = consumer.get(name, "").strip("/").rpartition("/")[0].replace("/", ".")
+        out[name if not name.startswith("onnx::") or not module else module] = (int((arr == zp).sum()), arr.size)
+    return out, params
 
 
 def _matrices_torch(folder: Path) -> tuple[dict[str, tuple[int, int]], int]:
@@ -74,6 +94,17 @@ def _matrices_torch(folder: Path) -> tuple[dict[str, tuple[int, int]], int]:
     return out, params
 
 
+def _per_layer(matrices: dict[str, tuple[int, int]]) -> dict[str, float]:
+    """Zeros per encoder layer, over the matrices whose name says their layer ("...layer.3.attention...")."""
+    layers: dict[int, list[int]] = {}
+    for name, (zeros, size) in matrices.items():
+        m = re.search(r"layer\.(\d+)\.", name)
+        if m:
+            z, n = layers.setdefault(int(m.group(1)), [0, 0])
+            layers[int(m.group(1))] = [z + zeros, n + size]
+    return {str(i): round(z / n, 4) for i, (z, n) in sorted(layers.items())}
+
+
 def weight_stats(path: str | Path) -> dict[str, Any]:
     """Zeros per weight matrix and overall, parameter count, and file size raw and gzipped."""
     from bench.engines import TORCH_WEIGHTS, resolve_model
@@ -81,8 +112,7 @@ def weight_stats(path: str | Path) -> dict[str, Any]:
     backend, model_path, folder = resolve_model(path)
     if backend == "onnxruntime":
         weights_file = model_path
-        matrices = _matrices_onnx(model_path) if model_path.suffix == ".onnx" else {}
-        params = None
+        matrices, params = _matrices_onnx(model_path) if model_path.suffix == ".onnx" else ({}, None)
     else:
         weights_file = next((folder / w for w in TORCH_WEIGHTS if (folder / w).exists()), None)
         matrices, params = _matrices_torch(folder)
@@ -94,5 +124,6 @@ def weight_stats(path: str | Path) -> dict[str, Any]:
         "gzip_bytes": gzip_size(weights_file) if weights_file else None,
         "parameters": params,
         "matrix_sparsity": round(zeros / size, 4) if size else None,
+        "per_layer_sparsity": _per_layer(matrices),
         "per_matrix_sparsity": {k: round(z / n, 4) for k, (z, n) in matrices.items()},
     }

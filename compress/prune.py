@@ -49,6 +49,7 @@ class PruneConfig:
     heads: float = 0.0  # structured: share of all attention heads to remove
     ffn: float = 0.0  # structured: share of each layer's feed-forward neurons to remove
     importance: str = "magnitude"  # structured: "magnitude" or "gradient"
+    importance_batches: int = 32  # gradient importance: batches of 16 training windows to measure it on
     backend: str = "torch"  # magnitude: "torch" (element-wise) or "neural-compressor" (patterns, during training)
     pattern: str = "1x1"  # neural-compressor: "NxM" blocks (4x1: 4 output rows) or "N:M" (2:4 along the input)
     criterion: str = "magnitude"  # neural-compressor: "magnitude" or "snip_momentum" (|weight x gradient|)
@@ -66,8 +67,8 @@ class PruneConfig:
             raise EdgeQAError(f"scope must be 'global' or 'layer', got {self.scope!r}")
         if self.schedule not in ("oneshot", "cubic"):
             raise EdgeQAError(f"schedule must be 'oneshot' or 'cubic', got {self.schedule!r}")
-        if not 0 < self.ramp <= 1 or self.update_every < 1:
-            raise EdgeQAError("ramp must be in (0, 1] and update_every positive")
+        if not 0 < self.ramp <= 1 or self.update_every < 1 or self.importance_batches < 1:
+            raise EdgeQAError("ramp must be in (0, 1], update_every and importance_batches positive")
         if self.importance not in ("magnitude", "gradient"):
             raise EdgeQAError(f"importance must be 'magnitude' or 'gradient', got {self.importance!r}")
         if self.method == "structured" and not (self.heads or self.ffn):
@@ -286,10 +287,13 @@ def prune_ffn_(model, share: float, scores: torch.Tensor | None = None) -> int:
 
 
 def gradient_scores(model, batches, loss_fn) -> tuple[torch.Tensor, torch.Tensor]:
-    """Head and neuron importance as |d loss / d mask| summed over batches (masks of ones on heads and neurons).
+    """Head and neuron importance as |d loss / d mask|, summed over batches (masks of ones on heads and neurons).
 
     Heads: a multiplicative gate on each head's context vector, through a hook on the attention output projection's
-    input; neurons: a gate on the intermediate activations. `loss_fn(model, batch)` returns a scalar loss.
+    input; neurons: a gate on the intermediate activations. `loss_fn(model, batch)` returns a scalar loss. The
+    absolute value is taken per batch, as Michel et al. take it per example: summed first, gradients of opposite
+    sign cancel and useful heads look idle (on the shared teacher, a third of the heads and half the FFN removed:
+    F1 65 right after pruning with the signed sum over 8 batches, 76 with per-batch magnitudes over 32).
     """
     import torch
 
@@ -307,33 +311,41 @@ def gradient_scores(model, batches, loss_fn) -> tuple[torch.Tensor, torch.Tensor
 
         handles.append(layer.attention.output.dense.register_forward_pre_hook(gate_heads))
         handles.append(layer.intermediate.register_forward_hook(lambda _m, _i, out, fg=fg: out * fg))
+    heads = torch.zeros(len(layers), len(head_gates[0]))
+    ffn = torch.zeros(len(layers), len(ffn_gates[0]))
     was_training = model.training
     model.eval()
     try:
         for batch in batches:
             loss_fn(model, batch).backward()
+            for i, (hg, fg) in enumerate(zip(head_gates, ffn_gates, strict=True)):
+                heads[i] += hg.grad.abs()
+                ffn[i] += fg.grad.abs()
+                hg.grad, fg.grad = None, None
     finally:
         for h in handles:
             h.remove()
         model.zero_grad(set_to_none=True)
         model.train(was_training)
-    heads = torch.stack([g.grad.abs() for g in head_gates])
-    ffn = torch.stack([g.grad.abs() for g in ffn_gates])
     return heads, ffn
 
 
 # --- riding the training loop --------------------------------------------------------------------------------------
 
 
-def prune_now(model, cfg: PruneConfig, trainset=None, gradual: bool = False, batches: int = 8) -> dict[str, Any]:
+def prune_now(model, cfg: PruneConfig, trainset=None, gradual: bool = False) -> dict[str, Any]:
     """Apply `cfg` to `model` in place; with `gradual`, as it stands before recovery (a cubic schedule starts at 0)."""
     if cfg.method == "structured":
         if cfg.importance == "gradient":
             if trainset is None:
                 raise EdgeQAError("gradient importance needs training data to measure the loss on")
-            head_scores, ffn_scores = gradient_scores(model, _label_batches(model, trainset, batches), _span_loss)
+            head_scores, ffn_scores = gradient_scores(
+                model, _label_batches(model, trainset, cfg.importance_batches), _span_loss
+            )
         else:
             head_scores, ffn_scores = head_scores_by_magnitude(model), ffn_scores_by_magnitude(model)
+        if cfg.heads and model.config.pruned_heads:
+            raise EdgeQAError("this model already lost heads to pruning; prune its heads once, from the unpruned model")
         plan = heads_to_remove(head_scores, cfg.heads) if cfg.heads else {}
         prune_heads_(model, plan)
         width = prune_ffn_(model, cfg.ffn, ffn_scores) if cfg.ffn else model.config.intermediate_size

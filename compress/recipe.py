@@ -407,6 +407,10 @@ def check_prune(run: Run, step: Step) -> None:
     if pcfg.method == "structured" and config.model_type != "bert":
         raise EdgeQAError(f"{where}: structured pruning knows bert models; {src.path} is {config.model_type!r}")
     if pcfg.method == "structured" and pcfg.heads:
+        if config.pruned_heads:
+            raise EdgeQAError(
+                f"{where}: {src.path} already lost heads to pruning; prune heads once, from the unpruned model"
+            )
         n = config.num_hidden_layers * config.num_attention_heads
         if round(pcfg.heads * n) >= n:
             raise EdgeQAError(f"{where}: heads={pcfg.heads} removes every head")
@@ -615,12 +619,31 @@ def _weight_stats(run: Run, name: str) -> dict:
 
     v = run.variants[name]
     cache = run.root / "bench" / f"{name}.weights.json"
-    key = {"path": str(v.path), "bytes": model_file_size(v.path)}
+    key = {"path": str(v.path), "bytes": model_file_size(v.path), "version": 2}  # 2: ONNX parameter counts
     if cache.exists() and read_json(cache).get("key") == key:
         return read_json(cache)["stats"]
     stats = weight_stats(v.path)
     write_json(cache, {"key": key, "stats": stats})
     return stats
+
+
+WEIGHT_PRESERVING_STEPS = ("export", "fuse", "quantize", "mobile")
+
+
+def _pruning_record(path: Path) -> dict | None:
+    """The prune.json of a pruned model or of the model it was exported, fused or quantized from.
+
+    Steps that retrain (distill, prune) end the walk: their weights are new, so an older record no longer applies.
+    """
+    for _ in range(32):  # a chain of steps, never a cycle; the bound only guards against a hand-edited step.json
+        if (path / "prune.json").exists():
+            return read_json(path / "prune.json", "pruning record")
+        step = path / "step.json"
+        record = read_json(step, "step record") if step.exists() else {}
+        if record.get("step") not in WEIGHT_PRESERVING_STEPS or "from" not in record:
+            return None
+        path = Path(record["from"])
+    return None
 
 
 def _same(metrics: dict, key: dict) -> bool:
@@ -648,10 +671,17 @@ def step_report(run: Run, step: Step) -> None:
             if p.exists() and not run.variants[name].torch_int8:
                 extra[record.removesuffix(".json")] = read_json(p)
         extra["weights"] = _weight_stats(run, name)
-        pruned = run.variants[name].path / "prune.json"
-        if pruned.exists():
-            p = read_json(pruned, "pruning record")
-            extra["pruning"] = {k: p.get(k) for k in ("method", "settings", "pruned_matrices_sparsity", "per_layer")}
+        p = _pruning_record(run.variants[name].path)
+        if p:
+            keep = (
+                "method",
+                "settings",
+                "pruned_matrices_sparsity",
+                "per_layer",
+                "heads_per_layer",
+                "intermediate_size",
+            )
+            extra["pruning"] = {k: p[k] for k in keep if k in p}
         training = run.variants[name].path / "training.json"
         if training.exists():
             t = read_json(training, "training record")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import AutoModelForQuestionAnswering
 
 from bench.engines import load_torch_qa_model
 from bench.files import EdgeQAError
@@ -92,6 +93,14 @@ def test_gradient_importance_ranks_heads_and_neurons(tiny):
     assert heads.shape == (2, 4) and ffn.shape == (2, 128)
     assert (heads > 0).all() and ffn.sum() > 0
     assert all(p.grad is None for p in tiny.parameters())
+
+    # Magnitudes are taken per batch: two batches pulling a gate in opposite directions add up, never cancel.
+    def signed(model, batch):
+        return batch["sign"] * loss(model, {k: v for k, v in batch.items() if k != "sign"})
+
+    both = gradient_scores(tiny, [{**_inputs(tiny), "sign": 1.0}, {**_inputs(tiny), "sign": -1.0}], signed)
+    torch.testing.assert_close(both[0], 2 * heads)
+    torch.testing.assert_close(both[1], 2 * ffn)
 
 
 @pytest.mark.parametrize(
@@ -232,6 +241,20 @@ def test_bad_pruning_fails_with_file_and_line_before_work(tmp_path, toy_squad, c
     assert main(["run", str(path), "--out", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err
     assert re.search(message, err) and f"{path}:7" in err
+    assert not (tmp_path / "runs" / "p" / "models").exists()
+
+
+def test_pruning_heads_twice_is_refused_before_work(tmp_path, toy_squad, capsys):
+    from compress.cli import main
+
+    model = make_tiny_qa_model(tmp_path / "m", layers=2)
+    pruned = AutoModelForQuestionAnswering.from_pretrained(model)
+    pruned.prune_heads({0: [1]})
+    pruned.save_pretrained(model)
+    path = _prune_recipe(tmp_path, model, toy_squad, "- prune: {name: p1, method: structured, heads: 0.25}\n")
+    assert main(["run", str(path), "--out", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert "already lost heads" in err and f"{path}:7" in err
     assert not (tmp_path / "runs" / "p" / "models").exists()
 
 
