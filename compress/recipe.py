@@ -231,8 +231,10 @@ def load_recipe(path: str | Path, shared: str | Path | None = None) -> Recipe:
                 distill_config(step)
             if kind == "prune":
                 prune_config(step)
-                if "train" in step.params:
+                if "stages" in step.params:
                     recovery_config(step, "")
+                elif set(step.params.get("train") or {}) - {"data"}:
+                    raise EdgeQAError("recovery training needs stages; without them, train takes only data")
             if kind == "fuse" and set(step.params.get("fusions", [])) - set(FUSIONS):
                 raise EdgeQAError(f"unknown fusion(s) in {step.params['fusions']}; choose from {', '.join(FUSIONS)}")
         except (EdgeQAError, TypeError, ValueError) as e:
@@ -414,10 +416,14 @@ def check_prune(run: Run, step: Step) -> None:
         n = config.num_hidden_layers * config.num_attention_heads
         if round(pcfg.heads * n) >= n:
             raise EdgeQAError(f"{where}: heads={pcfg.heads} removes every head")
-    if "train" in step.params:
+    if "stages" in step.params:
         recovery_config(step, str(src.path))
     elif pcfg.backend == "neural-compressor":
         raise EdgeQAError(f"{where}: neural-compressor prunes during training; give train and stages")
+    elif (
+        pcfg.method == "structured" and pcfg.importance == "gradient" and "data" not in (step.params.get("train") or {})
+    ):
+        raise EdgeQAError(f"{where}: gradient importance measures the loss on training data; give train: {{data: ...}}")
     if pcfg.method == "magnitude":
         import torch
         from transformers import AutoModelForQuestionAnswering
@@ -514,17 +520,25 @@ def step_prune(run: Run, step: Step) -> None:
             report["intermediate_size"] = model.config.intermediate_size
         write_json(folder / "prune.json", report)
 
-    if "train" not in step.params:  # prune only, no recovery
+    if "stages" not in step.params:  # prune only, no recovery; `train: {data}` only feeds gradient importance
 
         def make(out: Path) -> None:
             model = load_torch_qa_model(src.path)
-            summary = prune_now(model, pcfg)
+            trainset = None
+            if pcfg.method == "structured" and pcfg.importance == "gradient":
+                from bench.qa import QAConfig
+                from compress.trainset import load_trainset
+
+                windows = pcfg.importance_batches * 16  # a question gives at least one window
+                trainset = load_trainset(step.params["train"]["data"], windows, load_tokenizer(src.path), QAConfig())
+            summary = prune_now(model, pcfg, trainset)
             bake_masks(model)
             with atomic_dir(out) as tmp:
                 save_student(model, load_tokenizer(src.path), tmp)
                 record(tmp, {"removed": summary, "recovery": None})
 
-        _make_once(run, step, {"from": str(src.path), **pcfg.to_dict()}, make)
+        data = (step.params.get("train") or {}).get("data")
+        _make_once(run, step, {"from": str(src.path), **pcfg.to_dict(), **({"data": data} if data else {})}, make)
         run.variants[step.name] = Variant(step.name, run.model_dir(step.name))
         return
 

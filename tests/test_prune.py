@@ -186,7 +186,16 @@ def test_magnitude_pruning_with_recovery_saves_plain_sparse_weights(tmp_path, to
     assert (
         rows["sparse-onnx"]["extra"]["weights"]["gzip_bytes"] < rows["pytorch-fp32"]["extra"]["weights"]["gzip_bytes"]
     )
-    assert "zeros in weight matrices" in (root / "report.md").read_text()
+    # The exported row carries the pruning it came from, its parameter count and its zeros layer by layer.
+    onnx_row = rows["sparse-onnx"]["extra"]
+    assert onnx_row["pruning"]["method"] == "magnitude"
+    dense_params = rows["pytorch-fp32"]["extra"]["weights"]["parameters"]
+    assert abs(onnx_row["weights"]["parameters"] - dense_params) < 0.01 * dense_params
+    per_layer = onnx_row["weights"]["per_layer_sparsity"]
+    assert set(per_layer) == {"0", "1"} and all(v > 0.3 for v in per_layer.values())
+    markdown = (root / "report.md").read_text()
+    assert "zeros in weight matrices" in markdown and "Zeros in each encoder layer" in markdown
+    assert "magnitude 70% (global, cubic)" in markdown
 
 
 def test_structured_pruning_with_recovery_exports_smaller_onnx(tmp_path, toy_squad):
@@ -204,6 +213,7 @@ def test_structured_pruning_with_recovery_exports_smaller_onnx(tmp_path, toy_squ
           - {loss: {soft: 1.0, hidden: 1.0}, max_steps: 4, lr: 1.0e-3}
     - export: {name: slim-onnx, from: slim}
     - export: {name: dense-onnx}
+    - prune: {name: slim-now, method: structured, heads: 0.25, importance: gradient, train: {data: TRAIN}}
     """.replace("TRAIN", str(train))
     root = run_recipe(_prune_recipe(tmp_path, teacher, toy_squad, steps), tmp_path / "runs")
     config = json.loads((root / "models" / "slim" / "config.json").read_text())
@@ -218,6 +228,9 @@ def test_structured_pruning_with_recovery_exports_smaller_onnx(tmp_path, toy_squ
     assert dense - slim == 2 * (2 * 32 * 64 + 64) + 2 * (4 * 32 * 8 + 3 * 8)
     onnx = {n: (root / "models" / n / "model.onnx").stat().st_size for n in ("slim-onnx", "dense-onnx")}
     assert onnx["dense-onnx"] - onnx["slim-onnx"] > 4 * (dense - slim) * 0.9
+    # Without stages there is no recovery; `train: {data}` only feeds the gradient importance.
+    once = json.loads((root / "models" / "slim-now" / "prune.json").read_text())
+    assert sum(once["heads_per_layer"]) == 6 and once["recovery"] is None
 
 
 @pytest.mark.parametrize(
@@ -226,6 +239,8 @@ def test_structured_pruning_with_recovery_exports_smaller_onnx(tmp_path, toy_squ
         ("distilbert", "method: structured, heads: 0.25", "structured pruning knows bert models"),
         ("bert", "method: structured, heads: 0.99", "removes every head"),
         ("bert", "sparsity: 1.5", r"sparsity must be in \[0, 1\)"),
+        ("bert", "method: structured, heads: 0.25, importance: gradient", "gradient importance measures the loss"),
+        ("bert", "train: {data: DATA, batch_size: 8}", "recovery training needs stages"),
         (
             "bert",
             "method: structured, heads: 0.25, train: {data: DATA}, stages: [{loss: {attention: 1.0}}]",
