@@ -340,7 +340,7 @@ def prune_now(model, cfg: PruneConfig, trainset=None, gradual: bool = False) -> 
             if trainset is None:
                 raise EdgeQAError("gradient importance needs training data to measure the loss on")
             head_scores, ffn_scores = gradient_scores(
-                model, _label_batches(model, trainset, cfg.importance_batches), _span_loss
+                model, _label_batches(trainset, cfg.importance_batches), _span_loss
             )
         else:
             head_scores, ffn_scores = head_scores_by_magnitude(model), ffn_scores_by_magnitude(model)
@@ -438,17 +438,23 @@ def _inc_hooks(cfg: PruneConfig, Hooks):
     )
 
 
-def _label_batches(model, trainset, n: int, size: int = 16):
-    """The first n batches of labelled training windows, as model inputs plus labels."""
+def _label_batches(trainset, n: int, size: int = 16, seed: int = 0):
+    """n batches of labelled training windows drawn at random (seeded), as model inputs plus labels.
+
+    A random draw, not the first windows: those would be the longest contexts only, a biased sample of the loss.
+    """
+    import numpy as np
     import torch
 
-    from bench.qa import batches
+    from bench.qa import pad
 
+    pick = np.random.default_rng(seed).choice(len(trainset), size=min(n * size, len(trainset)), replace=False)
+    pick = pick[np.argsort(-trainset.lengths[pick], kind="stable")]  # similar lengths together: less padding
     names = ("input_ids", "attention_mask", "token_type_ids")
-    for i, (idx, inputs) in enumerate(batches(trainset, size, 0, names)):
-        if i == n:
-            return
-        batch = {k: torch.from_numpy(v) for k, v in inputs.items()}
+    for lo in range(0, len(pick), size):
+        idx = pick[lo : lo + size]
+        arrays = pad(trainset, idx, 0)
+        batch = {k: torch.from_numpy(arrays[k]) for k in names if k in arrays}
         batch["labels"] = torch.from_numpy(trainset.labels[idx])
         yield batch
 
