@@ -4,8 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 SHARED ?= ../shared
 STAMP := $(VENV)/.installed
+PRUNE_RECIPES := prune-structured-cpu prune-50-cpu prune-80-cpu prune-curve-cpu prune-importance-cpu chain-cpu
 
-.PHONY: install run full-dev compare-optimum distill-cpu distill-ablation test lint clean
+.PHONY: install run full-dev compare-optimum distill-cpu distill-ablation $(PRUNE_RECIPES) test lint clean
 
 install: $(STAMP)
 
@@ -42,6 +43,10 @@ distill-cpu: install
 
 distill-ablation: install
 	$(BIN)/edgeqa distill recipes/distill-ablation.yaml --shared $(SHARED)
+
+# The README's pruning results: each recipe by its name (`make prune-structured-cpu`), each under an hour here.
+$(PRUNE_RECIPES): install
+	$(BIN)/edgeqa run recipes/$@.yaml --shared $(SHARED)
 
 lint: install
 	$(BIN)/ruff check .
