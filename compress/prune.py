@@ -381,8 +381,19 @@ def pruning_hooks(cfg: PruneConfig):
         prepare=lambda student, trainset: prune_now(student, cfg, trainset, gradual=True),
         after_step=after_step,
         to_save=to_save,
+        may_keep=lambda stage, step, total: at_target(cfg, step, total),
         fingerprint={"prune": cfg.to_dict()},
     )
+
+
+def at_target(cfg: PruneConfig, step: int, total: int) -> bool:
+    """Whether the schedule has reached its final sparsity: before that, a model that scores better is only one
+    with fewer zeros, never the pruned result."""
+    if cfg.method != "magnitude" or cfg.schedule != "cubic":
+        return True
+    end = max(1, round(total * cfg.ramp))
+    first_update_at_end = -(-end // cfg.update_every) * cfg.update_every  # masks change every update_every steps
+    return step >= min(first_update_at_end, total)
 
 
 INC_STATE = ("global_step", "masks", "current_sparsity_ratio", "init_sparsity_ratio", "completed_pruned_cnt")
@@ -432,6 +443,7 @@ def _inc_hooks(cfg: PruneConfig, Hooks):
         before_step=lambda stage, step: held["pruning"].on_step_begin(step),
         before_optimizer=lambda: held["pruning"].on_before_optimizer_step(),
         after_step=after_step,
+        may_keep=lambda stage, step, total: at_target(cfg, step, total),
         state=state,
         load_state=load_state,
         fingerprint={"prune": cfg.to_dict()},

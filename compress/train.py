@@ -143,6 +143,8 @@ class Hooks:
     before_optimizer: Callable[[], None] | None = None  # gradients are complete, weights not yet updated
     after_step: Callable[[Any, int, int, int], None] | None = None  # (student, stage, step, steps in stage)
     to_save: Callable[[Any], Any] | None = None  # the model to write, e.g. a copy with pruning masks baked in
+    may_keep: Callable[[int, int, int], bool] | None = None  # (stage, step, steps in stage): may this step's
+    # model become the result? Gradual pruning says no until its target sparsity is reached.
     state: Callable[[], Any] | None = None  # extra state for the checkpoint ...
     load_state: Callable[[Any], None] | None = None  # ... and its way back on resume
     fingerprint: dict[str, Any] | None = None  # settings a checkpoint must match, besides the DistillConfig
@@ -446,7 +448,8 @@ def distill(
                     metrics = _evaluate(trainee.student, tokenizer, eval_examples, names, tc)
                     history.append({"stage": si, "step": step, "eval": metrics})
                     log.info("stage %d step %d: dev-subset EM %.2f F1 %.2f", si, step, metrics["exact"], metrics["f1"])
-                    if metrics["f1"] > best["f1"]:
+                    eligible = hooks.may_keep is None or hooks.may_keep(si, step, total)
+                    if eligible and metrics["f1"] > best["f1"]:
                         best = {"f1": metrics["f1"], "exact": metrics["exact"], "stage": si, "step": step}
                         _save_model(trainee.student, tokenizer, work / "best", hooks)
                     model.train()

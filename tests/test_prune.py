@@ -17,6 +17,7 @@ from bench.files import EdgeQAError
 from compress.prune import (
     PruneConfig,
     apply_magnitude_masks,
+    at_target,
     bake_masks,
     cubic_sparsity,
     ffn_scores_by_magnitude,
@@ -82,6 +83,13 @@ def test_structured_pruning_shrinks_matrices_and_reloads(tiny, tmp_path):
     tiny.save_pretrained(tmp_path / "pruned")
     again = AutoModelForQuestionAnswering.from_pretrained(tmp_path / "pruned").eval()
     torch.testing.assert_close(again(**_inputs(again)).start_logits, out)
+
+
+def test_best_model_is_chosen_only_at_target_sparsity():
+    cubic = PruneConfig(sparsity=0.5, schedule="cubic", ramp=0.6, update_every=100)
+    assert not at_target(cubic, 1300, 2200) and at_target(cubic, 1400, 2200)  # masks reach 50% at step 1400
+    assert at_target(PruneConfig(sparsity=0.5), 1, 2200)  # one-shot: pruned from the start
+    assert at_target(PruneConfig(method="structured", ffn=0.5), 1, 2200)
 
 
 def test_gradient_importance_ranks_heads_and_neurons(tiny):
@@ -163,7 +171,7 @@ def test_magnitude_pruning_with_recovery_saves_plain_sparse_weights(tmp_path, to
         schedule: cubic
         update_every: 2
         ramp: 0.5
-        train: {data: TRAIN, batch_size: 8, precision: fp32, checkpoint_every: 4, eval_limit: 3}
+        train: {data: TRAIN, batch_size: 8, precision: fp32, checkpoint_every: 4, eval_every: 1, eval_limit: 3}
         stages:
           - {loss: {hard: 0.5, soft: 0.5}, max_steps: 10, lr: 1.0e-3}
     - export: {name: sparse-onnx, from: sparse}
@@ -176,6 +184,10 @@ def test_magnitude_pruning_with_recovery_saves_plain_sparse_weights(tmp_path, to
     assert not any(k.endswith(("weight_orig", "weight_mask")) for k in weights)
     record = json.loads((folder / "prune.json").read_text())
     assert abs(record["pruned_matrices_sparsity"] - 0.7) < 0.01
+    # Evaluated every step, but the result is chosen only once the masks reach 70% (step 6: ramp end 5, updates
+    # every 2 steps): an earlier, less sparse model may score better and is still not the pruned model.
+    best = json.loads((folder / "training.json").read_text())["best"]
+    assert best["step"] >= 6
     assert all(s >= 0.3 for s in record["per_layer"].values())  # global threshold, every matrix pruned
     assert float((weights["qa_outputs.weight"] == 0).float().mean()) == 0.0  # the QA head stays dense
     report = json.loads((root / "report.json").read_text())
