@@ -316,7 +316,9 @@ def test_pattern_that_does_not_tile_the_weights_is_refused(tmp_path, toy_squad, 
     from compress.cli import main
 
     model = make_tiny_qa_model(tmp_path / "m", layers=2, hidden=32, heads=4)
-    settings = 'backend: neural-compressor, pattern: "3x1", train: {data: DATA}'
+    settings = (
+        'backend: neural-compressor, pattern: "3x1", train: {data: DATA}, stages: [{loss: {soft: 1.0}, max_steps: 2}]'
+    )
     path = _prune_recipe(tmp_path, model, toy_squad, f"- prune: {{name: p1, {settings}}}\n")
     assert main(["run", str(path), "--out", str(tmp_path / "runs")]) == 2
     assert "pattern 3x1 does not divide" in capsys.readouterr().err
