@@ -100,8 +100,9 @@ def _per_layer(matrices: dict[str, tuple[int, int]]) -> dict[str, float]:
     for name, (zeros, size) in matrices.items():
         m = re.search(r"layer\.(\d+)\.", name)
         if m:
-            z, n = layers.setdefault(int(m.group(1)), [0, 0])
-            layers[int(m.group(1))] = [z + zeros, n + size]
+            acc = layers.setdefault(int(m.group(1)), [0, 0])
+            acc[0] += zeros
+            acc[1] += size
     return {str(i): round(z / n, 4) for i, (z, n) in sorted(layers.items())}
 
 
