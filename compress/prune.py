@@ -84,6 +84,11 @@ class PruneConfig:
         if self.criterion not in ("magnitude", "snip_momentum"):
             raise EdgeQAError(f"criterion must be 'magnitude' or 'snip_momentum', got {self.criterion!r}")
 
+    @property
+    def ranks_by_gradient(self) -> bool:
+        """Structured pruning that measures the loss on training data to rank heads and neurons."""
+        return self.method == "structured" and self.importance == "gradient"
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["include"], d["exclude"] = list(self.include), list(self.exclude)
@@ -335,7 +340,7 @@ def gradient_scores(model, batches, loss_fn) -> tuple[torch.Tensor, torch.Tensor
 def prune_now(model, cfg: PruneConfig, trainset=None, gradual: bool = False) -> dict[str, Any]:
     """Apply `cfg` to `model` in place; with `gradual`, as it stands before recovery (a cubic schedule starts at 0)."""
     if cfg.method == "structured":
-        if cfg.importance == "gradient":
+        if cfg.ranks_by_gradient:
             if trainset is None:
                 raise EdgeQAError("gradient importance needs training data to measure the loss on")
             head_scores, ffn_scores = gradient_scores(

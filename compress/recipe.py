@@ -420,9 +420,7 @@ def check_prune(run: Run, step: Step) -> None:
         recovery_config(step, str(src.path))
     elif pcfg.backend == "neural-compressor":
         raise EdgeQAError(f"{where}: neural-compressor prunes during training; give train and stages")
-    elif (
-        pcfg.method == "structured" and pcfg.importance == "gradient" and "data" not in (step.params.get("train") or {})
-    ):
+    elif pcfg.ranks_by_gradient and "data" not in (step.params.get("train") or {}):
         raise EdgeQAError(f"{where}: gradient importance measures the loss on training data; give train: {{data: ...}}")
     if pcfg.method == "magnitude":
         import torch
@@ -525,7 +523,7 @@ def step_prune(run: Run, step: Step) -> None:
         def make(out: Path) -> None:
             model = load_torch_qa_model(src.path)
             trainset = None
-            if pcfg.method == "structured" and pcfg.importance == "gradient":
+            if pcfg.ranks_by_gradient:
                 from bench.qa import QAConfig
                 from compress.trainset import load_trainset
 
