@@ -1,4 +1,5 @@
-"""The latency-accuracy report: report.json (schema below), report.md and pareto.png for a set of variants.
+"""The latency-accuracy report: report.json (schema below), report.md and pareto.png for a set of variants
+(and sparsity.png, F1 and compressed size against measured sparsity, when rows carry unstructured sparsity).
 
 report.json, schema "edgeqa.report/1":
   name, created (UTC ISO time), machine {cpu, logical_cores, avx2, avx512f, avx512_vnni, amx_int8, arch, python},
@@ -146,15 +147,19 @@ def to_markdown(report: dict[str, Any]) -> str:
     weighed = [r for r in report["rows"] if r["extra"].get("weights")]
     if weighed:
         lines += ["", "Weights, measured on each file:", ""]
-        lines += ["| variant | parameters | zeros in weight matrices | file MB | gzip MB | pruning |"]
-        lines += ["| --- | ---: | ---: | ---: | ---: | --- |"]
+        lines += [
+            "| variant | parameters | zeros in weight matrices | in encoder layers | file MB | gzip MB | pruning |"
+        ]
+        lines += ["| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
         for r in weighed:
             w, p = r["extra"]["weights"], r["extra"].get("pruning")
             params = f"{w['parameters'] / 1e6:.1f}M" if w.get("parameters") else "-"
-            sparsity = f"{w['matrix_sparsity']:.1%}" if w.get("matrix_sparsity") is not None else "-"
+            sparsity, encoder = (
+                f"{w[k]:.1%}" if w.get(k) is not None else "-" for k in ("matrix_sparsity", "encoder_sparsity")
+            )
             gz = f"{w['gzip_bytes'] / 2**20:.1f}" if w.get("gzip_bytes") else "-"
             raw = f"{w['file_bytes'] / 2**20:.1f}" if w.get("file_bytes") else "-"
-            lines.append(f"| {r['name']} | {params} | {sparsity} | {raw} | {gz} | {_describe_pruning(p)} |")
+            lines.append(f"| {r['name']} | {params} | {sparsity} | {encoder} | {raw} | {gz} | {_describe_pruning(p)} |")
         sparse = [r for r in weighed if (r["extra"]["weights"].get("matrix_sparsity") or 0) > 0.05]
         depth = max((len(r["extra"]["weights"].get("per_layer_sparsity") or {}) for r in sparse), default=0)
         if depth:
@@ -240,10 +245,54 @@ def plot_pareto(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _encoder_sparsity(row: dict[str, Any]) -> float | None:
+    return (row["extra"].get("weights") or {}).get("encoder_sparsity")
+
+
+def plot_sparsity(report: dict[str, Any], path: Path) -> bool:
+    """F1 and gzip size against the zeros measured in each file's encoder matrices: the sparsity-accuracy curve.
+
+    Drawn only when the report holds unstructured sparsity worth a curve (a row above 5%) and something to compare
+    it with; returns whether it was.
+    """
+    rows = sorted((r for r in report["rows"] if _encoder_sparsity(r) is not None), key=_encoder_sparsity)
+    if len(rows) < 2 or not any(_encoder_sparsity(r) > 0.05 for r in rows):
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
+    ax.plot([100 * _encoder_sparsity(r) for r in rows], [r["f1"] for r in rows], "o-", color="tab:blue")
+    for r in rows:
+        ax.annotate(r["name"], (100 * _encoder_sparsity(r), r["f1"]), textcoords="offset points", xytext=(5, 5))
+    ax.set_xlabel("zeros in the encoder layers' weight matrices, % (measured on the file)")
+    ax.set_ylabel("SQuAD F1", color="tab:blue")
+    sized = [r for r in rows if r["extra"]["weights"].get("gzip_bytes")]
+    if sized:
+        right = ax.twinx()
+        x = [100 * _encoder_sparsity(r) for r in sized]
+        right.plot(x, [r["extra"]["weights"]["gzip_bytes"] / 2**20 for r in sized], "s--", color="tab:green")
+        right.set_ylabel("file size gzip-compressed, MB", color="tab:green")
+        right.set_ylim(bottom=0)
+    ax.margins(x=0.2)  # room for the labels of the sparsest points
+    ax.set_title(f"{report['name']}: F1 and compressed size against sparsity")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return True
+
+
 def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
     out_dir = Path(out_dir)
     write_json(out_dir / "report.json", report)
     with atomic_file(out_dir / "report.md") as tmp:
         tmp.write_text(to_markdown(report), encoding="utf-8")
     plot_pareto(report, out_dir / "pareto.png")
-    return [out_dir / "report.json", out_dir / "report.md", out_dir / "pareto.png"]
+    paths = [out_dir / "report.json", out_dir / "report.md", out_dir / "pareto.png"]
+    if plot_sparsity(report, out_dir / "sparsity.png"):
+        paths.append(out_dir / "sparsity.png")
+    return paths

@@ -631,7 +631,8 @@ def _weight_stats(run: Run, name: str) -> dict:
 
     v = run.variants[name]
     cache = run.root / "bench" / f"{name}.weights.json"
-    key = {"path": str(v.path), "bytes": model_file_size(v.path), "version": 2}  # 2: ONNX parameter counts
+    # version 2 added ONNX parameter counts, 3 the encoder layers' share of zeros
+    key = {"path": str(v.path), "bytes": model_file_size(v.path), "version": 3}
     if cache.exists() and read_json(cache).get("key") == key:
         return read_json(cache)["stats"]
     stats = weight_stats(v.path)

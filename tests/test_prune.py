@@ -205,6 +205,9 @@ def test_magnitude_pruning_with_recovery_saves_plain_sparse_weights(tmp_path, to
     assert abs(onnx_row["weights"]["parameters"] - dense_params) < 0.01 * dense_params
     per_layer = onnx_row["weights"]["per_layer_sparsity"]
     assert set(per_layer) == {"0", "1"} and all(v > 0.3 for v in per_layer.values())
+    assert abs(onnx_row["weights"]["encoder_sparsity"] - 0.7) < 0.01  # exactly what the pruner targeted
+    assert rows["pytorch-fp32"]["extra"]["weights"]["encoder_sparsity"] == 0.0
+    assert (root / "sparsity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     markdown = (root / "report.md").read_text()
     assert "zeros in weight matrices" in markdown and "Zeros in each encoder layer" in markdown
     assert "magnitude 70% (global, cubic)" in markdown

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from bench.files import EdgeQAError
-from bench.report import build_report, make_row, pareto_front, write_report
+from bench.report import build_report, make_row, pareto_front, plot_sparsity, write_report
 
 
 def _bench(p50, model="m"):
@@ -63,6 +63,19 @@ def test_write_report_files(tmp_path):
     md = (tmp_path / "report.md").read_text()
     assert "| int8 | onnxruntime | 1.0 | 100 | 25.0 |" in md and "2.00x" in md
     assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sparsity_curve_only_for_sparse_rows(tmp_path):
+    def weighed(name, f1, zeros):
+        w = {"encoder_sparsity": zeros, "matrix_sparsity": zeros / 2, "gzip_bytes": int((1 - zeros) * 2**20)}
+        return make_row(name, _bench(50.0), {"exact_match": f1, "f1": f1}, {"weights": w})
+
+    dense_only = _report([weighed("fp32", 82.0, 0.0), weighed("slim", 81.0, 0.0)])
+    assert not plot_sparsity(dense_only, tmp_path / "a.png") and not (tmp_path / "a.png").exists()
+    curve = _report([weighed("fp32", 82.0, 0.0), weighed("s50", 80.0, 0.5), weighed("s80", 70.0, 0.8)])
+    paths = write_report(curve, tmp_path)
+    assert paths[-1].name == "sparsity.png" and paths[-1].read_bytes()[:4] == b"\x89PNG"
+    assert "| s50 | - | 25.0% | 50.0% |" in (tmp_path / "report.md").read_text()
 
 
 def test_reference_must_be_a_row():
