@@ -240,7 +240,14 @@ def plot_pareto(report: dict[str, Any], path: Path) -> None:
     )
     ax.set_ylabel("SQuAD F1")
     ax.set_title(f"{report['name']}: F1 against latency")
-    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
+    """Grid, tight layout, written under a temporary name and renamed, figure closed."""
+    import matplotlib.pyplot as plt
+
+    fig.axes[0].grid(alpha=0.3)
     fig.tight_layout()
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png")
@@ -280,11 +287,7 @@ def plot_sparsity(report: dict[str, Any], path: Path) -> bool:
         right.set_ylim(bottom=0)
     ax.margins(x=0.2)  # room for the labels of the sparsest points
     ax.set_title(f"{report['name']}: F1 and compressed size against sparsity")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    _save(fig, path)
     return True
 
 
