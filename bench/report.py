@@ -41,6 +41,11 @@ def make_row(name: str, bench: dict[str, Any], metrics: dict[str, Any], extra: d
     }
 
 
+def has_unstructured_sparsity(row: dict[str, Any]) -> bool:
+    """Whether a row's file holds zeros worth reporting (int8 zero points alone give about 1%)."""
+    return ((row["extra"].get("weights") or {}).get("matrix_sparsity") or 0) > 0.05
+
+
 # Latencies within 3% of each other count as equal on the front: repeated interleaved passes on these machines
 # move p50 by 1-3%, and a model no faster than another (a sparse model on dense kernels) must not join the front
 # on timing noise alone.
@@ -162,7 +167,7 @@ def to_markdown(report: dict[str, Any]) -> str:
             gz = f"{w['gzip_bytes'] / 2**20:.1f}" if w.get("gzip_bytes") else "-"
             raw = f"{w['file_bytes'] / 2**20:.1f}" if w.get("file_bytes") else "-"
             lines.append(f"| {r['name']} | {params} | {sparsity} | {encoder} | {raw} | {gz} | {_describe_pruning(p)} |")
-        sparse = [r for r in weighed if (r["extra"]["weights"].get("matrix_sparsity") or 0) > 0.05]
+        sparse = [r for r in weighed if has_unstructured_sparsity(r)]
         depth = max((len(r["extra"]["weights"].get("per_layer_sparsity") or {}) for r in sparse), default=0)
         if depth:
             lines += ["", "Zeros in each encoder layer's weight matrices, measured on each file:", ""]
@@ -265,7 +270,7 @@ def plot_sparsity(report: dict[str, Any], path: Path) -> bool:
     it with; returns whether it was.
     """
     rows = sorted((r for r in report["rows"] if _encoder_sparsity(r) is not None), key=_encoder_sparsity)
-    if len(rows) < 2 or not any(_encoder_sparsity(r) > 0.05 for r in rows):
+    if len(rows) < 2 or not any(has_unstructured_sparsity(r) for r in rows):
         return False
     import matplotlib
 

@@ -668,7 +668,7 @@ def _same(metrics: dict, key: dict) -> bool:
 
 
 def step_report(run: Run, step: Step) -> None:
-    from bench.report import build_report, make_row, write_report
+    from bench.report import build_report, has_unstructured_sparsity, make_row, write_report
 
     names = step.params.get("variants") or run.benched
     missing = [n for n in names if not (run.root / "bench" / f"{n}.json").exists()]
@@ -718,7 +718,7 @@ def step_report(run: Run, step: Step) -> None:
         "Size: the weights file that ships (model.onnx, model.ort or model.safetensors); gzip MB is that file "
         "compressed, and sparsity the share of zeros in its weight matrices, both measured on the file.",
     ]
-    if any((r["extra"]["weights"].get("matrix_sparsity") or 0) > 0.05 for r in rows):
+    if any(has_unstructured_sparsity(r) for r in rows):
         notes.append(
             "ONNX Runtime's CPU kernels are dense: zeros from unstructured pruning are multiplied like any other "
             "weight, so such sparsity shrinks the compressed file, not the latency. Structured pruning (fewer heads, "
