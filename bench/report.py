@@ -205,7 +205,12 @@ def _describe_pruning(p: dict[str, Any] | None) -> str:
         return f"structured ({cfg.get('importance', 'magnitude')}): " + ", ".join(parts)
     pattern = cfg.get("pattern", "1x1")
     shape = "" if pattern == "1x1" else f" {pattern}"
-    return f"magnitude{shape} {cfg.get('sparsity', 0):.0%} ({cfg.get('scope')}, {cfg.get('schedule')})"
+    how = [cfg.get("scope"), cfg.get("schedule")]
+    if cfg.get("initial"):
+        how[-1] += f" from {cfg['initial']:.0%}"
+    if cfg.get("refit"):
+        how.append("refit")
+    return f"magnitude{shape} {cfg.get('sparsity', 0):.0%} ({', '.join(str(h) for h in how)})"
 
 
 def plot_pareto(report: dict[str, Any], path: Path) -> None:

@@ -4,8 +4,11 @@ attention heads and feed-forward neurons that physically shrinks the matrices.
 - Unstructured: the encoder's nn.Linear weights (QA head and embeddings excluded unless `include` says
   otherwise) lose their smallest-magnitude weights, with one threshold over all of them (`scope: global`) or one
   per matrix (`scope: layer`); at once, or along Zhu and Gupta's cubic schedule during recovery training
-  (s_t = s_f * (1 - (1 - t/T)^3)). Masks live in `torch.nn.utils.prune` re-parametrisations while training and
-  are baked into the weights before saving, so a pruned folder holds plain tensors that load anywhere.
+  (s_t = s_f + (s_i - s_f)(1 - t/T)^3, from s_i = `initial`). Masks live in `torch.nn.utils.prune`
+  re-parametrisations while training and are baked into the weights before saving, so a pruned folder holds
+  plain tensors that load anywhere.
+- Refit (`refit: true`): the weights a magnitude mask keeps are solved by least squares so each pruned matrix
+  reproduces its output before pruning on calibration windows; the mask stays the magnitude mask.
 - Structured: heads ranked by the L2 norm of their query/key/value/output slices (or, `importance: gradient`,
   by the loss's sensitivity to a mask on each head, Michel et al. 2019) are removed with transformers'
   `prune_heads`, which records them in `config.pruned_heads`; feed-forward neurons ranked by the norm of their
@@ -17,12 +20,16 @@ Dense ONNX Runtime kernels do not skip zeros: unstructured sparsity shrinks comp
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import logging
 import re
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from tqdm import tqdm
 
 from bench.files import EdgeQAError, known_fields
 
@@ -43,6 +50,7 @@ class PruneConfig:
     scope: str = "global"  # magnitude: "global" (one threshold) or "layer" (per matrix)
     schedule: str = "oneshot"  # magnitude: "oneshot" or "cubic" (during recovery)
     ramp: float = 0.7  # cubic: share of the recovery steps over which sparsity rises to its target
+    initial: float = 0.0  # cubic: sparsity applied at once before the first step (Zhu and Gupta's s_i)
     update_every: int = 50  # cubic: steps between mask updates
     include: tuple[str, ...] = DEFAULT_INCLUDE  # module-name globs of the nn.Linear layers to prune
     exclude: tuple[str, ...] = ()
@@ -53,13 +61,15 @@ class PruneConfig:
     backend: str = "torch"  # magnitude: "torch" (element-wise) or "neural-compressor" (patterns, during training)
     pattern: str = "1x1"  # neural-compressor: "NxM" blocks (4x1: 4 output rows) or "N:M" (2:4 along the input)
     criterion: str = "magnitude"  # neural-compressor: "magnitude" or "snip_momentum" (|weight x gradient|)
+    refit: bool = False  # magnitude: least-squares refit of the kept weights whenever the sparsity rises
+    refit_batches: int = 32  # refit: batches of 16 training windows to fit on
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "include", tuple(self.include))
         object.__setattr__(self, "exclude", tuple(self.exclude))
         if self.method not in METHODS:
             raise EdgeQAError(f"prune method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        for name in ("sparsity", "heads", "ffn"):
+        for name in ("sparsity", "heads", "ffn", "initial"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not 0 <= value < 1:
                 raise EdgeQAError(f"{name} must be in [0, 1), got {value!r}")
@@ -83,11 +93,29 @@ class PruneConfig:
             raise EdgeQAError("the neural-compressor backend does pattern (magnitude-family) pruning only")
         if self.criterion not in ("magnitude", "snip_momentum"):
             raise EdgeQAError(f"criterion must be 'magnitude' or 'snip_momentum', got {self.criterion!r}")
+        if self.initial and (self.schedule != "cubic" or self.initial > self.sparsity):
+            raise EdgeQAError(f"initial sparsity {self.initial} needs schedule: cubic and at most sparsity")
+        if self.refit and not (self.method == "magnitude" and self.backend == "torch"):
+            raise EdgeQAError("refit fits the weights that magnitude pruning kept (method: magnitude, backend: torch)")
+        if self.refit_batches < 1:
+            raise EdgeQAError(f"refit_batches must be positive, got {self.refit_batches!r}")
 
     @property
     def ranks_by_gradient(self) -> bool:
         """Structured pruning that measures the loss on training data to rank heads and neurons."""
         return self.method == "structured" and self.importance == "gradient"
+
+    @property
+    def needs_data(self) -> bool:
+        """Whether pruning itself (before any recovery) reads training windows."""
+        return self.ranks_by_gradient or self.refit
+
+    @property
+    def data_windows(self) -> int:
+        """How many training windows pruning itself reads (batches of 16)."""
+        return 16 * max(
+            self.importance_batches if self.ranks_by_gradient else 0, self.refit_batches if self.refit else 0
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -118,11 +146,12 @@ def prunable_linears(model, include=DEFAULT_INCLUDE, exclude=()) -> dict[str, to
     return found
 
 
-def cubic_sparsity(step: int, total: int, final: float, ramp: float = 0.7) -> float:
-    """Zhu and Gupta's schedule: fast early pruning, slow near the target, reached at `ramp` of the steps."""
+def cubic_sparsity(step: int, total: int, final: float, ramp: float = 0.7, initial: float = 0.0) -> float:
+    """Zhu and Gupta's schedule: from `initial` at step 0, fast early pruning, slow near the target, reached at
+    `ramp` of the steps."""
     end = max(1, round(total * ramp))
     t = min(step, end) / end
-    return final * (1 - (1 - t) ** 3)
+    return final + (initial - final) * (1 - t) ** 3
 
 
 def apply_magnitude_masks(layers: dict[str, torch.nn.Linear], sparsity: float, scope: str = "global") -> None:
@@ -182,6 +211,176 @@ def sparsity_report(model, include=DEFAULT_INCLUDE, exclude=()) -> dict[str, Any
         "nonzero_parameters": params - zeros,
         "per_layer": per_layer,
     }
+
+
+REFIT_DAMPING = 0.01  # share of the input Gram matrix's mean diagonal added to it: stable solves for dead inputs
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once the inputs it wanted are captured."""
+
+
+def refit_kept_weights(model, layers: dict[str, torch.nn.Linear], batches) -> dict[str, Any]:
+    """Refit the weights that pruning kept so each pruned matrix reproduces its dense output on calibration windows.
+
+    Per output row w with kept inputs S, min ||X w'_S - X w||^2 has the closed form w'_S = (H_SS)^-1 (H w)_S with
+    H = X^T X: the Optimal Brain Surgeon update for a fixed mask (Hassibi and Stork 1993; SparseGPT, Frantar and
+    Alistarh 2023, applies it column by column to LLMs). The mask stays the magnitude mask; only the survivors move.
+    Blocks (`...layer.N`) run in forward order, each on the outputs of the already refitted blocks before it, so
+    the fit also absorbs the error of earlier layers. Padding tokens are left out of H. Returns the relative output
+    error of the pruned matrices, averaged, before and after the refit.
+    """
+    import torch
+    from torch.nn.utils import prune as torch_prune
+
+    device = next(model.parameters()).device
+    batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
+    modules = dict(model.named_modules())
+    blocks: dict[str, list[str]] = {}
+    for name in layers:
+        blocks.setdefault(block_of(name), []).append(name)
+    order = [name for name in modules if name in blocks]  # registration order: the forward order of layer.N
+    was_training = model.training
+    model.eval()
+    errors: list[tuple[float, float]] = []
+    try:
+        with torch.no_grad():
+            inputs = _capture_inputs(model, modules[order[0]], batches)
+            quiet = not sys.stderr.isatty()
+            for block_name in tqdm(order, desc="refit", unit="block", mininterval=60 if quiet else 0.1):
+                block = modules[block_name]
+                for group in _groups_by_input(block, blocks[block_name], modules, inputs[0]):
+                    gram = _input_gram(block, modules[group[0]], inputs, [b["attention_mask"] for b in batches])
+                    for name in group:
+                        m = modules[name]
+                        if not torch_prune.is_pruned(m):
+                            continue
+                        before, after = _refit_rows(m, gram)
+                        errors.append((before, after))
+                        log.debug("refit %s: relative output error %.4f -> %.4f", name, before, after)
+                inputs = [(_replace_hidden(args, kwargs, _first(block(*args, **kwargs)))) for args, kwargs in inputs]
+    finally:
+        model.train(was_training)
+    mean = [round(sum(e[i] for e in errors) / max(1, len(errors)), 5) for i in (0, 1)]
+    windows = sum(len(b["input_ids"]) for b in batches)
+    log.info("refit %d matrices on %d windows: relative output error %.4f -> %.4f (mean)", len(errors), windows, *mean)
+    return {"matrices": len(errors), "windows": windows, "output_error_before": mean[0], "output_error_after": mean[1]}
+
+
+def block_of(name: str) -> str:
+    """'bert.encoder.layer.3.attention.self.query' -> 'bert.encoder.layer.3': the numbered block a matrix is in."""
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        if part.isdigit():
+            return ".".join(parts[: i + 1])
+    raise EdgeQAError(f"refit works block by block; {name} is not inside a numbered block (such as layer.3)")
+
+
+def _first(out):
+    return out[0] if isinstance(out, tuple | list) else out
+
+
+def _replace_hidden(args: tuple, kwargs: dict, hidden) -> tuple[tuple, dict]:
+    """A block's call with its hidden states (first positional argument, else first keyword) replaced."""
+    if args:
+        return (hidden, *args[1:]), kwargs
+    key = next(iter(kwargs))
+    return args, {**kwargs, key: hidden}
+
+
+def _capture_inputs(model, block, batches) -> list[tuple[tuple, dict]]:
+    """The arguments the first block is called with, per batch: everything the model computes before it."""
+
+    captured = []
+
+    def grab(_m, args, kwargs):
+        captured.append((args, kwargs))
+        raise _Stop
+
+    handle = block.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        for batch in batches:
+            with contextlib.suppress(_Stop):
+                model(**batch)
+    finally:
+        handle.remove()
+    return captured
+
+
+def _groups_by_input(block, names: list[str], modules: dict, call) -> list[list[str]]:
+    """The block's pruned matrices in call order, grouped by shared input (query, key and value read one tensor)."""
+    seen: list[tuple[str, int]] = []
+    handles = [
+        modules[n].register_forward_pre_hook(lambda _m, args, n=n: seen.append((n, args[0].data_ptr()))) for n in names
+    ]
+    try:
+        block(*call[0], **call[1])
+    finally:
+        for h in handles:
+            h.remove()
+    groups: list[list[str]] = []
+    last = None
+    for name, ptr in seen:
+        if ptr == last:
+            groups[-1].append(name)
+        else:
+            groups.append([name])
+        last = ptr
+    return groups
+
+
+def _input_gram(block, linear, inputs, token_masks) -> torch.Tensor:
+    """H = X^T X / n over the non-padding tokens that reach `linear` when the block runs on `inputs`."""
+    import torch
+
+    gram = torch.zeros(linear.in_features, linear.in_features, dtype=torch.float64, device=token_masks[0].device)
+    state = {"mask": None, "n": 0}
+
+    def add(_m, args):
+        x = args[0]
+        mask = state["mask"]
+        x = x[mask.bool()] if x.dim() == 3 and x.shape[:2] == mask.shape else x.reshape(-1, x.shape[-1])
+        gram.add_((x.T.float() @ x.float()).double())
+        state["n"] += x.shape[0]
+
+    handle = linear.register_forward_pre_hook(add)
+    try:
+        for (args, kwargs), mask in zip(inputs, token_masks, strict=True):
+            state["mask"] = mask
+            block(*args, **kwargs)
+    finally:
+        handle.remove()
+    return gram / max(1, state["n"])
+
+
+def _refit_rows(m: torch.nn.Linear, gram: torch.Tensor) -> tuple[float, float]:
+    """Solve each row's kept weights against the dense row (see refit_kept_weights); returns the relative output
+    error, trace(D H D^T) / trace(W H W^T) with D the change from the dense weights, before and after."""
+    import torch
+
+    dense = m.weight_orig.detach().double()
+    keep = m.weight_mask.detach().bool()
+    h = gram + REFIT_DAMPING * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
+    target = dense @ h  # row r: (H w_r)^T, H being symmetric
+    new = torch.zeros_like(dense)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # thousands of small factorisations: threading them costs 10-20x on 2 cores
+    try:
+        for r in range(dense.shape[0]):
+            s = keep[r].nonzero().squeeze(1)
+            if len(s):
+                chol = torch.linalg.cholesky(h[s][:, s])
+                new[r, s] = torch.cholesky_solve(target[r, s, None], chol)[:, 0]
+    finally:
+        torch.set_num_threads(threads)
+
+    def error(w: torch.Tensor) -> float:
+        d = w - dense
+        return float(((d @ gram) * d).sum() / ((dense @ gram) * dense).sum().clamp_min(1e-30))
+
+    before = error(dense * keep)
+    m.weight_orig.copy_(torch.where(keep, new, dense).to(m.weight_orig.dtype))
+    return before, error(new)
 
 
 def check_pattern(layers: dict, pattern: str) -> None:
@@ -355,24 +554,45 @@ def prune_now(model, cfg: PruneConfig, trainset=None, gradual: bool = False) -> 
         width = prune_ffn_(model, cfg.ffn, ffn_scores) if cfg.ffn else model.config.intermediate_size
         return {"heads_removed": {str(k): v for k, v in plan.items()}, "intermediate_size": width}
     layers = prunable_linears(model, cfg.include, cfg.exclude)
-    first = 0.0 if gradual and cfg.schedule == "cubic" else cfg.sparsity
+    first = cfg.initial if gradual and cfg.schedule == "cubic" else cfg.sparsity
     apply_magnitude_masks(layers, first, cfg.scope)
-    return {"matrices": len(layers)}
+    summary: dict[str, Any] = {"matrices": len(layers)}
+    if cfg.refit and first > 0:
+        if trainset is None:
+            raise EdgeQAError("refit fits the kept weights on training windows; give training data")
+        batches = _label_batches(trainset, cfg.refit_batches)
+        summary["refit"] = refit_kept_weights(model, layers, [_inputs(b) for b in batches])
+    return summary
 
 
 def pruning_hooks(cfg: PruneConfig):
     """Hooks for `compress.train.distill`: prune before training, follow the schedule, save baked weights."""
     import copy
 
+    import torch
+
     from compress.train import Hooks
+
+    held: dict[str, Any] = {}
+
+    def prepare(student, trainset) -> None:
+        held["trainset"] = trainset
+        prune_now(student, cfg, trainset, gradual=True)
 
     def after_step(student, stage: int, step: int, total: int) -> None:
         if cfg.method == "magnitude" and cfg.schedule == "cubic" and (step % cfg.update_every == 0 or step == total):
-            apply_magnitude_masks(
-                prunable_linears(student, cfg.include, cfg.exclude),
-                cubic_sparsity(step, total, cfg.sparsity, cfg.ramp),
-                cfg.scope,
-            )
+            layers = prunable_linears(student, cfg.include, cfg.exclude)
+            target = cubic_sparsity(step, total, cfg.sparsity, cfg.ramp, cfg.initial)
+            last = cubic_sparsity(step - cfg.update_every, total, cfg.sparsity, cfg.ramp, cfg.initial)
+            refit = cfg.refit and target > last  # the mask grew: fit the survivors to the model as it was
+            if refit:
+                for m in layers.values():  # weights pruned earlier become zeros: the refit's target is this model
+                    with torch.no_grad():
+                        m.weight_orig.mul_(m.weight_mask)
+            apply_magnitude_masks(layers, target, cfg.scope)
+            if refit:
+                batches = _label_batches(held["trainset"], cfg.refit_batches, seed=step)
+                refit_kept_weights(student, layers, [_inputs(b) for b in batches])
 
     def to_save(student):
         baked = copy.deepcopy(student)
@@ -382,7 +602,7 @@ def pruning_hooks(cfg: PruneConfig):
     if cfg.backend == "neural-compressor":
         return _inc_hooks(cfg, Hooks)
     return Hooks(
-        prepare=lambda student, trainset: prune_now(student, cfg, trainset, gradual=True),
+        prepare=prepare,
         after_step=after_step,
         to_save=to_save,
         may_keep=lambda stage, step, total: at_target(cfg, step, total),
@@ -475,9 +695,13 @@ def _label_batches(trainset, n: int, size: int = 16, seed: int = 0):
         yield batch
 
 
+def _inputs(batch: dict) -> dict:
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
 def _span_loss(model, batch) -> torch.Tensor:
     from compress.losses import span_ce
 
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    inputs = _inputs(batch)
     out = model(**inputs)
     return span_ce(out.start_logits, out.end_logits, batch["labels"], inputs["attention_mask"].bool())

@@ -13,8 +13,10 @@
 
 Every step that makes a model writes a folder under runs/<name>/models/ atomically, with the step's settings in
 step.json; a rerun skips steps whose folder exists with the same settings and refuses one made with other settings,
-so a killed run resumes with the same command and ends with the same report. Unknown keys and steps are errors
-that name the file and the line.
+so a killed run resumes with the same command and ends with the same report. Each made folder gets an identity
+(`made` in step.json): a folder made from a source that was made again since is made again, and scores and timings
+are cached per identity, so a remade model never inherits the numbers of the one it replaced. Unknown keys and
+steps are errors that name the file and the line.
 """
 
 from __future__ import annotations
@@ -286,20 +288,36 @@ class Run:
 
 
 def _make_once(run: Run, step: Step, settings: dict[str, Any], make: Callable[[Path], None]) -> Path:
-    """Run `make(out)` unless out already holds this step's output made with the same settings."""
+    """Run `make(out)` unless out already holds this step's output made with the same settings from the same
+    making of its source."""
+    import uuid
+
     out = run.model_dir(step.name)
     record = {"step": step.kind, **settings}
+    source_made = made_id(Path(settings["from"])) if "from" in settings else None
     if (out / "step.json").exists():
         previous = read_json(out / "step.json", "step record")
+        made_from = previous.pop("source_made", None)
+        previous.pop("made", None)
         if previous != record:
             raise EdgeQAError(
                 f"{out}: was made by a step with other settings; delete the folder or give the step a new name"
             )
-        log.info("step %s %s: already done, skipping", step.kind, step.name)
-        return out
+        if made_from == source_made:
+            log.info("step %s %s: already done, skipping", step.kind, step.name)
+            return out
+        log.info(
+            "step %s %s: its source %s was made again since; making it again", step.kind, step.name, settings["from"]
+        )
     make(out)
-    write_json(out / "step.json", record)
+    write_json(out / "step.json", {**record, "source_made": source_made, "made": uuid.uuid4().hex})
     return out
+
+
+def made_id(folder: Path) -> str | None:
+    """The identity of one making of a step's output folder (None for folders no step made, such as the teacher)."""
+    record = folder / "step.json" if folder.is_dir() else folder.parent / "step.json"
+    return read_json(record, "step record").get("made") if record.exists() else None
 
 
 def _source(run: Run, step: Step) -> Variant:
@@ -420,13 +438,14 @@ def check_prune(run: Run, step: Step) -> None:
         recovery_config(step, str(src.path))
     elif pcfg.backend == "neural-compressor":
         raise EdgeQAError(f"{where}: neural-compressor prunes during training; give train and stages")
-    elif pcfg.ranks_by_gradient and "data" not in (step.params.get("train") or {}):
-        raise EdgeQAError(f"{where}: gradient importance measures the loss on training data; give train: {{data: ...}}")
+    elif pcfg.needs_data and "data" not in (step.params.get("train") or {}):
+        why = "gradient importance measures the loss" if pcfg.ranks_by_gradient else "refit fits the kept weights"
+        raise EdgeQAError(f"{where}: {why} on training data; give train: {{data: ...}}")
     if pcfg.method == "magnitude":
         import torch
         from transformers import AutoModelForQuestionAnswering
 
-        from compress.prune import check_pattern, prunable_linears
+        from compress.prune import block_of, check_pattern, prunable_linears
 
         with torch.device("meta"):  # shapes without weights
             skeleton = AutoModelForQuestionAnswering.from_config(config)
@@ -434,6 +453,9 @@ def check_prune(run: Run, step: Step) -> None:
             layers = prunable_linears(skeleton, pcfg.include, pcfg.exclude)
             if pcfg.backend == "neural-compressor":
                 check_pattern(layers, pcfg.pattern)
+            if pcfg.refit:
+                for name in layers:
+                    block_of(name)
         except EdgeQAError as e:
             raise EdgeQAError(f"{where}: {e}") from e
 
@@ -518,16 +540,16 @@ def step_prune(run: Run, step: Step) -> None:
             report["intermediate_size"] = model.config.intermediate_size
         write_json(folder / "prune.json", report)
 
-    if "stages" not in step.params:  # prune only, no recovery; `train: {data}` only feeds gradient importance
+    if "stages" not in step.params:  # prune only, no recovery; `train: {data}` only feeds importance or refit
 
         def make(out: Path) -> None:
             model = load_torch_qa_model(src.path)
             trainset = None
-            if pcfg.ranks_by_gradient:
+            if pcfg.needs_data:
                 from bench.qa import QAConfig
                 from compress.trainset import load_trainset
 
-                windows = pcfg.importance_batches * 16  # a question gives at least one window
+                windows = pcfg.data_windows  # a question gives at least one window
                 trainset = load_trainset(step.params["train"]["data"], windows, load_tokenizer(src.path), QAConfig())
             summary = prune_now(model, pcfg, trainset)
             bake_masks(model)
@@ -592,11 +614,12 @@ def step_bench(run: Run, step: Step) -> None:
     for name in names:
         v = run.variants[name]
         eval_dir = run.root / "eval" / name
-        eval_key = {"data": run.recipe.eval_data, "limit": run.recipe.eval_limit, "path": str(v.path)}
+        made = made_id(v.path)
+        eval_key = {"data": run.recipe.eval_data, "limit": run.recipe.eval_limit, "path": str(v.path), "made": made}
         metrics_path = eval_dir / "metrics.json"
         if not (metrics_path.exists() and _same(read_json(metrics_path), eval_key)):
             log.info("scoring %s on %s", name, run.recipe.eval_data)
-            evaluate(
+            metrics = evaluate(
                 v.path,
                 run.recipe.eval_data,
                 run.recipe.eval_limit,
@@ -605,6 +628,7 @@ def step_bench(run: Run, step: Step) -> None:
                 threads=run.recipe.bench.threads,
                 out_dir=eval_dir,
             )
+            write_json(metrics_path, {**metrics, "made": made})
 
     def bench_path(name: str) -> Path:
         return run.root / "bench" / f"{name}.json"
@@ -612,13 +636,23 @@ def step_bench(run: Run, step: Step) -> None:
     def settings(name: str) -> dict:
         return dataclasses.replace(run.recipe.bench, torch_int8=run.variants[name].torch_int8).to_dict()
 
-    todo = {
-        name: (run.variants[name].path, run.variants[name].torch_int8)
-        for name in names
-        if not (bench_path(name).exists() and read_json(bench_path(name)).get("settings") == settings(name))
-    }
-    if todo:
-        benchmark_interleaved(todo, run.recipe.bench, done=lambda name, result: write_json(bench_path(name), result))
+    def timed(name: str) -> bool:
+        if not bench_path(name).exists():
+            return False
+        result = read_json(bench_path(name))
+        return result.get("settings") == settings(name) and result.get("made") == made_id(run.variants[name].path)
+
+    # Speed-ups are only true side by side: if one variant needs timing, all of this step's variants are timed
+    # again, together, in interleaved passes.
+    if not all(timed(name) for name in names):
+        todo = {name: (run.variants[name].path, run.variants[name].torch_int8) for name in names}
+        benchmark_interleaved(
+            todo,
+            run.recipe.bench,
+            done=lambda name, result: write_json(
+                bench_path(name), {**result, "made": made_id(run.variants[name].path)}
+            ),
+        )
     for name in names:
         if name not in run.benched:
             run.benched.append(name)
@@ -632,7 +666,7 @@ def _weight_stats(run: Run, name: str) -> dict:
     v = run.variants[name]
     cache = run.root / "bench" / f"{name}.weights.json"
     # version 2 added ONNX parameter counts, 3 the encoder layers' share of zeros
-    key = {"path": str(v.path), "bytes": model_file_size(v.path), "version": 3}
+    key = {"path": str(v.path), "bytes": model_file_size(v.path), "version": 3, "made": made_id(v.path)}
     if cache.exists() and read_json(cache).get("key") == key:
         return read_json(cache)["stats"]
     stats = weight_stats(v.path)
@@ -664,6 +698,7 @@ def _same(metrics: dict, key: dict) -> bool:
         metrics.get("data") == key["data"]
         and metrics.get("limit") == key["limit"]
         and metrics.get("model") == key["path"]
+        and metrics.get("made") == key["made"]
     )
 
 
@@ -714,7 +749,8 @@ def step_report(run: Run, step: Step) -> None:
     notes = [
         "Latency: p50/p90/p99 of timed runs on synthetic full-length inputs after warm-up, gathered in passes "
         "over all variants (each pass a fresh process per variant; peak_rss_mb is the largest such process's "
-        "peak). A resumed run keeps the timings it already has.",
+        "peak). A rerun keeps a bench step's timings while all its variants are unchanged; if one is new or made "
+        "again, all of them are timed again, side by side.",
         "Size: the weights file that ships (model.onnx, model.ort or model.safetensors); gzip MB is that file "
         "compressed, and sparsity the share of zeros in its weight matrices, both measured on the file.",
     ]

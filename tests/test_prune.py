@@ -27,6 +27,7 @@ from compress.prune import (
     prunable_linears,
     prune_ffn_,
     prune_heads_,
+    refit_kept_weights,
     sparsity_report,
 )
 from compress.recipe import run_recipe
@@ -66,6 +67,48 @@ def test_cubic_schedule_rises_fast_then_slowly_to_the_target():
     assert values[0] == 0.0 and values[5] == pytest.approx(0.8) and values[-1] == pytest.approx(0.8)
     steps = [b - a for a, b in zip(values, values[1:6], strict=False)]
     assert steps == sorted(steps, reverse=True)
+
+
+def test_cubic_schedule_can_start_with_a_large_first_step():
+    values = [cubic_sparsity(s, 100, 0.8, ramp=0.5, initial=0.5) for s in range(0, 101, 10)]
+    assert values[0] == 0.5 and values[5] == pytest.approx(0.8) and values == sorted(values)
+
+
+def test_refit_solves_each_row_on_the_kept_inputs_and_brings_outputs_back(tiny):
+    import copy
+
+    calibration = [_inputs(tiny, n=4, length=16)]
+    calibration[0]["attention_mask"][0, 10:] = 0  # padding: not part of what the refit matches
+    held_out = _inputs(tiny, n=3, length=12)
+    held_out["input_ids"] = held_out["input_ids"].flip(0)
+    with torch.no_grad():
+        dense = tiny(**held_out).start_logits
+        x = tiny.bert.embeddings(calibration[0]["input_ids"], calibration[0]["token_type_ids"])
+    x = x[calibration[0]["attention_mask"].bool()].double()  # what layer 0's query matrix reads
+    query = tiny.bert.encoder.layer[0].attention.self.query.weight.detach().double().clone()
+
+    plain = copy.deepcopy(tiny)
+    apply_magnitude_masks(prunable_linears(plain), 0.6)
+    layers = prunable_linears(tiny)
+    apply_magnitude_masks(layers, 0.6)
+    summary = refit_kept_weights(tiny, layers, calibration)
+    assert summary["matrices"] == 12 and summary["output_error_after"] < summary["output_error_before"]
+    for name, m in prunable_linears(plain).items():  # the magnitude mask stays: only the survivors move
+        assert torch.equal(m.weight_mask, layers[name].weight_mask)
+
+    # Row by row, the kept weights solve (H + d I)_SS w'_S = ((H + d I) w)_S with H = X^T X / n on real tokens.
+    h = x.T @ x / len(x)
+    h += 0.01 * h.diagonal().mean() * torch.eye(len(h), dtype=h.dtype)
+    new = tiny.bert.encoder.layer[0].attention.self.query.weight.detach().double()
+    keep = layers["bert.encoder.layer.0.attention.self.query"].weight_mask.bool()
+    for r in range(0, len(new), 7):
+        s = keep[r]
+        torch.testing.assert_close(h[s][:, s] @ new[r, s], (h @ query[r])[s], rtol=1e-4, atol=1e-6)
+
+    with torch.no_grad():
+        off_plain = (plain(**held_out).start_logits - dense).pow(2).mean()
+        off_refit = (tiny(**held_out).start_logits - dense).pow(2).mean()
+    assert off_refit < 0.5 * off_plain  # on windows the refit never saw
 
 
 def test_structured_pruning_shrinks_matrices_and_reloads(tiny, tmp_path):
@@ -120,6 +163,10 @@ def test_gradient_importance_ranks_heads_and_neurons(tiny):
         ({"method": "random"}, "prune method"),
         ({"method": "structured", "heads": 1.0}, r"heads must be in \[0, 1\)"),
         ({"sparsity": 0.5, "amount": 3}, "unknown prune setting"),
+        ({"sparsity": 0.5, "initial": 0.3}, "needs schedule: cubic"),
+        ({"sparsity": 0.5, "initial": 0.6, "schedule": "cubic"}, "at most sparsity"),
+        ({"method": "structured", "ffn": 0.5, "refit": True}, "method: magnitude, backend: torch"),
+        ({"refit": True, "refit_batches": 0}, "refit_batches must be positive"),
     ],
 )
 def test_bad_prune_settings_are_refused(settings, message):
@@ -213,6 +260,46 @@ def test_magnitude_pruning_with_recovery_saves_plain_sparse_weights(tmp_path, to
     assert "magnitude 70% (global, cubic)" in markdown
 
 
+def test_refit_after_one_shot_and_whenever_the_cubic_masks_grow(tmp_path, toy_squad, monkeypatch):
+    import compress.prune as prune_mod
+
+    calls = []
+    real = prune_mod.refit_kept_weights
+
+    def counted(model, layers, batches):
+        calls.append(round(sparsity_report(model)["pruned_matrices_sparsity"], 2))
+        return real(model, layers, batches)
+
+    monkeypatch.setattr(prune_mod, "refit_kept_weights", counted)
+    teacher = make_tiny_qa_model(tmp_path / "t", layers=2, hidden=32, heads=4)
+    train = write_squad(tmp_path / "train.json", TOY_QAS * 16)
+    steps = """\
+    - prune:
+        name: gradual
+        sparsity: 0.6
+        schedule: cubic
+        initial: 0.3
+        ramp: 0.5
+        update_every: 2
+        refit: true
+        refit_batches: 2
+        train: {data: TRAIN, batch_size: 8, precision: fp32, checkpoint_every: 50, eval_limit: 3}
+        stages:
+          - {loss: {hard: 0.5, soft: 0.5}, max_steps: 6, lr: 1.0e-3}
+    - prune: {name: once, sparsity: 0.5, refit: true, refit_batches: 2, train: {data: TRAIN}}
+    """.replace("TRAIN", str(train))
+    root = run_recipe(_prune_recipe(tmp_path, teacher, toy_squad, steps), tmp_path / "runs")
+    # Refits at 30% before training, then at steps 2 and 4 where the target rises (ramp ends at step 3); not at
+    # step 6, where the masks stay as they are.
+    assert calls[:3] == [0.3, round(cubic_sparsity(2, 6, 0.6, 0.5, 0.3), 2), 0.6] and calls[3:] == [0.5]
+    gradual = json.loads((root / "models" / "gradual" / "prune.json").read_text())
+    assert abs(gradual["pruned_matrices_sparsity"] - 0.6) < 0.01  # what was pruned before a refit stays zero
+    once = json.loads((root / "models" / "once" / "prune.json").read_text())
+    refit = once["removed"]["refit"]
+    assert refit["matrices"] == 12 and refit["output_error_after"] < refit["output_error_before"]
+    assert abs(once["pruned_matrices_sparsity"] - 0.5) < 0.01 and once["recovery"] is None
+
+
 def test_structured_pruning_with_recovery_exports_smaller_onnx(tmp_path, toy_squad):
     teacher = make_tiny_qa_model(tmp_path / "t", layers=2, hidden=32, heads=4)
     train = write_squad(tmp_path / "train.json", TOY_QAS * 16)
@@ -255,6 +342,12 @@ def test_structured_pruning_with_recovery_exports_smaller_onnx(tmp_path, toy_squ
         ("bert", "method: structured, heads: 0.99", "removes every head"),
         ("bert", "sparsity: 1.5", r"sparsity must be in \[0, 1\)"),
         ("bert", "method: structured, heads: 0.25, importance: gradient", "gradient importance measures the loss"),
+        ("bert", "sparsity: 0.5, refit: true", "refit fits the kept weights on training data"),
+        (
+            "bert",
+            "sparsity: 0.5, refit: true, include: [qa_outputs], train: {data: DATA}",
+            "qa_outputs is not inside a numbered block",
+        ),
         ("bert", "train: {data: DATA, batch_size: 8}", "recovery training needs stages"),
         (
             "bert",

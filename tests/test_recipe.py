@@ -86,6 +86,47 @@ def test_changed_settings_are_not_silently_reused(tmp_path, tiny_qa_model, toy_s
         run_recipe(_write(tmp_path, tiny_qa_model, toy_squad, changed), tmp_path / "runs")
 
 
+def test_a_remade_model_is_exported_scored_and_timed_again(tmp_path, tiny_qa_model, toy_squad):
+    """A model made again under the same name (its folder deleted, a step rerun) must not inherit the export,
+    the scores or the timings of the one it replaced; the unchanged teacher is timed again beside it."""
+    steps = """\
+steps:
+  - prune: {name: sparse, sparsity: 0.5}
+  - export: {name: sparse-onnx, from: sparse}
+  - bench: {}
+  - report: {}
+"""
+    path = _write(tmp_path, tiny_qa_model, toy_squad, steps)
+    root = run_recipe(path, tmp_path / "runs")
+
+    def made(name):
+        return json.loads((root / "models" / name / "step.json").read_text())["made"]
+
+    def record(kind, name):
+        path = root / kind / (f"{name}/metrics.json" if kind == "eval" else f"{name}.json")
+        return json.loads(path.read_text())
+
+    first = {n: made(n) for n in ("sparse", "sparse-onnx")}
+    teacher_timed = (root / "bench" / "pytorch-fp32.json").stat().st_mtime_ns
+    assert record("eval", "sparse-onnx")["made"] == first["sparse-onnx"]
+
+    run_recipe(path, tmp_path / "runs")  # nothing changed: nothing is made, scored or timed again
+    assert {n: made(n) for n in first} == first
+    assert (root / "bench" / "pytorch-fp32.json").stat().st_mtime_ns == teacher_timed
+
+    import shutil
+
+    shutil.rmtree(root / "models" / "sparse")
+    run_recipe(path, tmp_path / "runs")
+    again = {n: made(n) for n in first}
+    assert again["sparse"] != first["sparse"] and again["sparse-onnx"] != first["sparse-onnx"]
+    onnx_step = json.loads((root / "models" / "sparse-onnx" / "step.json").read_text())
+    assert onnx_step["source_made"] == again["sparse"]
+    for kind in ("eval", "bench"):
+        assert record(kind, "sparse-onnx")["made"] == again["sparse-onnx"]
+    assert (root / "bench" / "pytorch-fp32.json").stat().st_mtime_ns != teacher_timed  # side by side again
+
+
 @pytest.mark.parametrize(
     ("steps", "extra", "message"),
     [

@@ -85,3 +85,14 @@ def test_sparsity_curve_only_for_sparse_rows(tmp_path):
 def test_reference_must_be_a_row():
     with pytest.raises(EdgeQAError, match="not one of the variants"):
         _report(_rows(), reference="nope")
+
+
+def test_the_pruning_cell_says_how_the_zeros_were_made():
+    from bench.report import _describe_pruning
+
+    settings = {"sparsity": 0.8, "scope": "global", "schedule": "cubic", "initial": 0.5, "refit": True}
+    assert _describe_pruning({"method": "magnitude", "settings": settings}) == (
+        "magnitude 80% (global, cubic from 50%, refit)"
+    )
+    plain = {"sparsity": 0.5, "scope": "layer", "schedule": "oneshot"}
+    assert _describe_pruning({"method": "magnitude", "settings": plain}) == "magnitude 50% (layer, oneshot)"
