@@ -287,6 +287,10 @@ class Run:
         return load_squad(self.recipe.eval_data, self.recipe.parity_limit).examples
 
 
+# Settings added after runs were recorded without them: absent means this default, so those runs stay valid.
+LATER_DEFAULTS = {"initial": 0.0, "refit": False, "refit_batches": 32}
+
+
 def _make_once(run: Run, step: Step, settings: dict[str, Any], make: Callable[[Path], None]) -> Path:
     """Run `make(out)` unless out already holds this step's output made with the same settings from the same
     making of its source."""
@@ -297,6 +301,7 @@ def _make_once(run: Run, step: Step, settings: dict[str, Any], make: Callable[[P
     source_made = made_id(Path(settings["from"])) if "from" in settings else None
     if (out / "step.json").exists():
         previous = read_json(out / "step.json", "step record")
+        previous = {**{k: v for k, v in LATER_DEFAULTS.items() if k in record}, **previous}
         made_from = previous.pop("source_made", None)
         previous.pop("made", None)
         if previous != record:

@@ -127,6 +127,21 @@ steps:
     assert (root / "bench" / "pytorch-fp32.json").stat().st_mtime_ns != teacher_timed  # side by side again
 
 
+def test_runs_recorded_before_a_setting_existed_stay_valid(tmp_path, tiny_qa_model, toy_squad):
+    path = _write(tmp_path, tiny_qa_model, toy_squad, "steps:\n  - prune: {name: sparse, sparsity: 0.5}\n")
+    root = run_recipe(path, tmp_path / "runs")
+    step_json = root / "models" / "sparse" / "step.json"
+    record = json.loads(step_json.read_text())
+    for key in ("initial", "refit", "refit_batches"):  # as a run made before these settings existed recorded it
+        del record[key]
+    step_json.write_text(json.dumps(record))
+    run_recipe(path, tmp_path / "runs")  # absent means the default: skipped, not refused and not made again
+    assert json.loads(step_json.read_text())["made"] == record["made"]
+    changed = f"steps:\n  - prune: {{name: sparse, sparsity: 0.5, refit: true, train: {{data: {toy_squad}}}}}\n"
+    with pytest.raises(EdgeQAError, match="other settings"):
+        run_recipe(_write(tmp_path, tiny_qa_model, toy_squad, changed), tmp_path / "runs")
+
+
 @pytest.mark.parametrize(
     ("steps", "extra", "message"),
     [
