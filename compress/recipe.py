@@ -288,7 +288,9 @@ class Run:
 
 
 # Settings added after runs were recorded without them: absent means this default, so those runs stay valid.
-LATER_DEFAULTS = {"initial": 0.0, "refit": False, "refit_batches": 32}
+LATER_DEFAULTS = {
+    f.name: f.default for f in dataclasses.fields(PruneConfig) if f.name in ("initial", "refit", "refit_batches")
+}
 
 
 def _make_once(run: Run, step: Step, settings: dict[str, Any], make: Callable[[Path], None]) -> Path:
