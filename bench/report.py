@@ -209,7 +209,7 @@ def _describe_pruning(p: dict[str, Any] | None) -> str:
     if cfg.get("initial"):
         how[-1] += f" from {cfg['initial']:.0%}"
     if cfg.get("refit"):
-        how.append("refit")
+        how.append(f"refit to {cfg.get('refit_to', 'matrix')}")  # records from before refit_to: per matrix
     return f"magnitude{shape} {cfg.get('sparsity', 0):.0%} ({', '.join(str(h) for h in how)})"
 
 

@@ -289,8 +289,18 @@ class Run:
 
 # Settings added after runs were recorded without them: absent means this default, so those runs stay valid.
 LATER_DEFAULTS = {
-    f.name: f.default for f in dataclasses.fields(PruneConfig) if f.name in ("initial", "refit", "refit_batches")
+    f.name: f.default
+    for f in dataclasses.fields(PruneConfig)
+    if f.name in ("initial", "refit", "refit_batches", "refit_to")
 }
+
+
+def _as_recorded_now(previous: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+    """An older step record with the settings added since filled in as what that run did."""
+    filled = {**{k: v for k, v in LATER_DEFAULTS.items() if k in record}, **previous}
+    if previous.get("refit") and "refit_to" not in previous:
+        filled["refit_to"] = "matrix"  # the only refit there was before refit_to
+    return filled
 
 
 def _make_once(run: Run, step: Step, settings: dict[str, Any], make: Callable[[Path], None]) -> Path:
@@ -303,7 +313,7 @@ def _make_once(run: Run, step: Step, settings: dict[str, Any], make: Callable[[P
     source_made = made_id(Path(settings["from"])) if "from" in settings else None
     if (out / "step.json").exists():
         previous = read_json(out / "step.json", "step record")
-        previous = {**{k: v for k, v in LATER_DEFAULTS.items() if k in record}, **previous}
+        previous = _as_recorded_now(previous, record)
         made_from = previous.pop("source_made", None)
         previous.pop("made", None)
         if previous != record:

@@ -15,6 +15,7 @@ from transformers import AutoModelForQuestionAnswering
 from bench.engines import load_torch_qa_model
 from bench.files import EdgeQAError
 from compress.prune import (
+    REFIT_MIN_RISE,
     PruneConfig,
     apply_magnitude_masks,
     at_target,
@@ -91,7 +92,7 @@ def test_refit_solves_each_row_on_the_kept_inputs_and_brings_outputs_back(tiny):
     apply_magnitude_masks(prunable_linears(plain), 0.6)
     layers = prunable_linears(tiny)
     apply_magnitude_masks(layers, 0.6)
-    summary = refit_kept_weights(tiny, layers, calibration)
+    summary = refit_kept_weights(tiny, layers, calibration, target="matrix")
     assert summary["matrices"] == 12 and summary["output_error_after"] < summary["output_error_before"]
     for name, m in prunable_linears(plain).items():  # the magnitude mask stays: only the survivors move
         assert torch.equal(m.weight_mask, layers[name].weight_mask)
@@ -109,6 +110,52 @@ def test_refit_solves_each_row_on_the_kept_inputs_and_brings_outputs_back(tiny):
         off_plain = (plain(**held_out).start_logits - dense).pow(2).mean()
         off_refit = (tiny(**held_out).start_logits - dense).pow(2).mean()
     assert off_refit < 0.5 * off_plain  # on windows the refit never saw
+
+
+def test_refit_to_the_model_matches_the_dense_models_inputs_and_outputs(tiny):
+    import copy
+
+    calibration = [_inputs(tiny, n=6, length=16)]
+    calibration[0]["attention_mask"][0, 9:] = 0
+    real = calibration[0]["attention_mask"].bool()
+    dense = copy.deepcopy(tiny)
+    by_matrix = copy.deepcopy(tiny)
+    for model, target in ((tiny, "model"), (by_matrix, "matrix")):
+        layers = prunable_linears(model)
+        apply_magnitude_masks(layers, 0.6)
+        summary = refit_kept_weights(model, layers, calibration, target=target)
+        assert summary["target"] == target and summary["output_error_after"] < summary["output_error_before"]
+
+    def layer_1_input(model):  # what layer 1's query matrix reads: layer 0's output, on real tokens
+        with torch.no_grad():
+            hidden = model(**calibration[0], output_hidden_states=True).hidden_states[1]
+        return hidden[real].double()
+
+    # Layer 1 reads what the pruned layer 0 feeds it (x), and is fitted to what the dense model computed (d).
+    x, d = layer_1_input(tiny), layer_1_input(dense)
+    h = x.T @ x / len(x)
+    damping = 0.01 * h.diagonal().mean()
+    h += damping * torch.eye(len(h), dtype=h.dtype)
+    query = "bert.encoder.layer.1.attention.self.query"
+    w = dict(dense.named_modules())[query].weight.detach().double()
+    module = dict(tiny.named_modules())[query]
+    new, keep = module.weight.detach().double(), module.weight_mask.bool()
+    for r in range(0, len(new), 5):
+        s = keep[r]
+        torch.testing.assert_close(
+            h[s][:, s] @ new[r, s], (x.T @ (d @ w[r]) / len(x) + damping * w[r])[s], rtol=1e-4, atol=1e-6
+        )
+
+    with torch.no_grad():  # the whole model lands nearer the dense one when each fit also undoes earlier errors
+        want = dense(**calibration[0])
+        miss = {
+            target: sum(
+                (getattr(m(**calibration[0]), k) - getattr(want, k))[real].pow(2).mean()
+                for k in ("start_logits", "end_logits")
+            )
+            for m, target in ((tiny, "model"), (by_matrix, "matrix"))
+        }
+    assert miss["model"] < miss["matrix"]
 
 
 def test_structured_pruning_shrinks_matrices_and_reloads(tiny, tmp_path):
@@ -167,6 +214,7 @@ def test_gradient_importance_ranks_heads_and_neurons(tiny):
         ({"sparsity": 0.5, "initial": 0.6, "schedule": "cubic"}, "at most sparsity"),
         ({"method": "structured", "ffn": 0.5, "refit": True}, "method: magnitude, backend: torch"),
         ({"refit": True, "refit_batches": 0}, "refit_batches must be positive"),
+        ({"refit": True, "refit_to": "layer"}, "refit_to must be one of model, matrix"),
     ],
 )
 def test_bad_prune_settings_are_refused(settings, message):
@@ -266,9 +314,9 @@ def test_refit_after_one_shot_and_whenever_the_cubic_masks_grow(tmp_path, toy_sq
     calls = []
     real = prune_mod.refit_kept_weights
 
-    def counted(model, layers, batches):
-        calls.append(round(sparsity_report(model)["pruned_matrices_sparsity"], 2))
-        return real(model, layers, batches)
+    def counted(model, layers, batches, target):
+        calls.append((round(sparsity_report(model)["pruned_matrices_sparsity"], 2), target))
+        return real(model, layers, batches, target)
 
     monkeypatch.setattr(prune_mod, "refit_kept_weights", counted)
     teacher = make_tiny_qa_model(tmp_path / "t", layers=2, hidden=32, heads=4)
@@ -279,19 +327,21 @@ def test_refit_after_one_shot_and_whenever_the_cubic_masks_grow(tmp_path, toy_sq
         sparsity: 0.6
         schedule: cubic
         initial: 0.3
-        ramp: 0.5
-        update_every: 2
+        ramp: 1.0
+        update_every: 1
         refit: true
         refit_batches: 2
         train: {data: TRAIN, batch_size: 8, precision: fp32, checkpoint_every: 50, eval_limit: 3}
         stages:
           - {loss: {hard: 0.5, soft: 0.5}, max_steps: 6, lr: 1.0e-3}
-    - prune: {name: once, sparsity: 0.5, refit: true, refit_batches: 2, train: {data: TRAIN}}
+    - prune: {name: once, sparsity: 0.5, refit: true, refit_to: matrix, refit_batches: 2, train: {data: TRAIN}}
     """.replace("TRAIN", str(train))
     root = run_recipe(_prune_recipe(tmp_path, teacher, toy_squad, steps), tmp_path / "runs")
-    # Refits at 30% before training, then at steps 2 and 4 where the target rises (ramp ends at step 3); not at
-    # step 6, where the masks stay as they are.
-    assert calls[:3] == [0.3, round(cubic_sparsity(2, 6, 0.6, 0.5, 0.3), 2), 0.6] and calls[3:] == [0.5]
+    # Refits at 30% before training, then after each step whose mask update adds zeros, except the last: from
+    # 59.86% to 60% is too small a rise (< REFIT_MIN_RISE) to be worth one.
+    gradual_sparsities = [round(cubic_sparsity(step, 6, 0.6, 1.0, 0.3), 2) for step in range(6)]
+    assert cubic_sparsity(6, 6, 0.6, 1.0, 0.3) - cubic_sparsity(5, 6, 0.6, 1.0, 0.3) < REFIT_MIN_RISE
+    assert calls == [(s, "model") for s in gradual_sparsities] + [(0.5, "matrix")]
     gradual = json.loads((root / "models" / "gradual" / "prune.json").read_text())
     assert abs(gradual["pruned_matrices_sparsity"] - 0.6) < 0.01  # what was pruned before a refit stays zero
     once = json.loads((root / "models" / "once" / "prune.json").read_text())

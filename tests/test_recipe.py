@@ -132,7 +132,7 @@ def test_runs_recorded_before_a_setting_existed_stay_valid(tmp_path, tiny_qa_mod
     root = run_recipe(path, tmp_path / "runs")
     step_json = root / "models" / "sparse" / "step.json"
     record = json.loads(step_json.read_text())
-    for key in ("initial", "refit", "refit_batches"):  # as a run made before these settings existed recorded it
+    for key in ("initial", "refit", "refit_batches", "refit_to"):  # as a run made before these settings existed
         del record[key]
     step_json.write_text(json.dumps(record))
     run_recipe(path, tmp_path / "runs")  # absent means the default: skipped, not refused and not made again
@@ -140,6 +140,22 @@ def test_runs_recorded_before_a_setting_existed_stay_valid(tmp_path, tiny_qa_mod
     changed = f"steps:\n  - prune: {{name: sparse, sparsity: 0.5, refit: true, train: {{data: {toy_squad}}}}}\n"
     with pytest.raises(EdgeQAError, match="other settings"):
         run_recipe(_write(tmp_path, tiny_qa_model, toy_squad, changed), tmp_path / "runs")
+
+    # A refit recorded before refit_to existed was a refit to each dense matrix, not to the dense model.
+    refit = "steps:\n  - prune: {name: refit, sparsity: 0.5, refit: true, refit_to: matrix, train: {data: DATA}}\n"
+    refit = refit.replace("DATA", str(toy_squad))
+    run_recipe(_write(tmp_path, tiny_qa_model, toy_squad, refit), tmp_path / "runs")
+    step_json = root / "models" / "refit" / "step.json"
+    record = json.loads(step_json.read_text())
+    del record["refit_to"]
+    step_json.write_text(json.dumps(record))
+    run_recipe(_write(tmp_path, tiny_qa_model, toy_squad, refit), tmp_path / "runs")
+    assert json.loads(step_json.read_text())["made"] == record["made"]
+    with pytest.raises(EdgeQAError, match="other settings"):
+        run_recipe(
+            _write(tmp_path, tiny_qa_model, toy_squad, refit.replace("refit_to: matrix", "refit_to: model")),
+            tmp_path / "runs",
+        )
 
 
 @pytest.mark.parametrize(

@@ -91,8 +91,11 @@ def test_the_pruning_cell_says_how_the_zeros_were_made():
     from bench.report import _describe_pruning
 
     settings = {"sparsity": 0.8, "scope": "global", "schedule": "cubic", "initial": 0.5, "refit": True}
-    assert _describe_pruning({"method": "magnitude", "settings": settings}) == (
-        "magnitude 80% (global, cubic from 50%, refit)"
+    assert _describe_pruning({"method": "magnitude", "settings": {**settings, "refit_to": "model"}}) == (
+        "magnitude 80% (global, cubic from 50%, refit to model)"
+    )
+    assert _describe_pruning({"method": "magnitude", "settings": settings}) == (  # recorded before refit_to
+        "magnitude 80% (global, cubic from 50%, refit to matrix)"
     )
     plain = {"sparsity": 0.5, "scope": "layer", "schedule": "oneshot"}
     assert _describe_pruning({"method": "magnitude", "settings": plain}) == "magnitude 50% (layer, oneshot)"
