@@ -225,7 +225,7 @@ class _Stop(Exception):
     """Raised by a hook to end a forward pass once the inputs it wanted are captured."""
 
 
-def refit_kept_weights(model, layers: dict[str, torch.nn.Linear], batches, target: str = "model") -> dict[str, Any]:
+def refit_kept_weights(model, layers: dict[str, torch.nn.Linear], batches, target: str) -> dict[str, Any]:
     """Refit the weights that pruning kept so each pruned matrix reproduces what it computed before pruning.
 
     Per output row w with kept inputs S this is least squares with a closed form. `target: matrix` matches the
