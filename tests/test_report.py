@@ -5,7 +5,7 @@ import json
 import pytest
 
 from bench.files import EdgeQAError
-from bench.report import build_report, make_row, pareto_front, plot_sparsity, write_report
+from bench.report import build_report, make_row, pareto_front, plot_sparsity, to_markdown, write_report
 
 
 def _bench(p50, model="m"):
@@ -57,6 +57,31 @@ def test_pareto_front_and_deltas():
     dense, sparse = {"name": "dense", "p50_ms": 31.0, "f1": 81.4}, {"name": "sparse", "p50_ms": 30.6, "f1": 77.3}
     assert pareto_front([dense, sparse]) == {"dense"}
     assert pareto_front([dense, {**sparse, "p50_ms": 28.0}]) == {"dense", "sparse"}
+
+
+def test_sparse_row_is_timed_on_the_front_at_its_dense_twins_time():
+    def weights(zeros):
+        return {"weights": {"parameters": 22_600_000, "matrix_sparsity": zeros}}
+
+    def bench(p50, mb):
+        return {**_bench(p50), "file_bytes": int(mb * 2**20)}
+
+    rows = [
+        make_row("fp32", bench(50.0, 86.1), {"exact_match": 72.0, "f1": 82.0}, weights(0.0)),
+        # 15% faster on the clock, but the same matrices with zeros in them: noise, not a speed-up
+        make_row("sparse", bench(43.0, 86.1), {"exact_match": 62.0, "f1": 74.0}, weights(0.38)),
+        # int8 of a sparse model: a quarter of the file, other kernels, really faster
+        make_row("sparse-int8", bench(25.0, 21.7), {"exact_match": 61.0, "f1": 73.0}, weights(0.38)),
+    ]
+    report = _report(rows)
+    by = {r["name"]: r for r in report["rows"]}
+    assert by["sparse"]["same_kernels_as"] == "fp32" and not by["sparse"]["pareto"]
+    assert by["sparse"]["p50_ms"] == 43.0 and by["sparse"]["speedup"] == round(50 / 43, 3)  # measured time kept
+    assert "same_kernels_as" not in by["sparse-int8"] and by["sparse-int8"]["pareto"] and by["fp32"]["pareto"]
+    assert "sparse (as fp32)" in to_markdown(report)
+    # with no dense twin in the report, the sparse row's own time counts
+    alone = _report([rows[1], make_row("slow", bench(60.0, 50.0), {"exact_match": 1.0, "f1": 2.0})], "sparse")
+    assert {r["name"] for r in alone["rows"] if r["pareto"]} == {"sparse"}
 
 
 def test_write_report_files(tmp_path):
