@@ -66,9 +66,9 @@ def pareto_front(rows: list[dict], tolerance: float = LATENCY_TOLERANCE) -> set[
 
 
 def dense_twin(row: dict[str, Any], rows: list[dict]) -> dict | None:
-    """The row that runs the same kernels as a row with unstructured sparsity: same backend, parameter count and
-    raw file size (zeros are stored like any weight), no such sparsity. Dense kernels make the two equally fast,
-    so a gap between their timings is noise; None when the report holds no such row."""
+    """The row that runs the same kernels as a row with unstructured sparsity: same backend, parameter count, raw
+    file size (zeros are stored like any weight), graph fusion and quantization, no such sparsity. Dense kernels
+    make the two equally fast, so a gap between their timings is noise; None when the report holds no such row."""
     w = row["extra"].get("weights") or {}
     if not has_unstructured_sparsity(row) or not w.get("parameters"):
         return None
@@ -80,6 +80,7 @@ def dense_twin(row: dict[str, Any], rows: list[dict]) -> dict | None:
             and o["backend"] == row["backend"]
             and ow.get("parameters") == w["parameters"]
             and abs(o["file_mb"] - row["file_mb"]) <= 0.01 * max(o["file_mb"], row["file_mb"])
+            and all(o["extra"].get(k) == row["extra"].get(k) for k in ("fusion", "quantization"))
         ):
             return o
     return None
