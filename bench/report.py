@@ -164,7 +164,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| {r['name']} | {r['backend']} | {r['file_mb']:.1f} | {r['peak_rss_mb']:.0f} | {s['p50_ms']:.1f} | "
             f"{s['p90_ms']:.1f} | "
-            f"{s['p99_ms']:.1f} | {r['speedup']:.2f}x | {r['exact_match']:.2f} | {r['f1']:.2f} | "
+            f"{s['p99_ms']:.1f} | {r['speedup']:.2f}x{'†' if r.get('same_kernels_as') else ''} | "
+            f"{r['exact_match']:.2f} | {r['f1']:.2f} | "
             f"{r['delta_f1']:+.2f} | {'yes' if r['pareto'] else ''} |"
         )
     twinned = [r for r in report["rows"] if r.get("same_kernels_as")]
@@ -172,8 +173,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         pairs = ", ".join(f"{r['name']} (as {r['same_kernels_as']})" for r in twinned)
         lines += [
             "",
-            f"Same kernels, zeros the only difference: {pairs}. Such a row runs the same dense kernels as its twin, so "
-            "the gap between their timings is noise, and the front places it at its twin's time.",
+            f"† The same dense kernels as another row, zeros the only difference: {pairs}. The gap between their "
+            "timings is noise, not a speed-up, and the front places such a row at its twin's time.",
         ]
     others = sorted(
         {(s["batch_size"], s["seq_len"]) for r in report["rows"] for s in r["latency"]} - {tuple(shape.values())}

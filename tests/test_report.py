@@ -78,7 +78,8 @@ def test_sparse_row_is_timed_on_the_front_at_its_dense_twins_time():
     assert by["sparse"]["same_kernels_as"] == "fp32" and not by["sparse"]["pareto"]
     assert by["sparse"]["p50_ms"] == 43.0 and by["sparse"]["speedup"] == round(50 / 43, 3)  # measured time kept
     assert "same_kernels_as" not in by["sparse-int8"] and by["sparse-int8"]["pareto"] and by["fp32"]["pareto"]
-    assert "sparse (as fp32)" in to_markdown(report)
+    md = to_markdown(report)
+    assert "sparse (as fp32)" in md and "| 1.16x† |" in md and "| 2.00x |" in md
     # fused, the sparse model runs other kernels than the unfused dense one: its own time counts
     fused = make_row("sparse", bench(43.0, 86.1), {"exact_match": 62.0, "f1": 74.0}, {**weights(0.38), "fusion": {}})
     assert "same_kernels_as" not in {r["name"]: r for r in _report([rows[0], fused])["rows"]}["sparse"]
