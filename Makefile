@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SHARED ?= ../shared
 STAMP := $(VENV)/.installed
 PRUNE_RECIPES := prune-structured-cpu prune-50-cpu prune-80-cpu prune-curve-cpu prune-importance-cpu prune-oneshot-cpu \
-	prune-50-loss-cpu prune-50-ablation-cpu prune-80-ablation-cpu \
+	prune-50-loss-cpu prune-50-ablation-cpu prune-80-ablation-cpu prune-80-short-cpu \
 	chain-cpu
 
 .PHONY: install run full-dev compare-optimum distill-cpu distill-ablation $(PRUNE_RECIPES) test lint clean
