@@ -246,6 +246,8 @@ def _describe_pruning(p: dict[str, Any] | None) -> str:
     how = [cfg.get("scope"), cfg.get("schedule")]
     if cfg.get("initial"):
         how[-1] += f" from {cfg['initial']:.0%}"
+    if cfg.get("select", "magnitude") != "magnitude":
+        how.append(f"chosen by {cfg['select']}-weighted magnitude")
     if cfg.get("refit"):
         how.append(f"refit to {cfg.get('refit_to', 'matrix')}")  # records from before refit_to: per matrix
     return f"magnitude{shape} {cfg.get('sparsity', 0):.0%} ({', '.join(str(h) for h in how)})"

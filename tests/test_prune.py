@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import textwrap
@@ -25,6 +26,7 @@ from compress.prune import (
     gradient_scores,
     head_scores_by_magnitude,
     heads_to_remove,
+    input_rms,
     prunable_linears,
     prune_ffn_,
     prune_heads_,
@@ -61,6 +63,38 @@ def test_global_and_per_layer_magnitude_masks_hit_the_target(tiny):
     assert not any(n.endswith("weight_orig") for n, _ in tiny.named_parameters())
     torch.testing.assert_close(tiny(**_inputs(tiny)).start_logits, before)
     assert abs(sparsity_report(tiny)["pruned_matrices_sparsity"] - 0.8) < 0.005
+
+
+def test_input_weighted_choice_keeps_magnitudes_share_of_zeros_per_matrix(tiny):
+    layers = prunable_linears(tiny)
+    batch = _inputs(tiny)
+    batch["attention_mask"][:, -4:] = 0  # padding must not count
+    seen = {}
+    handle = layers["bert.encoder.layer.1.intermediate.dense"].register_forward_pre_hook(
+        lambda _m, args: seen.setdefault("x", args[0].detach())
+    )
+    rms = input_rms(tiny, layers, [batch])
+    handle.remove()
+    real = seen["x"][batch["attention_mask"].bool()]
+    torch.testing.assert_close(rms["bert.encoder.layer.1.intermediate.dense"], real.pow(2).mean(0).sqrt())
+
+    by_magnitude = copy.deepcopy(tiny)
+    apply_magnitude_masks(prunable_linears(by_magnitude), 0.7, "global")
+    apply_magnitude_masks(layers, 0.7, "global", rms)
+    assert sparsity_report(tiny)["per_layer"] == sparsity_report(by_magnitude)["per_layer"]
+    differ = 0
+    for name, m in layers.items():
+        score = (m.weight_orig * rms[name][None, :]).abs()
+        kept, dropped = score[m.weight_mask.bool()], score[~m.weight_mask.bool()]
+        assert kept.min() >= dropped.max()  # inside each matrix, the largest |w| x rms stay
+        differ += int((m.weight_mask != prunable_linears(by_magnitude)[name].weight_mask).sum())
+    assert differ > 0
+
+    zeros = {name: ~m.weight_mask.bool() for name, m in layers.items()}
+    dead = {name: r.clone().index_fill_(0, torch.arange(0, r.numel(), 2), 0.0) for name, r in rms.items()}
+    apply_magnitude_masks(layers, 0.7, "global", dead)  # half the inputs dead: their weights score 0, as zeros do
+    for name, m in layers.items():
+        assert not m.weight_mask.bool()[zeros[name]].any()  # what was pruned stays pruned
 
 
 def test_cubic_schedule_rises_fast_then_slowly_to_the_target():
@@ -215,6 +249,8 @@ def test_gradient_importance_ranks_heads_and_neurons(tiny):
         ({"method": "structured", "ffn": 0.5, "refit": True}, "method: magnitude, backend: torch"),
         ({"refit": True, "refit_batches": 0}, "refit_batches must be positive"),
         ({"refit": True, "refit_to": "layer"}, "refit_to must be one of model, matrix"),
+        ({"select": "gradient"}, "select must be one of magnitude, input"),
+        ({"method": "structured", "ffn": 0.5, "select": "input"}, "select: input ranks what magnitude"),
     ],
 )
 def test_bad_prune_settings_are_refused(settings, message):
@@ -331,10 +367,12 @@ def test_refit_after_one_shot_and_whenever_the_cubic_masks_grow(tmp_path, toy_sq
         update_every: 1
         refit: true
         refit_batches: 2
+        select: input
         train: {data: TRAIN, batch_size: 8, precision: fp32, checkpoint_every: 50, eval_limit: 3}
         stages:
           - {loss: {hard: 0.5, soft: 0.5}, max_steps: 6, lr: 1.0e-3}
     - prune: {name: once, sparsity: 0.5, refit: true, refit_to: matrix, refit_batches: 2, train: {data: TRAIN}}
+    - prune: {name: chosen, sparsity: 0.5, select: input, refit_batches: 2, train: {data: TRAIN}}
     """.replace("TRAIN", str(train))
     root = run_recipe(_prune_recipe(tmp_path, teacher, toy_squad, steps), tmp_path / "runs")
     # Refits at 30% before training, then after each step whose mask update adds zeros, except the last: from
@@ -348,6 +386,9 @@ def test_refit_after_one_shot_and_whenever_the_cubic_masks_grow(tmp_path, toy_sq
     refit = once["removed"]["refit"]
     assert refit["matrices"] == 12 and refit["output_error_after"] < refit["output_error_before"]
     assert abs(once["pruned_matrices_sparsity"] - 0.5) < 0.01 and once["recovery"] is None
+    chosen = json.loads((root / "models" / "chosen" / "prune.json").read_text())  # measured inputs, no refit
+    assert chosen["per_layer"] == {k: v for k, v in once["per_layer"].items()}  # magnitude's share per matrix
+    assert "refit" not in chosen["removed"] and chosen["settings"]["select"] == "input"
 
 
 def test_structured_pruning_with_recovery_exports_smaller_onnx(tmp_path, toy_squad):
