@@ -48,7 +48,8 @@ log = logging.getLogger(__name__)
 METHODS = ("magnitude", "structured")
 STRUCTURED_TYPES = ("bert",)  # encoder layout: layer.N.attention.self.{query,key,value}, intermediate, output
 DEFAULT_INCLUDE = ("*encoder.layer.*",)  # every nn.Linear inside the encoder: QA head and embeddings stay dense
-SELECTIONS = ("magnitude", "input")  # how weights are ranked inside a matrix: see apply_magnitude_masks
+SELECTIONS = ("magnitude", "input", "obs")  # which weights go inside a matrix: see apply_magnitude_masks, _obs_mask
+OBS_BLOCK = 128  # select: obs chooses the mask this many input columns at a time (SparseGPT's block)
 REFIT_TARGETS = ("model", "matrix")  # what a refitted matrix reproduces: see refit_kept_weights
 REFIT_MIN_RISE = 0.005  # cubic: a mask update that adds fewer zeros than this (0.5 points) is not worth a refit
 REFIT_DAMPING = 0.01  # share of the input Gram matrix's mean diagonal added to it: stable solves for dead inputs
@@ -72,7 +73,7 @@ class PruneConfig:
     backend: str = "torch"  # magnitude: "torch" (element-wise) or "neural-compressor" (patterns, during training)
     pattern: str = "1x1"  # neural-compressor: "NxM" blocks (4x1: 4 output rows) or "N:M" (2:4 along the input)
     criterion: str = "magnitude"  # neural-compressor: "magnitude" or "snip_momentum" (|weight x gradient|)
-    select: str = "magnitude"  # magnitude: rank weights inside each matrix by "magnitude" or by "input" (|w| x RMS(x))
+    select: str = "magnitude"  # magnitude: which weights go inside each matrix: "magnitude", "input" or "obs"
     refit: bool = False  # magnitude: least-squares refit of the kept weights whenever the sparsity rises
     refit_batches: int = 32  # refit and select: input: batches of 16 training windows to fit or measure on
     refit_to: str = "model"  # refit: match the dense "model" on its own inputs, or each dense "matrix" on today's
@@ -112,8 +113,12 @@ class PruneConfig:
             raise EdgeQAError("refit fits the weights that magnitude pruning kept (method: magnitude, backend: torch)")
         if self.select not in SELECTIONS:
             raise EdgeQAError(f"select must be one of {', '.join(SELECTIONS)}, got {self.select!r}")
-        if self.select == "input" and not (self.method == "magnitude" and self.backend == "torch"):
-            raise EdgeQAError("select: input ranks what magnitude pruning removes (method: magnitude, backend: torch)")
+        if self.select != "magnitude" and not (self.method == "magnitude" and self.backend == "torch"):
+            raise EdgeQAError(
+                f"select: {self.select} ranks what magnitude pruning removes (method: magnitude, backend: torch)"
+            )
+        if self.select == "obs" and not self.refit:
+            raise EdgeQAError("select: obs chooses the mask inside the refit, from its statistics: set refit: true")
         if self.refit_to not in REFIT_TARGETS:
             raise EdgeQAError(f"refit_to must be one of {', '.join(REFIT_TARGETS)}, got {self.refit_to!r}")
         if self.refit_batches < 1:
@@ -287,7 +292,9 @@ class _Stop(Exception):
     """Raised by a hook to end a forward pass once the inputs it wanted are captured."""
 
 
-def refit_kept_weights(model, layers: dict[str, torch.nn.Linear], batches, target: str) -> dict[str, Any]:
+def refit_kept_weights(
+    model, layers: dict[str, torch.nn.Linear], batches, target: str, choose: bool = False
+) -> dict[str, Any]:
     """Refit the weights that pruning kept so each pruned matrix reproduces what it computed before pruning.
 
     Per output row w with kept inputs S this is least squares with a closed form. `target: matrix` matches the
@@ -296,7 +303,8 @@ def refit_kept_weights(model, layers: dict[str, torch.nn.Linear], batches, targe
     Alistarh 2023). `target: model` matches the dense model's own output there, on the dense model's inputs D:
     min ||X w'_S - D w||^2, so w'_S = (H_SS)^-1 (X^T D w)_S, which also undoes the error earlier pruned layers left
     in X (the asymmetric calibration of GPTAQ, Li et al. 2025); on the shared teacher at 50% it scores 2.1 F1 more.
-    The mask stays the magnitude mask; only the survivors move. Blocks (`...layer.N`) run in forward order on the
+    The mask stays as it is, unless `choose`: then each matrix's share of zeros stays, but which weights keep it is
+    chosen first, on the same statistics, by `_obs_mask`. Blocks (`...layer.N`) run in forward order on the
     outputs of the already refitted blocks before them. Padding tokens are left out. "Before pruning" is what the
     weights behind the masks (`weight_orig`) compute. Returns the relative output error of the pruned matrices,
     averaged, before and after the refit.
@@ -329,7 +337,7 @@ def refit_kept_weights(model, layers: dict[str, torch.nn.Linear], batches, targe
                 for group in _groups_by_input(block, blocks[block_name], modules, inputs[0]):
                     stats = _input_stats(block, dense_block, modules[group[0]], inputs, dense_inputs, token_masks)
                     for name in group:
-                        before, after = _refit_rows(modules[name], *stats)
+                        before, after = _refit_rows(modules[name], *stats, choose=choose)
                         errors.append((before, after))
                         log.debug("refit %s: relative output error %.4f -> %.4f", name, before, after)
                 if dense_inputs is not None:
@@ -465,17 +473,22 @@ def _real_tokens(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return x[mask] if x.dim() == 3 and x.shape[:2] == mask.shape else x.reshape(-1, x.shape[-1])
 
 
-def _refit_rows(m: torch.nn.Linear, h: torch.Tensor, cross: torch.Tensor, dd: torch.Tensor) -> tuple[float, float]:
-    """Solve each row's kept weights (see refit_kept_weights); returns the relative output error
-    ||X w' - D w||^2 / ||D w||^2 summed over rows, before (w' = the masked dense row) and after."""
+def _refit_rows(
+    m: torch.nn.Linear, h: torch.Tensor, cross: torch.Tensor, dd: torch.Tensor, choose: bool = False
+) -> tuple[float, float]:
+    """Solve each row's kept weights (see refit_kept_weights), after choosing them with `_obs_mask` if `choose`;
+    returns the relative output error ||X w' - D w||^2 / ||D w||^2 summed over rows, before (w' = the masked dense
+    row) and after."""
     import torch
 
     dense = m.weight_orig.detach().double()
-    keep = m.weight_mask.detach().bool()
     damping = REFIT_DAMPING * h.diagonal().mean()
     damped = h + damping * torch.eye(len(h), dtype=h.dtype, device=h.device)
     fitted = dense @ cross.T  # row r: (X^T D w_r)^T
     rhs = fitted + damping * dense  # the damping pulls towards the dense row, not towards zero
+    if choose:
+        m.weight_mask.copy_(_obs_mask(m.weight_mask.detach().bool(), dense == 0, damped, rhs))
+    keep = m.weight_mask.detach().bool()
     new = torch.zeros_like(dense)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # thousands of small factorisations: threading them costs 10-20x on 2 cores
@@ -496,6 +509,41 @@ def _refit_rows(m: torch.nn.Linear, h: torch.Tensor, cross: torch.Tensor, dd: to
     before = error(dense * keep)
     m.weight_orig.copy_(torch.where(keep, new, dense).to(m.weight_orig.dtype))
     return before, error(new)
+
+
+def _obs_mask(mask: torch.Tensor, gone: torch.Tensor, h: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """Which weights a matrix keeps, chosen by Optimal Brain Surgeon's saliency as SparseGPT does (Frantar and
+    Alistarh 2023), with as many zeros in every block of input columns as `mask` has there.
+
+    Each row's error ||X w' - D w||^2 is (w' - w*)^T H (w' - w*) plus a constant, with w* = H^-1 rhs the row that
+    fits best unpruned, so the weights go from w*. Column block by column block, the ones whose removal costs least
+    go (w_ij^2 / [U]_jj^2, U the upper Cholesky factor of H^-1), weights in `gone` (pruned before) first; each
+    removal's error moves onto the columns not yet decided, so later choices see the weights that will make up for
+    the earlier ones. Magnitude or input-weighted choice rank each weight alone, blind to what the others can absorb.
+    """
+    import torch
+
+    chol = torch.linalg.cholesky(h)
+    w = torch.cholesky_solve(rhs.T, chol).T  # w*, one row per output
+    u = torch.linalg.cholesky(torch.cholesky_inverse(chol), upper=True)
+    keep = torch.ones_like(mask)
+    for lo in range(0, w.shape[1], OBS_BLOCK):
+        hi = min(lo + OBS_BLOCK, w.shape[1])
+        block, ub = w[:, lo:hi].clone(), u[lo:hi, lo:hi]
+        quota = int((~mask[:, lo:hi]).sum())  # at least the weights gone before: magnitude drops zeros first
+        score = block.pow(2) / ub.diagonal().pow(2)[None, :]
+        score[gone[:, lo:hi]] = -1.0
+        kept = torch.ones_like(mask[:, lo:hi])
+        if quota:
+            kept.view(-1)[score.flatten().topk(quota, largest=False).indices] = False
+        errors = torch.zeros_like(block)
+        for i in range(hi - lo):
+            e = block[:, i] * ~kept[:, i] / ub[i, i]
+            block[:, i:] -= e[:, None] * ub[i, i:][None, :]
+            errors[:, i] = e
+        w[:, hi:] -= errors @ u[lo:hi, hi:]
+        keep[:, lo:hi] = kept
+    return keep
 
 
 def check_pattern(layers: dict, pattern: str) -> None:
@@ -679,7 +727,8 @@ def prune_now(model, cfg: PruneConfig, trainset=None, gradual: bool = False) -> 
         if trainset is None:
             raise EdgeQAError("refit fits the kept weights on training windows; give training data")
         batches = _label_batches(trainset, cfg.refit_batches)
-        summary["refit"] = refit_kept_weights(model, layers, [_inputs(b) for b in batches], cfg.refit_to)
+        inputs = [_inputs(b) for b in batches]
+        summary["refit"] = refit_kept_weights(model, layers, inputs, cfg.refit_to, choose=cfg.select == "obs")
     return summary
 
 
@@ -713,7 +762,8 @@ def pruning_hooks(cfg: PruneConfig):
             apply_magnitude_masks(layers, target, cfg.scope, rms)
             if refit:
                 batches = _label_batches(held["trainset"], cfg.refit_batches, seed=step)
-                refit_kept_weights(student, layers, [_inputs(b) for b in batches], cfg.refit_to)
+                inputs = [_inputs(b) for b in batches]
+                refit_kept_weights(student, layers, inputs, cfg.refit_to, choose=cfg.select == "obs")
 
     def to_save(student):
         baked = copy.deepcopy(student)

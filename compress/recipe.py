@@ -255,6 +255,8 @@ def load_recipe(path: str | Path, shared: str | Path | None = None) -> Recipe:
         for ref in step.params.get("variants", []) + ([step.params["reference"]] if "reference" in step.params else []):
             if ref not in names:
                 raise EdgeQAError(f"{path}:{line}: unknown variant {ref!r} (known so far: {', '.join(sorted(names))})")
+        if kind == "report" and not any(s.kind == "bench" for s in recipe.steps):
+            raise EdgeQAError(f"{path}:{line}: a report needs a bench step before it (it reports benched variants)")
         recipe.steps.append(step)
     return recipe
 

@@ -16,6 +16,7 @@ from transformers import AutoModelForQuestionAnswering
 from bench.engines import load_torch_qa_model
 from bench.files import EdgeQAError
 from compress.prune import (
+    OBS_BLOCK,
     REFIT_MIN_RISE,
     PruneConfig,
     apply_magnitude_masks,
@@ -192,6 +193,31 @@ def test_refit_to_the_model_matches_the_dense_models_inputs_and_outputs(tiny):
     assert miss["model"] < miss["matrix"]
 
 
+def test_obs_choice_keeps_each_matrixs_share_of_zeros_and_fits_better_than_magnitudes(tiny):
+    calibration = [_inputs(tiny, n=8, length=16)]
+    query = tiny.bert.encoder.layer[0].attention.self.query
+    with torch.no_grad():  # inputs of unequal sizes, as in trained models: magnitude alone is blind to them
+        for norm in [tiny.bert.embeddings.LayerNorm] + [layer.output.LayerNorm for layer in tiny.bert.encoder.layer]:
+            norm.weight.copy_(torch.linspace(0.1, 3.0, len(norm.weight))[torch.randperm(len(norm.weight))])
+        query.weight[:, :3] = 0  # gone before: stay gone, whatever their inputs
+    by_magnitude = copy.deepcopy(tiny)
+    results = {}
+    for model, choose in ((by_magnitude, False), (tiny, True)):
+        layers = prunable_linears(model)
+        apply_magnitude_masks(layers, 0.7)
+        masks = {name: m.weight_mask.clone() for name, m in layers.items()}
+        results[choose] = refit_kept_weights(model, layers, calibration, target="model", choose=choose)
+    chosen = prunable_linears(tiny)
+    for name, m in chosen.items():
+        assert torch.equal(m.weight_mask.sum(), masks[name].sum())  # each matrix keeps magnitude's count
+        for lo in range(0, m.in_features, OBS_BLOCK):  # ... in every block of input columns
+            assert m.weight_mask[:, lo : lo + OBS_BLOCK].sum() == masks[name][:, lo : lo + OBS_BLOCK].sum()
+    assert not chosen["bert.encoder.layer.0.attention.self.query"].weight_mask[:, :3].any()
+    changed = sum(int((m.weight_mask != masks[n]).sum()) for n, m in chosen.items())
+    assert changed > 0.1 * sum(int(m.weight_mask.numel()) for m in chosen.values())
+    assert results[True]["output_error_after"] < 0.8 * results[False]["output_error_after"]
+
+
 def test_structured_pruning_shrinks_matrices_and_reloads(tiny, tmp_path):
     from transformers import AutoModelForQuestionAnswering
 
@@ -249,8 +275,9 @@ def test_gradient_importance_ranks_heads_and_neurons(tiny):
         ({"method": "structured", "ffn": 0.5, "refit": True}, "method: magnitude, backend: torch"),
         ({"refit": True, "refit_batches": 0}, "refit_batches must be positive"),
         ({"refit": True, "refit_to": "layer"}, "refit_to must be one of model, matrix"),
-        ({"select": "gradient"}, "select must be one of magnitude, input"),
+        ({"select": "gradient"}, "select must be one of magnitude, input, obs"),
         ({"method": "structured", "ffn": 0.5, "select": "input"}, "select: input ranks what magnitude"),
+        ({"sparsity": 0.5, "select": "obs"}, "select: obs chooses the mask inside the refit"),
     ],
 )
 def test_bad_prune_settings_are_refused(settings, message):
@@ -350,9 +377,9 @@ def test_refit_after_one_shot_and_whenever_the_cubic_masks_grow(tmp_path, toy_sq
     calls = []
     real = prune_mod.refit_kept_weights
 
-    def counted(model, layers, batches, target):
-        calls.append((round(sparsity_report(model)["pruned_matrices_sparsity"], 2), target))
-        return real(model, layers, batches, target)
+    def counted(model, layers, batches, target, choose=False):
+        calls.append((round(sparsity_report(model)["pruned_matrices_sparsity"], 2), target, choose))
+        return real(model, layers, batches, target, choose)
 
     monkeypatch.setattr(prune_mod, "refit_kept_weights", counted)
     teacher = make_tiny_qa_model(tmp_path / "t", layers=2, hidden=32, heads=4)
@@ -373,13 +400,14 @@ def test_refit_after_one_shot_and_whenever_the_cubic_masks_grow(tmp_path, toy_sq
           - {loss: {hard: 0.5, soft: 0.5}, max_steps: 6, lr: 1.0e-3}
     - prune: {name: once, sparsity: 0.5, refit: true, refit_to: matrix, refit_batches: 2, train: {data: TRAIN}}
     - prune: {name: chosen, sparsity: 0.5, select: input, refit_batches: 2, train: {data: TRAIN}}
+    - prune: {name: obs, sparsity: 0.5, refit: true, select: obs, refit_batches: 2, train: {data: TRAIN}}
     """.replace("TRAIN", str(train))
     root = run_recipe(_prune_recipe(tmp_path, teacher, toy_squad, steps), tmp_path / "runs")
     # Refits at 30% before training, then after each step whose mask update adds zeros, except the last: from
     # 59.86% to 60% is too small a rise (< REFIT_MIN_RISE) to be worth one.
     gradual_sparsities = [round(cubic_sparsity(step, 6, 0.6, 1.0, 0.3), 2) for step in range(6)]
     assert cubic_sparsity(6, 6, 0.6, 1.0, 0.3) - cubic_sparsity(5, 6, 0.6, 1.0, 0.3) < REFIT_MIN_RISE
-    assert calls == [(s, "model") for s in gradual_sparsities] + [(0.5, "matrix")]
+    assert calls == [(s, "model", False) for s in gradual_sparsities] + [(0.5, "matrix", False), (0.5, "model", True)]
     gradual = json.loads((root / "models" / "gradual" / "prune.json").read_text())
     assert abs(gradual["pruned_matrices_sparsity"] - 0.6) < 0.01  # what was pruned before a refit stays zero
     once = json.loads((root / "models" / "once" / "prune.json").read_text())
@@ -389,6 +417,8 @@ def test_refit_after_one_shot_and_whenever_the_cubic_masks_grow(tmp_path, toy_sq
     chosen = json.loads((root / "models" / "chosen" / "prune.json").read_text())  # measured inputs, no refit
     assert chosen["per_layer"] == once["per_layer"]  # magnitude's share of zeros in each matrix
     assert "refit" not in chosen["removed"] and chosen["settings"]["select"] == "input"
+    obs = json.loads((root / "models" / "obs" / "prune.json").read_text())  # chosen inside the refit
+    assert obs["per_layer"] == once["per_layer"] and obs["settings"]["select"] == "obs"
 
 
 def test_structured_pruning_with_recovery_exports_smaller_onnx(tmp_path, toy_squad):

@@ -171,6 +171,7 @@ def test_runs_recorded_before_a_setting_existed_stay_valid(tmp_path, tiny_qa_mod
             r"recipe.yaml:9: variant name 'a' is used twice",
         ),
         ("steps:\n  - report: {reference: nope}\n", "", r"recipe.yaml:8: unknown variant 'nope'"),
+        ("steps:\n  - export: {name: a}\n  - report: {}\n", "", r"recipe.yaml:9: a report needs a bench step"),
         ("steps: [\n", "", r"recipe.yaml:\d+: not valid YAML"),
         ("steps:\n  - quantize: {name: q, mode: fast}\n", "", r"recipe.yaml:8: quantize mode must be one of"),
         ("steps:\n  - quantize: {name: q, preset: avx9}\n", "", r"recipe.yaml:8: unknown hardware preset"),
