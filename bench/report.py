@@ -232,6 +232,9 @@ def to_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+SELECTIONS = {"input": "chosen by |w| x input RMS", "obs": "chosen by OBS saliency"}  # compress.prune's select
+
+
 def _describe_pruning(p: dict[str, Any] | None) -> str:
     """One cell: what the pruning step asked for (what the file holds is in the other columns)."""
     if not p:
@@ -246,8 +249,9 @@ def _describe_pruning(p: dict[str, Any] | None) -> str:
     how = [cfg.get("scope"), cfg.get("schedule")]
     if cfg.get("initial"):
         how[-1] += f" from {cfg['initial']:.0%}"
-    if cfg.get("select", "magnitude") != "magnitude":
-        how.append(f"chosen by {cfg['select']}-weighted magnitude")
+    select = cfg.get("select", "magnitude")
+    if select != "magnitude":
+        how.append(SELECTIONS.get(select, f"chosen by {select}"))
     if cfg.get("refit"):
         how.append(f"refit to {cfg.get('refit_to', 'matrix')}")  # records from before refit_to: per matrix
     return f"magnitude{shape} {cfg.get('sparsity', 0):.0%} ({', '.join(str(h) for h in how)})"

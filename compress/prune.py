@@ -12,8 +12,12 @@ attention heads and feed-forward neurons that physically shrinks the matrices.
   calibration windows (Wanda's score, Sun et al. 2023). Ranked across matrices that score empties the FFN output
   matrices; used only inside each matrix it scores 5 to 6 F1 more than magnitude after 80% at once and a short
   recovery on the shared teacher, and 1.45 more after prune-80-cpu's staged recovery.
+- Choice inside the refit (`select: obs`, with `refit: true`): each matrix keeps magnitude's share of zeros, and
+  which weights go is chosen from the refit's own input statistics by Optimal Brain Surgeon's saliency, column
+  block by column block with each removal's error moved onto the columns still to come (SparseGPT's adaptive mask
+  selection, Frantar and Alistarh 2023); the kept weights are then solved exactly. No measuring pass of its own.
 - Refit (`refit: true`): the weights a magnitude mask keeps are solved by least squares so each pruned matrix
-  reproduces what the unpruned model computed there on calibration windows; the mask stays the magnitude mask.
+  reproduces what the unpruned model computed there on calibration windows; the mask stays as chosen before.
 - Structured: heads ranked by the L2 norm of their query/key/value/output slices (or, `importance: gradient`,
   by the loss's sensitivity to a mask on each head, Michel et al. 2019) are removed with transformers'
   `prune_heads`, which records them in `config.pruned_heads`; feed-forward neurons ranked by the norm of their

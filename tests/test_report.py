@@ -126,5 +126,12 @@ def test_the_pruning_cell_says_how_the_zeros_were_made():
     assert _describe_pruning({"method": "magnitude", "settings": settings}) == (  # recorded before refit_to
         "magnitude 80% (global, cubic from 50%, refit to matrix)"
     )
+    assert _describe_pruning({"method": "magnitude", "settings": {**settings, "select": "obs"}}) == (
+        "magnitude 80% (global, cubic from 50%, chosen by OBS saliency, refit to matrix)"
+    )
     plain = {"sparsity": 0.5, "scope": "layer", "schedule": "oneshot"}
     assert _describe_pruning({"method": "magnitude", "settings": plain}) == "magnitude 50% (layer, oneshot)"
+    chosen = {**plain, "select": "input"}
+    assert _describe_pruning({"method": "magnitude", "settings": chosen}) == (
+        "magnitude 50% (layer, oneshot, chosen by |w| x input RMS)"
+    )
