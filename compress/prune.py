@@ -11,11 +11,13 @@ attention heads and feed-forward neurons that physically shrinks the matrices.
   which weights go is ranked by |w_ij| x RMS(x_j), the weight times the root-mean-square of its input over
   calibration windows (Wanda's score, Sun et al. 2023). Ranked across matrices that score empties the FFN output
   matrices; used only inside each matrix it scores 5 to 6 F1 more than magnitude after 80% at once and a short
-  recovery on the shared teacher, and 1.45 more after prune-80-cpu's staged recovery.
+  recovery on the shared teacher, and 1.45 more after a staged (cubic, refitted) recovery to 80%.
 - Choice inside the refit (`select: obs`, with `refit: true`): each matrix keeps magnitude's share of zeros, and
   which weights go is chosen from the refit's own input statistics by Optimal Brain Surgeon's saliency, column
   block by column block with each removal's error moved onto the columns still to come (SparseGPT's adaptive mask
   selection, Frantar and Alistarh 2023); the kept weights are then solved exactly. No measuring pass of its own.
+  At 80% at once on the shared teacher it scores 12.7 F1 more than `input` after the refit; on a staged schedule,
+  whose growths are small, it scores no more.
 - Refit (`refit: true`): the weights a magnitude mask keeps are solved by least squares so each pruned matrix
   reproduces what the unpruned model computed there on calibration windows; the mask stays as chosen before.
 - Structured: heads ranked by the L2 norm of their query/key/value/output slices (or, `importance: gradient`,
