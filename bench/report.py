@@ -232,7 +232,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-SELECTIONS = {"input": "chosen by |w| x input RMS", "obs": "chosen by OBS saliency"}  # compress.prune's select
+SELECTION_WORDS = {"input": "chosen by |w| x input RMS", "obs": "chosen by OBS saliency"}  # compress.prune's select
 
 
 def _describe_pruning(p: dict[str, Any] | None) -> str:
@@ -251,7 +251,7 @@ def _describe_pruning(p: dict[str, Any] | None) -> str:
         how[-1] += f" from {cfg['initial']:.0%}"
     select = cfg.get("select", "magnitude")
     if select != "magnitude":
-        how.append(SELECTIONS.get(select, f"chosen by {select}"))
+        how.append(SELECTION_WORDS.get(select, f"chosen by {select}"))
     if cfg.get("refit"):
         how.append(f"refit to {cfg.get('refit_to', 'matrix')}")  # records from before refit_to: per matrix
     return f"magnitude{shape} {cfg.get('sparsity', 0):.0%} ({', '.join(str(h) for h in how)})"
