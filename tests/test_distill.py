@@ -24,7 +24,7 @@ from compress.losses import LossConfig, distill_loss, span_ce, span_kl, token_ms
 from compress.recipe import run_recipe
 from compress.student import StudentSpec, build_student, default_layer_map, student_config, teacher_layers
 from compress.trainset import load_trainset, span_labels
-from conftest import REPO, TOY_QAS, TRAIN, make_tiny_qa_model, write_squad
+from conftest import FAMILIES, REPO, TOY_QAS, TRAIN, make_tiny_qa_model, write_squad
 
 
 @pytest.fixture
@@ -48,6 +48,20 @@ def _recipe(tmp_path, teacher, train, dev, distill: str, name: str = "d") -> Pat
         + textwrap.indent(textwrap.dedent(distill).replace("TRAIN", str(train)), " " * 6)
     )
     return path
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_dropout_zero_makes_a_training_forward_what_inference_computes(family, tmp_path):
+    model = load_torch_qa_model(make_tiny_qa_model(tmp_path / family, family=family, layers=1))
+    inputs = {"input_ids": torch.randint(5, 30, (4, 24)), "attention_mask": torch.ones(4, 24, dtype=torch.long)}
+    inputs["attention_mask"][:2, 18:] = 0  # padded rows take the masked attention path
+    reference = model.eval()(**inputs).start_logits
+    model.train()
+    train_mod.set_dropout(model, 0.3)  # some families (ALBERT) train without dropout by default
+    assert not torch.allclose(model(**inputs).start_logits, reference)
+    train_mod.set_dropout(model, 0.0)
+    torch.testing.assert_close(model(**inputs).start_logits, reference)
+    assert model.config.to_dict() == load_torch_qa_model(tmp_path / family).config.to_dict()
 
 
 # --- students ----------------------------------------------------------------------------------------------------
@@ -283,13 +297,15 @@ def test_finetuning_a_pretrained_encoder_without_teacher(tmp_path, toy_train, to
     encoder = make_tiny_qa_model(tmp_path / "encoder", qa_head=False)
     block = f"""\
     student: {{pretrained: {encoder}}}
-    train: {{data: TRAIN, batch_size: 8, precision: fp32, eval_limit: 3, checkpoint_every: 50, log_every: 1}}
+    train: {{data: TRAIN, batch_size: 8, precision: fp32, eval_limit: 3, checkpoint_every: 50, log_every: 1,
+             dropout: 0.0}}
     stages:
       - {{loss: {{hard: 1.0}}, epochs: 6, lr: 3.0e-3}}
     """
     root = run_recipe(_recipe(tmp_path, encoder, toy_train, toy_squad, block), tmp_path / "r")
     folder = root / "models" / "student"
-    load_torch_qa_model(folder)  # the new QA head is trained and saved
+    saved = load_torch_qa_model(folder)  # the new QA head is trained and saved
+    assert saved.config.hidden_dropout_prob == 0.1  # trained without dropout, saved with the model's own rates
     losses = [e["hard"] for e in map(json.loads, (folder / "train_log.jsonl").read_text().splitlines()) if "hard" in e]
     assert losses[-1] < 0.5 * losses[0]
     assert json.loads((folder / "training.json").read_text())["teacher"] is None
