@@ -100,6 +100,18 @@ class TrainConfig:
         return QAConfig(max_length=self.max_length, doc_stride=self.doc_stride)
 
 
+# Train settings added after runs were recorded without them: absent means this value, what those runs did.
+TRAIN_SETTINGS_ADDED_LATER = {"dropout": None}
+
+
+def fill_added_train_settings(recorded: dict[str, Any]) -> dict[str, Any]:
+    """A recorded config (a step record or a checkpoint's) with the train settings added since filled in, so a run
+    made before them still matches the same recipe today."""
+    if not isinstance(recorded.get("train"), dict):
+        return recorded
+    return {**recorded, "train": {**TRAIN_SETTINGS_ADDED_LATER, **recorded["train"]}}
+
+
 @dataclass(frozen=True)
 class DistillConfig:
     student: StudentSpec
@@ -630,7 +642,7 @@ def _load_checkpoint(path: Path, record: dict) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
         raise EdgeQAError(f"{path}: unreadable checkpoint ({e}); delete it to start over") from e
-    if state.get("config") != json.loads(json.dumps(record)):
+    if fill_added_train_settings(state.get("config") or {}) != json.loads(json.dumps(record)):
         raise EdgeQAError(f"{path}: checkpoint of a run with other settings; delete it or change the step's name")
     log.info("resuming from %s: stage %d, step %d", path, state["stage"], state["step"])
     return state
