@@ -296,6 +296,15 @@ def test_gradient_accumulation_gives_the_updates_of_the_whole_batch(tmp_path, to
     assert_same_updates(weights[0], weights[1], lr=1e-3, steps=3)
 
 
+def test_step_timer_times_every_dropout_setting_on_the_loops_own_step(tmp_path, toy_train, capsys):
+    from compress.step_time import main as step_time
+
+    model = make_tiny_qa_model(tmp_path / "m")
+    step_time(["--model", str(model), "--data", str(toy_train), "--sparsity", "0.5", "--batch-size", "4"])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(out["seconds_per_step"]) == {"model's", "0.0"} and all(v > 0 for v in out["seconds_per_step"].values())
+
+
 def test_finetuning_a_pretrained_encoder_without_teacher(tmp_path, toy_train, toy_squad):
     encoder = make_tiny_qa_model(tmp_path / "encoder", qa_head=False)
     block = f"""\

@@ -1,0 +1,98 @@
+"""Time one recovery/distillation step at each dropout setting, side by side, with the training loop's own step.
+
+    python -m compress.step_time --model ../shared/models/minilm-l6-h384-squad1 \
+        --data ../shared/data/squad/train-v1.1.rebuilt.json.gz --sparsity 0.8
+
+Why: on CPUs, dropout is much of a training step. Attention dropout keeps scaled_dot_product_attention on its math
+path, which draws a random mask over every head's scores, where without it the fused kernel runs. The settings
+are timed in interleaved rounds on the same batches (these machines are shared and noisy), after a burn-in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+
+import torch
+
+from bench.engines import load_tokenizer, load_torch_qa_model
+from bench.qa import QAConfig
+from compress.losses import LossConfig
+from compress.prune import apply_magnitude_masks, prunable_linears
+from compress.train import Trainee, _micro_step, _optimizer, set_dropout, use_bf16
+from compress.trainset import epoch_batches, load_trainset
+
+log = logging.getLogger(__name__)
+
+
+def time_steps(
+    model_dir: str,
+    data: str,
+    dropouts: list[float | None],
+    sparsity: float = 0.0,
+    batch_size: int = 16,
+    steps: int = 10,
+    rounds: int = 3,
+    burn_in: int = 3,
+    limit: int = 2000,
+) -> dict[str, float]:
+    """Median seconds per optimiser step for each dropout (None: the model's own), on the same length-bucketed
+    batches the loop trains on; `sparsity` > 0 adds global magnitude masks, as a recovery run has."""
+    tokenizer = load_tokenizer(model_dir)
+    trainset = load_trainset(data, limit, tokenizer, QAConfig())
+    batches = epoch_batches(trainset.lengths, batch_size, seed=0, stage=0, epoch=0)
+    bf16 = use_bf16("auto", "cpu")
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    loss = LossConfig(hard=1.0)  # the soft loss reads cached logits: the same student computation
+    trainees = {}
+    for p in dropouts:
+        model = load_torch_qa_model(model_dir)
+        if sparsity:
+            apply_magnitude_masks(prunable_linears(model), sparsity, "global", None)
+        if p is not None:
+            set_dropout(model, p)
+        model.get_input_embeddings().weight.requires_grad_(False)
+        trainee = Trainee(model, None, []).train()
+        trainees[p] = (trainee, _optimizer(trainee, 1e-5, 0.01))
+
+    def step(p: float | None, idx) -> None:
+        trainee, optimizer = trainees[p]
+        terms = _micro_step(trainee, None, None, trainset, None, idx, names, loss, {}, "cpu", bf16, 0)
+        (terms["loss"] / len(idx)).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    times: dict[float | None, list[float]] = {p: [] for p in dropouts}
+    for p in dropouts:
+        for i in range(burn_in):
+            step(p, batches[i % len(batches)])
+    for r in range(rounds):
+        chosen = [batches[(burn_in + r * steps + k) % len(batches)] for k in range(steps)]  # small sets repeat
+        for p in dropouts:
+            t = time.perf_counter()
+            for idx in chosen:
+                step(p, idx)
+            times[p].append((time.perf_counter() - t) / len(chosen))
+    return {("model's" if p is None else str(p)): round(sorted(v)[len(v) // 2], 4) for p, v in times.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", required=True, help="a QA model folder")
+    ap.add_argument("--data", required=True, help="a SQuAD training file")
+    ap.add_argument("--sparsity", type=float, default=0.0, help="global magnitude masks, as in recovery")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=10, help="timed steps per setting per round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    result = time_steps(args.model, args.data, [None, 0.0], args.sparsity, args.batch_size, args.steps, args.rounds)
+    print(json.dumps({"seconds_per_step": result, "batch_size": args.batch_size, "sparsity": args.sparsity}))
+
+
+if __name__ == "__main__":
+    main()
