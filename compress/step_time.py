@@ -24,8 +24,6 @@ from compress.prune import apply_magnitude_masks, prunable_linears
 from compress.train import Trainee, _micro_step, _optimizer, set_dropout, use_bf16
 from compress.trainset import epoch_batches, load_trainset
 
-log = logging.getLogger(__name__)
-
 
 def time_steps(
     model_dir: str,

@@ -89,7 +89,7 @@ class TrainConfig:
         for name in ("batch_size", "checkpoint_every", "log_every", "eval_limit", "teacher_batch_size"):
             if getattr(self, name) < 1:
                 raise EdgeQAError(f"train.{name} must be positive, got {getattr(self, name)}")
-        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+        if self.dropout is not None and not (isinstance(self.dropout, int | float) and 0 <= self.dropout < 1):
             raise EdgeQAError(f"train.dropout must be in [0, 1), got {self.dropout}")
         if self.micro_batch_size is not None and self.micro_batch_size < 1:
             raise EdgeQAError(f"train.micro_batch_size must be positive, got {self.micro_batch_size}")

@@ -472,6 +472,11 @@ def test_structured_pruning_with_recovery_exports_smaller_onnx(tmp_path, toy_squ
         ("bert", "train: {data: DATA, batch_size: 8}", "recovery training needs stages"),
         (
             "bert",
+            "sparsity: 0.5, train: {data: DATA, dropout: 1.0}, stages: [{loss: {hard: 1.0}}]",
+            r"train.dropout must be in \[0, 1\), got 1.0",
+        ),
+        (
+            "bert",
             "method: structured, heads: 0.25, train: {data: DATA}, stages: [{loss: {attention: 1.0}}]",
             "attention transfer",
         ),
