@@ -299,9 +299,7 @@ LATER_DEFAULTS = {
 
 def _as_recorded_now(previous: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
     """An older step record with the settings added since filled in as what that run did."""
-    from compress.train import fill_added_train_settings
-
-    filled = fill_added_train_settings({**{k: v for k, v in LATER_DEFAULTS.items() if k in record}, **previous})
+    filled = {**{k: v for k, v in LATER_DEFAULTS.items() if k in record}, **previous}
     if previous.get("refit") and "refit_to" not in previous:
         filled["refit_to"] = "matrix"  # the only refit there was before refit_to
     return filled

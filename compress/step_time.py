@@ -1,7 +1,7 @@
 """Time one recovery/distillation step at each dropout setting, side by side, with the training loop's own step.
 
     python -m compress.step_time --model ../shared/models/minilm-l6-h384-squad1 \
-        --data ../shared/data/squad/train-v1.1.rebuilt.json.gz --sparsity 0.8
+        --data ../shared/data/squad/train-v1.1.rebuilt.json.gz --sparsity 0.8 --profile
 
 Why: on CPUs, dropout is much of a training step. Attention dropout keeps scaled_dot_product_attention on its math
 path, which draws a random mask over every head's scores, where without it the fused kernel runs. The settings
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import statistics
 import time
 
 import torch
@@ -35,9 +36,11 @@ def time_steps(
     rounds: int = 3,
     burn_in: int = 3,
     limit: int = 2000,
-) -> dict[str, float]:
+    profile: bool = False,
+) -> dict[str, dict]:
     """Median seconds per optimiser step for each dropout (None: the model's own), on the same length-bucketed
-    batches the loop trains on; `sparsity` > 0 adds global magnitude masks, as a recovery run has."""
+    batches the loop trains on; `sparsity` > 0 adds global magnitude masks, as a recovery run has. With `profile`,
+    also each setting's six costliest operators, as shares of its steps' CPU time (torch.profiler, one more round)."""
     tokenizer = load_tokenizer(model_dir)
     trainset = load_trainset(data, limit, tokenizer, QAConfig())
     batches = epoch_batches(trainset.lengths, batch_size, seed=0, stage=0, epoch=0)
@@ -73,7 +76,22 @@ def time_steps(
             for idx in chosen:
                 step(p, idx)
             times[p].append((time.perf_counter() - t) / len(chosen))
-    return {("model's" if p is None else str(p)): round(sorted(v)[len(v) // 2], 4) for p, v in times.items()}
+    label = {p: "model's" if p is None else str(p) for p in dropouts}
+    result: dict[str, dict] = {"seconds_per_step": {label[p]: round(statistics.median(v), 4) for p, v in times.items()}}
+    if profile:
+        result["cpu_share"] = {label[p]: _top_operators(lambda p=p: [step(p, idx) for idx in chosen]) for p in dropouts}
+    return result
+
+
+def _top_operators(run, top: int = 6) -> dict[str, float]:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in ops)
+    return {e.key: round(e.self_cpu_time_total / total, 3) for e in ops[:top]}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -85,11 +103,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=10, help="timed steps per setting per round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--profile", action="store_true", help="also each setting's costliest operators")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
-    result = time_steps(args.model, args.data, [None, 0.0], args.sparsity, args.batch_size, args.steps, args.rounds)
-    print(json.dumps({"seconds_per_step": result, "batch_size": args.batch_size, "sparsity": args.sparsity}))
+    result = time_steps(
+        args.model,
+        args.data,
+        [None, 0.0],
+        args.sparsity,
+        args.batch_size,
+        args.steps,
+        args.rounds,
+        profile=args.profile,
+    )
+    print(json.dumps({**result, "batch_size": args.batch_size, "sparsity": args.sparsity}))
 
 
 if __name__ == "__main__":

@@ -229,8 +229,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, toy_train, toy_squad, 
     state = torch.load(work / "checkpoint.pt", weights_only=False)
     assert state["step"] == 6
     assert not (tmp_path / "killed" / "d" / "models" / "student").exists()
-    del state["config"]["train"]["dropout"]  # as written before that setting existed: it still resumes
-    torch.save(state, work / "checkpoint.pt")
+    assert "dropout" not in state["config"]["train"]  # left at its default, it stays out: older checkpoints resume
     monkeypatch.setattr(train_mod, "_micro_step", real)
     resumed = run_recipe(path, tmp_path / "killed")
 
@@ -300,9 +299,14 @@ def test_step_timer_times_every_dropout_setting_on_the_loops_own_step(tmp_path, 
     from compress.step_time import main as step_time
 
     model = make_tiny_qa_model(tmp_path / "m")
-    step_time(["--model", str(model), "--data", str(toy_train), "--sparsity", "0.5", "--batch-size", "4"])
+    args = ["--model", str(model), "--data", str(toy_train), "--sparsity", "0.5", "--batch-size", "4", "--profile"]
+    step_time(args)
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(out["seconds_per_step"]) == {"model's", "0.0"} and all(v > 0 for v in out["seconds_per_step"].values())
+    # Only the model's own dropout draws masks; the shares are of each setting's own time.
+    assert any("bernoulli" in op for op in out["cpu_share"]["model's"])
+    assert not any("bernoulli" in op for op in out["cpu_share"]["0.0"])
+    assert all(0 < sum(shares.values()) <= 1 for shares in out["cpu_share"].values())
 
 
 def test_finetuning_a_pretrained_encoder_without_teacher(tmp_path, toy_train, toy_squad):
