@@ -8,7 +8,7 @@ PRUNE_RECIPES := prune-structured-cpu prune-50-cpu prune-80-cpu prune-curve-cpu 
 	prune-50-loss-cpu prune-50-ablation-cpu prune-80-ablation-cpu prune-80-short-cpu \
 	chain-cpu
 
-.PHONY: install run full-dev compare-optimum distill-cpu distill-ablation $(PRUNE_RECIPES) test lint clean
+.PHONY: install run full-dev compare-optimum distill-cpu distill-ablation $(PRUNE_RECIPES) test lint clean gpu-check
 
 install: $(STAMP)
 
@@ -45,6 +45,12 @@ distill-cpu: install
 
 distill-ablation: install
 	$(BIN)/edgeqa distill recipes/distill-ablation.yaml --shared $(SHARED)
+
+# The GPU check's first half, here: .gpu/ (ignored; the teacher in fp16, SQuAD train and dev, about 54 MB) for the
+# device machine, which gets only the checkout. The second half runs there: `bash scripts/gpu_check.sh` with .gpu
+# carried (compress/gpu_check.py says how); it trains distill-3l-gpu briefly and writes gpu_check.json to $OUT there.
+gpu-check: install
+	$(BIN)/python -m compress.gpu_check prepare --shared $(SHARED) --out .gpu
 
 # The README's pruning results: each recipe by its name (`make prune-structured-cpu`), each under an hour here.
 $(PRUNE_RECIPES): install

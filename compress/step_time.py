@@ -22,8 +22,8 @@ from bench.engines import load_tokenizer, load_torch_qa_model
 from bench.qa import QAConfig
 from compress.losses import LossConfig
 from compress.prune import apply_magnitude_masks, prunable_linears
-from compress.train import Trainee, _micro_step, _optimizer, set_dropout, use_bf16
-from compress.trainset import epoch_batches, load_trainset
+from compress.train import Trainee, _micro_step, _optimizer, precision_for, set_dropout
+from compress.trainset import StepBatches, epoch_batches, load_trainset
 
 
 def time_steps(
@@ -40,11 +40,14 @@ def time_steps(
 ) -> dict[str, dict]:
     """Median seconds per optimiser step for each dropout (None: the model's own), on the same length-bucketed
     batches the loop trains on; `sparsity` > 0 adds global magnitude masks, as a recovery run has. With `profile`,
-    also each setting's six costliest operators, as shares of its steps' CPU time (torch.profiler, one more round)."""
+    also each setting's six costliest operators, as shares of its steps' CPU time (torch.profiler, one more round).
+    Steps run in the precision `precision: auto` picks here, recorded with its reason."""
     tokenizer = load_tokenizer(model_dir)
     trainset = load_trainset(data, limit, tokenizer, QAConfig())
     batches = epoch_batches(trainset.lengths, batch_size, seed=0, stage=0, epoch=0)
-    bf16 = use_bf16("auto", "cpu")
+    precision = precision_for("auto", "cpu")  # what a recipe's `precision: auto` trains in on this CPU
+    bf16 = precision.bf16
+    padded = StepBatches(trainset, pad_id=0)  # the loop's own micro-batches
     names = ["input_ids", "attention_mask", "token_type_ids"]
     loss = LossConfig(hard=1.0)  # the soft loss reads cached logits: the same student computation
     trainees = {}
@@ -60,7 +63,7 @@ def time_steps(
 
     def step(p: float | None, idx) -> None:
         trainee, optimizer = trainees[p]
-        terms = _micro_step(trainee, None, None, trainset, None, idx, names, loss, {}, "cpu", bf16, 0)
+        terms = _micro_step(trainee, None, None, padded.micro_batch(idx), names, loss, {}, "cpu", bf16)
         (terms["loss"] / len(idx)).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -78,6 +81,7 @@ def time_steps(
             times[p].append((time.perf_counter() - t) / len(chosen))
     label = {p: "model's" if p is None else str(p) for p in dropouts}
     result: dict[str, dict] = {"seconds_per_step": {label[p]: round(statistics.median(v), 4) for p, v in times.items()}}
+    result["precision"] = precision.to_dict()
     if profile:
         result["cpu_share"] = {label[p]: _top_operators(lambda p=p: [step(p, idx) for idx in chosen]) for p in dropouts}
     return result

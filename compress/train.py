@@ -7,11 +7,18 @@ and then into micro-batches (gradient accumulation), so the same recipe means th
 Everything needed to continue is saved every `checkpoint_every` steps (weights, optimiser, scheduler, RNG, stage
 and step); batch order is a function of (seed, stage, epoch), so a run killed anywhere and started again with the
 same command ends with the same weights as one that never stopped (same hardware and thread count).
+
+On CUDA everything runs on the device: the teacher's logit cache, both models' passes and the dev-subset
+evaluations. DataLoader workers pad each step's batches ahead into pinned memory, and loss terms are read back only
+on logging steps, so the loop never waits for the device between steps. On CPU the same batches are padded in the
+training process, and the numbers are those of a loop without a loader.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -27,10 +34,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from bench.engines import QAModel, TorchEngine, default_threads, load_tokenizer, load_torch_qa_model, model_input_names
+from bench.cpu import CPU, this_cpu
+from bench.engines import QAModel, default_threads, load_tokenizer, load_torch_qa_model, model_input_names
 from bench.files import EdgeQAError, atomic_dir, atomic_file, known_fields, write_json
 from bench.metric import score
-from bench.qa import QAConfig, pad
+from bench.qa import QAConfig
 from bench.squad import load_squad
 from compress.losses import LossConfig, distill_loss
 from compress.student import (
@@ -41,9 +49,21 @@ from compress.student import (
     save_student,
     student_config,
 )
-from compress.trainset import build_cache, cache_folder, cache_key, check_cache, epoch_batches, load_trainset
+from compress.trainset import (
+    StepBatches,
+    StepSampler,
+    TrainSet,
+    as_is,
+    build_cache,
+    cache_folder,
+    cache_key,
+    check_cache,
+    load_trainset,
+)
 
 log = logging.getLogger(__name__)
+
+LOADER_WORKERS = 4  # per process on CUDA: padding and cache reads happen beside the step, not before it
 
 
 @dataclass(frozen=True)
@@ -71,7 +91,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     freeze_word_embeddings: bool = False
-    precision: str = "auto"  # "bf16" autocast, "fp32", or "auto": bf16 where the hardware has fast bf16
+    precision: str = "auto"  # "bf16" autocast, "fp32", or "auto": bf16 where it is native (see choose_precision)
     # Dropout while training (hidden and attention); None keeps the model's. 0 cuts a CPU step by about 40%: no random
     # masks to draw, and attention runs in PyTorch's fused kernel. The saved config keeps the model's own values.
     dropout: float | None = None
@@ -201,15 +221,43 @@ def _barrier(dist: Dist) -> None:
         torch.distributed.barrier()
 
 
-def use_bf16(precision: str, device: str) -> bool:
+@dataclass(frozen=True)
+class Precision:
+    """What `train.precision` asked for, what was chosen, and why: kept in training.json beside the result."""
+
+    asked: str
+    bf16: bool
+    reason: str
+
+    @property
+    def chosen(self) -> str:
+        return "bf16" if self.bf16 else "fp32"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"asked": self.asked, "chosen": self.chosen, "reason": self.reason}
+
+
+NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")  # x86 AMX, x86 AVX512-BF16, ARM BF16; best first
+
+
+def choose_precision(precision: str, device: str, cpu: CPU, cuda_bf16: bool = False) -> Precision:
+    """bf16 autocast for "auto" only where bf16 matrix products run in hardware: CUDA devices that support it, CPUs
+    with AMX or AVX512-BF16 (or ARM BF16). Elsewhere, AVX-512 CPUs included, bf16 is emulated through fp32 and
+    slower than fp32 itself, so "auto" stays in fp32. A pure function of its arguments, so it is tested as one."""
     if precision != "auto":
-        return precision == "bf16"
+        return Precision(precision, precision == "bf16", f"given: {precision}")
     if device.startswith("cuda"):
-        return torch.cuda.is_bf16_supported()
-    try:  # AMX / AVX512-BF16 CPUs: oneDNN runs bf16 matmuls natively
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+        return Precision("auto", cuda_bf16, "auto: CUDA bf16" if cuda_bf16 else "auto: no bf16 on this GPU")
+    native = [f for f in NATIVE_BF16_FLAGS if f in cpu.flags]
+    if cpu.native_bf16 and native:
+        return Precision("auto", True, f"auto: CPU has {native[0]}")
+    return Precision("auto", False, f"auto: no native bf16 on this CPU (isa {cpu.isa})")
+
+
+def precision_for(precision: str, device: str) -> Precision:
+    """`choose_precision` on this machine: its CPU's flags (bench.cpu) and, on CUDA, the device's bf16 support."""
+    cuda_bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
+    return choose_precision(precision, device, this_cpu(), cuda_bf16)
 
 
 # --- forward passes that expose what the losses need -----------------------------------------------------------
@@ -319,6 +367,44 @@ def check_plan(cfg: DistillConfig, teacher_dir: Path | None) -> tuple[Any, Any, 
     return teacher, tokenizer, s_cfg, maps
 
 
+@dataclass
+class _Run:
+    """What every stage of one `distill` call shares: models, data, settings, and the record kept as it goes."""
+
+    cfg: DistillConfig
+    dist: Dist
+    precision: Precision
+    hooks: Hooks
+    trainee: Trainee
+    teacher: Any
+    teacher_taps: ScoreTaps | None
+    tokenizer: Any
+    trainset: TrainSet
+    logits: np.ndarray | None
+    layer_maps: list[dict[int, int]]
+    steps: list[int]
+    work: Path
+    record: dict[str, Any]
+    t_begin: float
+    progress: bool
+    evaluating: bool
+    eval_examples: list | None
+    history: list[dict] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=lambda: {"f1": -1.0, "step": None})
+
+    @property
+    def tc(self) -> TrainConfig:
+        return self.cfg.train
+
+    @functools.cached_property
+    def names(self) -> tuple[str, ...]:
+        return model_input_names(self.trainee.student)
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id or 0
+
+
 def distill(
     cfg: DistillConfig,
     teacher_dir: Path | None,
@@ -335,29 +421,80 @@ def distill(
     dist = setup_distributed()
     teacher, tokenizer, s_cfg, layer_maps = check_plan(cfg, teacher_dir)
     tc = cfg.train
-    bf16 = use_bf16(tc.precision, dist.device)
+    precision = precision_for(tc.precision, dist.device)
+    if dist.main:
+        log.info("training in %s on %s (%s)", precision.chosen, dist.device, precision.reason)
     if tc.batch_size % dist.world:
         raise EdgeQAError(f"train.batch_size {tc.batch_size} does not split over {dist.world} processes")
     trainset = load_trainset(tc.data, tc.limit, tokenizer, tc.qa)
     steps = [_steps(s, len(trainset), tc.batch_size) for s in cfg.stages]
     checkpoint = work / "checkpoint.pt"
     state = _load_checkpoint(checkpoint, record) if checkpoint.exists() else None
+    if teacher is not None:  # before the logit cache: every teacher pass runs on the training device
+        teacher.to(dist.device).eval()
+    logits = _teacher_logits(
+        cfg, teacher, teacher_dir, trainset, tokenizer, dist, precision, work, cache_root, progress
+    )
+    trainee, teacher_taps = _build_trainee(cfg, teacher, s_cfg, layer_maps, trainset, hooks, dist.device)
+    work.mkdir(parents=True, exist_ok=True)
+    run = _Run(
+        cfg=cfg,
+        dist=dist,
+        precision=precision,
+        hooks=hooks,
+        trainee=trainee,
+        teacher=teacher,
+        teacher_taps=teacher_taps,
+        tokenizer=tokenizer,
+        trainset=trainset,
+        logits=logits,
+        layer_maps=layer_maps,
+        steps=steps,
+        work=work,
+        record=record,
+        t_begin=t_begin - (state["seconds"] if state else 0.0),  # a resumed run counts its earlier time
+        progress=progress,
+        evaluating=bool(eval_data),
+        eval_examples=load_squad(eval_data, tc.eval_limit).examples if eval_data and dist.main else None,
+    )
+    if state:
+        run.history, run.best = state["history"], state["best"]
+    start_stage, start_step = (state["stage"], state["step"]) if state else (0, 0)
+    for si in range(start_stage, len(cfg.stages)):
+        first = si == start_stage
+        _run_stage(run, si, start_step if first else 0, state if first else None)
+    _finish(run, teacher_dir)
+    return work / "best"
 
-    # Teacher logits: computed once by the first process (others wait), read from disk by every process.
+
+def _teacher_logits(
+    cfg: DistillConfig, teacher, teacher_dir, trainset, tokenizer, dist: Dist, precision, work, cache_root, progress
+) -> np.ndarray | None:
+    """Teacher logits for every window when a stage distils predictions from them: computed once by the first
+    process (the others wait), kept on disk, read by every process."""
+    if not any(s.loss.soft and not s.loss.intermediate for s in cfg.stages):
+        return None
+    tc = cfg.train
+    key = cache_key(teacher_dir, trainset, tc.qa, precision.chosen)
+    folder = Path(tc.cache) if tc.cache else cache_folder(cache_root or work / "cache", key)
+    check_cache(folder, key)  # refuses a cache of other settings before any work
     logits = None
-    if any(s.loss.soft and not s.loss.intermediate for s in cfg.stages):
-        key = cache_key(teacher_dir, trainset, tc.qa, "bf16" if bf16 else "fp32")
-        folder = Path(tc.cache) if tc.cache else cache_folder(cache_root or work / "cache", key)
-        check_cache(folder, key)  # refuses a cache of other settings before any work
-        teacher_fn = _teacher_fn(teacher, dist.device, bf16)
-        if dist.main:
-            logits = build_cache(
-                folder, key, trainset, teacher_fn, tokenizer.pad_token_id or 0, tc.teacher_batch_size, progress
-            )
-        _barrier(dist)
-        if not dist.main:
-            logits = np.load(folder / "logits.npy", mmap_mode="r")
+    if dist.main:
+        teacher_fn = _teacher_fn(teacher, dist.device, precision.bf16)
+        pad_id = tokenizer.pad_token_id or 0
+        logits = build_cache(folder, key, trainset, teacher_fn, pad_id, tc.teacher_batch_size, progress)
+    _barrier(dist)
+    if not dist.main:
+        logits = np.load(folder / "logits.npy", mmap_mode="r")
+    return logits
 
+
+def _build_trainee(
+    cfg: DistillConfig, teacher, s_cfg, layer_maps, trainset, hooks: Hooks, device: str
+) -> tuple[Trainee, ScoreTaps | None]:
+    """The student (shaped by `hooks.prepare`, e.g. pruned) with its projection on the device, and the taps that
+    read the teacher's attention scores when a stage transfers them."""
+    tc = cfg.train
     student = build_student(cfg.student, teacher, tc.seed)
     if hooks.prepare:
         hooks.prepare(student, trainset)
@@ -369,173 +506,218 @@ def distill(
         set_dropout(student, tc.dropout)
     if tc.freeze_word_embeddings:
         student.get_input_embeddings().weight.requires_grad_(False)
-    score_layers = sorted({s for m, st in zip(layer_maps, cfg.stages, strict=True) if st.loss.attention for s in m})
-    trainee = Trainee(student, projection, score_layers).to(dist.device)
-    t_score_layers = sorted(
-        {t for m, st in zip(layer_maps, cfg.stages, strict=True) if st.loss.attention for t in m.values()}
+    attention_maps = [m for m, st in zip(layer_maps, cfg.stages, strict=True) if st.loss.attention]
+    trainee = Trainee(student, projection, sorted({s for m in attention_maps for s in m})).to(device)
+    t_score_layers = sorted({t for m in attention_maps for t in m.values()})
+    taps = ScoreTaps(teacher, t_score_layers) if teacher is not None and t_score_layers else None
+    return trainee, taps
+
+
+def _run_stage(run: _Run, si: int, step: int, state: dict | None) -> None:
+    """Train stage `si` from `step` to its end (a resumed run restores weights, optimiser and RNG from `state`)."""
+    stage, total, tc, dist, hooks = run.cfg.stages[si], run.steps[si], run.tc, run.dist, run.hooks
+    predicting = bool(stage.loss.hard or stage.loss.soft)
+    optimizer = _optimizer(run.trainee, stage.lr, tc.weight_decay)
+    scheduler = _scheduler(optimizer, total, stage.warmup)
+    torch.manual_seed(tc.seed * 1000 + si * 10 + dist.rank)  # dropout masks: per stage and process
+    if hooks.start_stage:
+        hooks.start_stage(run.trainee.student, optimizer, si, total)
+    if state:
+        _restore(state, run.trainee, optimizer, scheduler, dist)
+        if hooks.load_state and state.get("hooks") is not None:
+            hooks.load_state(state["hooks"])
+    model: torch.nn.Module = run.trainee
+    if dist.world > 1:
+        # The QA head idles in an intermediate-only stage, the projection in a predictions-only one.
+        idle = not predicting or (run.trainee.projection is not None and not stage.loss.intermediate)
+        model = torch.nn.parallel.DistributedDataParallel(run.trainee, find_unused_parameters=idle)
+    model.train()
+    bar = tqdm(
+        total=total,
+        initial=step,
+        desc=f"stage {si + 1}/{len(run.cfg.stages)}",
+        disable=not (run.progress and dist.main),
+        mininterval=1 if sys.stderr.isatty() else 60,  # a log file gets a line a minute, not ten a second
     )
-    teacher_taps = None
-    if teacher is not None:
-        teacher.to(dist.device).eval()
-        teacher_taps = ScoreTaps(teacher, t_score_layers) if t_score_layers else None
-    names = model_input_names(student)
-    work.mkdir(parents=True, exist_ok=True)
+    meter = _Meter()
+    for micro in _step_loader(run, si, step, total):
+        if hooks.before_step:
+            hooks.before_step(si, step)
+        logging_step = (step + 1) % tc.log_every == 0 or step + 1 == total
+        kept, windows = _train_step(run, model, micro, si, keep_terms=logging_step)
+        if tc.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_([p for p in run.trainee.parameters() if p.requires_grad], tc.max_grad_norm)
+        if hooks.before_optimizer:
+            hooks.before_optimizer()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        if hooks.after_step:
+            hooks.after_step(run.trainee.student, si, step, total)
+        meter.windows += windows * dist.world
+        bar.update(1)
+        if logging_step:
+            _log_step(run, bar, meter, si, step, scheduler.get_last_lr()[0], kept, windows)
+        at_end = step == total
+        if predicting and run.evaluating and ((tc.eval_every and step % tc.eval_every == 0) or at_end):
+            _evaluate_and_keep(run, si, step, total)
+            meter.reset()  # throughput counts training only
+        if step % tc.checkpoint_every == 0 or at_end:
+            _checkpoint(run, optimizer, scheduler, si, step)
+    bar.close()
+    if si + 1 < len(run.cfg.stages) and dist.main:  # the next stage starts from here after a restart
+        _checkpoint(run, None, None, si + 1, 0, rngs=False)
+    _barrier(dist)
 
-    history: list[dict] = state["history"] if state else []
-    best = state["best"] if state else {"f1": -1.0, "step": None}
-    start_stage, start_step = (state["stage"], state["step"]) if state else (0, 0)
-    t_begin -= state["seconds"] if state else 0.0
-    eval_examples = load_squad(eval_data, tc.eval_limit).examples if eval_data and dist.main else None
 
-    for si in range(start_stage, len(cfg.stages)):
-        stage, total = cfg.stages[si], steps[si]
-        predicting = bool(stage.loss.hard or stage.loss.soft)
-        optimizer = _optimizer(trainee, stage.lr, tc.weight_decay)
-        scheduler = _scheduler(optimizer, total, stage.warmup)
-        step = start_step if si == start_stage else 0
-        torch.manual_seed(tc.seed * 1000 + si * 10 + dist.rank)  # dropout masks: per stage and process
-        if hooks.start_stage:
-            hooks.start_stage(trainee.student, optimizer, si, total)
-        if state and si == start_stage:
-            _restore(state, trainee, optimizer, scheduler, dist)
-            if hooks.load_state and state.get("hooks") is not None:
-                hooks.load_state(state["hooks"])
-        model = trainee
-        if dist.world > 1:
-            # The QA head idles in an intermediate-only stage, the projection in a predictions-only one.
-            idle = not predicting or (projection is not None and not stage.loss.intermediate)
-            model = torch.nn.parallel.DistributedDataParallel(trainee, find_unused_parameters=idle)
-        model.train()
-        per_epoch = len(trainset) // tc.batch_size
-        order_epoch, order = -1, []
-        bar = tqdm(
-            total=total,
-            initial=step,
-            desc=f"stage {si + 1}/{len(cfg.stages)}",
-            disable=not (progress and dist.main),
-            mininterval=1 if sys.stderr.isatty() else 60,  # a log file gets a line a minute, not ten a second
+class _Meter:
+    """Training windows since the last log line, and when that was: the windows-per-second figure."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.windows, self.since = 0, time.perf_counter()
+
+    def rate(self) -> float:
+        return self.windows / max(time.perf_counter() - self.since, 1e-9)
+
+
+def _step_loader(run: _Run, si: int, start: int, total: int) -> torch.utils.data.DataLoader:
+    """Each step's micro-batches from `start` on, in the order of `epoch_batches` (so a resumed run continues
+    where it stopped). On CUDA, worker processes pad and read cached logits ahead of the step, into pinned memory
+    that is copied to the device without waiting; on CPU the main process does it (workers would only compete
+    with the step for the cores)."""
+    tc, dist, stage = run.tc, run.dist, run.cfg.stages[si]
+    cuda = dist.device.startswith("cuda")
+    cached = run.logits if stage.loss.soft and not stage.loss.intermediate else None
+    sampler = StepSampler(
+        run.trainset.lengths, tc.batch_size, tc.seed, si, start, total, dist.rank, dist.world, tc.micro_batch_size
+    )
+    workers = LOADER_WORKERS if cuda else 0
+    if workers:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # forked workers never tokenise
+    return torch.utils.data.DataLoader(
+        StepBatches(run.trainset, run.pad_id, cached),
+        sampler=sampler,
+        batch_size=None,  # the sampler gives whole steps
+        collate_fn=as_is,
+        num_workers=workers,
+        pin_memory=cuda,
+        prefetch_factor=4 if workers else None,
+        generator=torch.Generator(),  # the loader draws its seed from here, not from the RNG of dropout masks
+    )
+
+
+def _train_step(run: _Run, model, micro: list[dict], si: int, keep_terms: bool) -> tuple[dict[str, list], int]:
+    """Forward and backward over one step's micro-batches; gradients are complete when it returns. The loss terms
+    stay on the device (detached) and only on logging steps: reading them back each micro-step would make every
+    step wait for the device."""
+    stage, dist = run.cfg.stages[si], run.dist
+    kept: dict[str, list[torch.Tensor]] = {}
+    for c, batch in enumerate(micro):
+        sync = c == len(micro) - 1 or dist.world == 1
+        with model.no_sync() if not sync else contextlib.nullcontext():
+            terms = _micro_step(
+                model,
+                run.teacher,
+                run.teacher_taps,
+                batch,
+                run.names,
+                stage.loss,
+                run.layer_maps[si],
+                dist.device,
+                run.precision.bf16,
+            )
+            # Sum over examples / global batch, times world because DDP averages gradients over processes.
+            (terms["loss"] * dist.world / run.tc.batch_size).backward()
+        if keep_terms:
+            for k, v in terms.items():
+                kept.setdefault(k, []).append(v.detach())
+    return kept, sum(len(b["labels"]) for b in micro)
+
+
+def _log_step(run: _Run, bar, meter: _Meter, si: int, step: int, lr: float, kept: dict, windows: int) -> None:
+    rate = meter.rate()
+    # Summed per micro-batch in order, as Python floats: the same figures a step that read each term at once gave.
+    terms = {k: sum(float(v) / windows for v in values) for k, values in kept.items()}
+    entry = {"stage": si, "step": step, "lr": lr, "windows_per_s": round(rate, 2)}
+    entry.update({k: round(v, 5) for k, v in terms.items()})
+    run.history.append(entry)
+    bar.set_postfix(loss=f"{terms['loss']:.3f}", win_s=f"{rate:.1f}")
+    meter.reset()
+
+
+def _evaluate_and_keep(run: _Run, si: int, step: int, total: int) -> None:
+    """Score the dev subset (first process only) and keep the student when it is the best allowed so far."""
+    if run.dist.main:
+        metrics = _evaluate(run.trainee.student, run.tokenizer, run.eval_examples, run.names, run.tc, run.dist.device)
+        run.history.append({"stage": si, "step": step, "eval": metrics})
+        log.info("stage %d step %d: dev-subset EM %.2f F1 %.2f", si, step, metrics["exact"], metrics["f1"])
+        eligible = run.hooks.may_keep is None or run.hooks.may_keep(si, step, total)
+        if eligible and metrics["f1"] > run.best["f1"]:
+            run.best = {"f1": metrics["f1"], "exact": metrics["exact"], "stage": si, "step": step}
+            _save_model(run.trainee.student, run.tokenizer, run.work / "best", run.hooks)
+        run.trainee.train()
+    _barrier(run.dist)
+
+
+def _checkpoint(run: _Run, optimizer, scheduler, si: int, step: int, rngs: bool = True) -> None:
+    """Everything needed to continue from here; without `rngs` (a stage boundary, first process only) the next
+    stage starts with fresh RNG, optimiser and schedule."""
+    seconds = time.perf_counter() - run.t_begin
+    states = _gather_rng(run.dist) if rngs else None
+    if run.dist.main:
+        extra = run.hooks.state() if run.hooks.state and rngs else None
+        _save_checkpoint(
+            run.work / "checkpoint.pt",
+            run.record,
+            run.trainee,
+            optimizer,
+            scheduler,
+            si,
+            step,
+            run.best,
+            run.history,
+            seconds,
+            states,
+            extra,
         )
-        window_count, t_log = 0, time.perf_counter()
-        while step < total:
-            epoch, j = divmod(step, per_epoch)
-            if epoch != order_epoch:
-                order_epoch, order = epoch, epoch_batches(trainset.lengths, tc.batch_size, tc.seed, si, epoch)
-            mine = order[j][dist.rank :: dist.world]
-            if hooks.before_step:
-                hooks.before_step(si, step)
-            micro = tc.micro_batch_size or len(mine)
-            chunks = [mine[i : i + micro] for i in range(0, len(mine), micro)]
-            terms_sum: dict[str, float] = {}
-            for c, idx in enumerate(chunks):
-                sync = c == len(chunks) - 1 or dist.world == 1
-                ctx = model.no_sync() if not sync else _nullcontext()
-                with ctx:
-                    terms = _micro_step(
-                        model,
-                        teacher,
-                        teacher_taps,
-                        trainset,
-                        logits,
-                        idx,
-                        names,
-                        stage.loss,
-                        layer_maps[si],
-                        dist.device,
-                        bf16,
-                        tokenizer.pad_token_id or 0,
-                    )
-                    # Sum over examples / global batch, times world because DDP averages gradients over processes.
-                    (terms["loss"] * dist.world / tc.batch_size).backward()
-                for k, v in terms.items():
-                    terms_sum[k] = terms_sum.get(k, 0.0) + float(v.detach()) / len(mine)
-            if tc.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_([p for p in trainee.parameters() if p.requires_grad], tc.max_grad_norm)
-            if hooks.before_optimizer:
-                hooks.before_optimizer()
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            if hooks.after_step:
-                hooks.after_step(trainee.student, si, step, total)
-            window_count += len(mine) * dist.world
-            bar.update(1)
-            if step % tc.log_every == 0 or step == total:
-                rate = window_count / max(time.perf_counter() - t_log, 1e-9)
-                entry = {"stage": si, "step": step, "lr": scheduler.get_last_lr()[0], "windows_per_s": round(rate, 2)}
-                entry.update({k: round(v, 5) for k, v in terms_sum.items()})
-                history.append(entry)
-                bar.set_postfix(loss=f"{terms_sum['loss']:.3f}", win_s=f"{rate:.1f}")
-                window_count, t_log = 0, time.perf_counter()
-            at_end = step == total
-            if predicting and eval_data and ((tc.eval_every and step % tc.eval_every == 0) or at_end):
-                if dist.main:
-                    metrics = _evaluate(trainee.student, tokenizer, eval_examples, names, tc)
-                    history.append({"stage": si, "step": step, "eval": metrics})
-                    log.info("stage %d step %d: dev-subset EM %.2f F1 %.2f", si, step, metrics["exact"], metrics["f1"])
-                    eligible = hooks.may_keep is None or hooks.may_keep(si, step, total)
-                    if eligible and metrics["f1"] > best["f1"]:
-                        best = {"f1": metrics["f1"], "exact": metrics["exact"], "stage": si, "step": step}
-                        _save_model(trainee.student, tokenizer, work / "best", hooks)
-                    model.train()
-                _barrier(dist)
-                window_count, t_log = 0, time.perf_counter()  # throughput counts training only
-            if step % tc.checkpoint_every == 0 or at_end:
-                seconds = time.perf_counter() - t_begin
-                rngs = _gather_rng(dist)
-                if dist.main:
-                    _save_checkpoint(
-                        checkpoint,
-                        record,
-                        trainee,
-                        optimizer,
-                        scheduler,
-                        si,
-                        step,
-                        best,
-                        history,
-                        seconds,
-                        rngs,
-                        hooks.state() if hooks.state else None,
-                    )
-                    _write_log(work, history)
-                _barrier(dist)
-        bar.close()
-        if si + 1 < len(cfg.stages) and dist.main:  # the next stage starts from here after a restart
-            seconds = time.perf_counter() - t_begin
-            _save_checkpoint(checkpoint, record, trainee, None, None, si + 1, 0, best, history, seconds, None)
-        _barrier(dist)
-        state = None
+        if rngs:
+            _write_log(run.work, run.history)
+    if rngs:
+        _barrier(run.dist)
 
-    seconds = time.perf_counter() - t_begin
+
+def _finish(run: _Run, teacher_dir: Path | None) -> None:
+    """The result (the last weights when nothing was evaluated), training.json and the log."""
+    seconds = time.perf_counter() - run.t_begin
+    dist = run.dist
     if dist.main:
-        if best["step"] is None:  # no evaluation: the last weights are the result
-            _save_model(trainee.student, tokenizer, work / "best", hooks)
+        if run.best["step"] is None:  # no evaluation: the last weights are the result
+            _save_model(run.trainee.student, run.tokenizer, run.work / "best", run.hooks)
         summary = {
-            "config": cfg.to_dict(),
+            "config": run.cfg.to_dict(),
             "teacher": str(teacher_dir) if teacher_dir else None,
-            "best": best,
+            "best": run.best,
             "train_seconds": round(seconds, 1),
-            "windows": len(trainset),
-            "questions": trainset.questions,
-            "steps": steps,
+            "windows": len(run.trainset),
+            "questions": run.trainset.questions,
+            "steps": run.steps,
             "processes": dist.world,
             "device": dist.device,
-            "bf16": bf16,
-            "parameters": sum(p.numel() for p in trainee.student.parameters()),
+            "bf16": run.precision.bf16,
+            "precision": run.precision.to_dict(),
+            "parameters": sum(p.numel() for p in run.trainee.student.parameters()),
         }
-        write_json(work / "training.json", summary)
-        _write_log(work, history)
+        if dist.device.startswith("cuda"):
+            summary["device_name"] = torch.cuda.get_device_name(dist.device)
+        else:
+            summary["cpu"] = this_cpu().to_dict()
+        write_json(run.work / "training.json", summary)
+        _write_log(run.work, run.history)
     _barrier(dist)
-    return work / "best"
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc) -> None:
-        return None
 
 
 def _teacher_fn(teacher, device: str, bf16: bool):
@@ -549,21 +731,20 @@ def _teacher_fn(teacher, device: str, bf16: bool):
     return run
 
 
-def _micro_step(model, teacher, taps, trainset, logits, idx, names, loss_cfg, layer_map, device, bf16, pad_id):
-    all_inputs = {k: torch.from_numpy(v) for k, v in pad(trainset, idx, pad_id).items()}
-    mask, width = all_inputs["attention_mask"], all_inputs["input_ids"].shape[1]
-    inputs = {k: all_inputs[k].to(device) for k in names}
-    labels = torch.from_numpy(trainset.labels[idx]).to(device)
+def _micro_step(model, teacher, taps, batch, names, loss_cfg, layer_map, device, bf16) -> dict[str, torch.Tensor]:
+    """The loss terms of one micro-batch from `StepBatches` (pinned on CUDA, so its copy to the device does not
+    wait), with the teacher's outputs: run alongside for intermediate layers, else read from the logit cache."""
+    on = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
         t_out = None
         if loss_cfg.intermediate:
-            t_inputs = {k: all_inputs[k].to(device) for k in model_input_names(teacher)}
+            t_inputs = {k: on[k] for k in model_input_names(teacher)}
             t_out = _teacher_outputs(teacher, taps, t_inputs, scores=bool(loss_cfg.attention))
         elif loss_cfg.soft:
-            cached = torch.from_numpy(np.asarray(logits[idx, :, :width], dtype=np.float32))
-            t_out = {"start": cached[:, 0].to(device), "end": cached[:, 1].to(device)}
-        s_out = model(inputs, hidden=loss_cfg.intermediate, scores=bool(loss_cfg.attention))
-    return distill_loss(loss_cfg, layer_map, s_out, t_out, labels, mask.to(device))
+            cached = on["teacher_logits"]
+            t_out = {"start": cached[:, 0], "end": cached[:, 1]}
+        s_out = model({k: on[k] for k in names}, hidden=loss_cfg.intermediate, scores=bool(loss_cfg.attention))
+    return distill_loss(loss_cfg, layer_map, s_out, t_out, on["labels"], on["attention_mask"])
 
 
 def _optimizer(trainee: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -586,12 +767,30 @@ def _scheduler(optimizer, total: int, warmup: float):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _evaluate(student, tokenizer, examples, names, tc: TrainConfig) -> dict[str, float]:
+EVAL_BATCH = {"cpu": 32, "cuda": 128}  # windows per forward pass in the dev-subset evaluation
+
+
+class _DeviceEngine:
+    """bench's engine interface on the training device: padded numpy inputs moved there, logits back as numpy.
+    (bench's TorchEngine feeds CPU tensors, so a student on a GPU could not be scored where it trains.)"""
+
+    backend = "torch"
+
+    def __init__(self, model, input_names: tuple[str, ...], device: str) -> None:
+        self.model, self.input_names, self.device = model.eval(), input_names, device
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        with torch.inference_mode():
+            out = self.model(**{k: torch.from_numpy(v).to(self.device) for k, v in inputs.items()})
+        return out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
+
+
+def _evaluate(student, tokenizer, examples, names, tc: TrainConfig, device: str = "cpu") -> dict[str, float]:
+    """EM/F1 on `examples`, tokenised and post-processed by bench.qa as at inference, the model run on `device`."""
     from bench.squad import SquadDataset
 
-    engine = TorchEngine(student, names, torch.get_num_threads())
-    qa = QAModel(engine, tokenizer, Path("."))
-    answers = qa.answer(examples, tc.qa, batch_size=32, progress=False)
+    qa = QAModel(_DeviceEngine(student, names, device), tokenizer, Path("."))
+    answers = qa.answer(examples, tc.qa, batch_size=EVAL_BATCH[device.split(":")[0]], progress=False)
     metrics = score(SquadDataset("dev-subset", "1.1", list(examples)), {k: a.text for k, a in answers.items()})
     return {"exact": round(metrics["exact_match"], 3), "f1": round(metrics["f1"], 3), "questions": len(examples)}
 

@@ -17,15 +17,17 @@ import hashlib
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from bench.files import EdgeQAError, read_json, write_json
-from bench.qa import QAConfig, batches, tokenize
+from bench.qa import QAConfig, batches, pad, tokenize
 from bench.squad import load_squad
 
 log = logging.getLogger(__name__)
@@ -117,6 +119,67 @@ def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, stage: int, e
         part = part[np.argsort(-lengths[part], kind="stable")]
         out.extend(part[i : i + batch_size] for i in range(0, len(part) - batch_size + 1, batch_size))
     return [out[i] for i in rng.permutation(len(out))]
+
+
+class StepSampler:
+    """Each optimiser step's share for one process, as a list of micro-batches of window indices, for steps `start`
+    to `total` of a stage: the batches of `epoch_batches`, so a resumed run continues the order exactly where it
+    stopped. A process takes every `world`-th window of a global batch, then cuts its share into micro-batches."""
+
+    def __init__(
+        self,
+        lengths: np.ndarray,
+        batch_size: int,
+        seed: int,
+        stage: int,
+        start: int,
+        total: int,
+        rank: int = 0,
+        world: int = 1,
+        micro_batch_size: int | None = None,
+    ) -> None:
+        self.lengths, self.batch_size, self.seed, self.stage = lengths, batch_size, seed, stage
+        self.start, self.total, self.rank, self.world, self.micro = start, total, rank, world, micro_batch_size
+        self.per_epoch = len(lengths) // batch_size
+
+    def __len__(self) -> int:
+        return max(0, self.total - self.start)
+
+    def __iter__(self) -> Iterator[list[np.ndarray]]:
+        order_epoch, order = -1, []
+        for step in range(self.start, self.total):
+            epoch, j = divmod(step, self.per_epoch)
+            if epoch != order_epoch:
+                order_epoch, order = epoch, epoch_batches(self.lengths, self.batch_size, self.seed, self.stage, epoch)
+            mine = order[j][self.rank :: self.world]
+            micro = self.micro or len(mine)
+            yield [mine[i : i + micro] for i in range(0, len(mine), micro)]
+
+
+class StepBatches:
+    """Map-style dataset for a DataLoader over `StepSampler`: a step's micro-batches as padded int64 tensors (inputs,
+    attention mask, token types), their labels and, given the logit cache, the teacher's logits cut to the batch's
+    width. Built where the loader runs it: in worker processes on GPUs."""
+
+    def __init__(self, trainset: TrainSet, pad_id: int, logits: np.ndarray | None = None) -> None:
+        self.trainset, self.pad_id, self.logits = trainset, pad_id, logits
+
+    def __getitem__(self, chunks: list[np.ndarray]) -> list[dict[str, torch.Tensor]]:
+        return [self.micro_batch(idx) for idx in chunks]
+
+    def micro_batch(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        arrays = pad(self.trainset, idx, self.pad_id)
+        batch = {k: torch.from_numpy(v) for k, v in arrays.items()}
+        batch["labels"] = torch.from_numpy(self.trainset.labels[idx])
+        if self.logits is not None:
+            width = arrays["input_ids"].shape[1]
+            batch["teacher_logits"] = torch.from_numpy(np.asarray(self.logits[idx, :, :width], dtype=np.float32))
+        return batch
+
+
+def as_is(item: Any) -> Any:
+    """The loader's collate function: `StepBatches` already returns tensors (module level, so workers can pickle it)."""
+    return item
 
 
 # --- the teacher-logit cache -----------------------------------------------------------------------------------
