@@ -210,6 +210,24 @@ def resolve_model(path: str | Path) -> tuple[str, Path, Path]:
     raise EdgeQAError(f"{path}: not a model folder (no {ONNX_NAME} or {ORT_NAME}, nor config.json with weights)")
 
 
+# Ops that quantize activations with a scale computed from the whole input tensor, batch included: each window's
+# answer then depends on the windows batched with it.
+BATCH_DEPENDENT_OPS = (b"DynamicQuantizeLinear", b"DynamicQuantizeMatMul")
+
+
+def answers_depend_on_batch(path: str | Path, torch_int8: bool = False) -> bool:
+    """Whether a model's answers change with the other windows in its batch (dynamic int8: one activation scale
+    per tensor, so per batch). Such a model is scored the way it is deployed, one question at a time.
+
+    Op types are stored as plain strings in both .onnx (protobuf) and .ort (flatbuffer) files, so a byte search finds
+    them without onnx or a session."""
+    backend, model_path, _ = resolve_model(path)
+    if backend == "torch":
+        return torch_int8  # PyTorch's dynamic int8 of nn.Linear: per-tensor activation scales too
+    data = model_path.read_bytes()
+    return any(op in data for op in BATCH_DEPENDENT_OPS)
+
+
 def load_tokenizer(folder: Path):
     from transformers import AutoTokenizer
 

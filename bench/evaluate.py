@@ -7,13 +7,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.engines import load_qa_model, predict
-from bench.files import check_writable_dir, write_json
+from bench.engines import answers_depend_on_batch, load_qa_model, predict
+from bench.files import EdgeQAError, check_writable_dir, write_json
 from bench.metric import score
 from bench.qa import QAConfig
 from bench.squad import load_squad
 
 log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 16  # for models whose answers do not depend on their batch
 
 
 def evaluate(
@@ -22,14 +24,23 @@ def evaluate(
     limit: int | None = None,
     torch_int8: bool = False,
     cfg: QAConfig = QAConfig(),
-    batch_size: int = 16,
+    batch_size: int | None = None,
     threads: int | None = None,
     out_dir: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """EM/F1 of `model` on `data` (first `limit` questions); writes predictions.json and metrics.json to out_dir."""
+    """EM/F1 of `model` on `data` (first `limit` questions); writes predictions.json and metrics.json to out_dir.
+
+    `batch_size` None: 1 for a model whose answers depend on its batch (dynamic int8), as it is deployed, and
+    DEFAULT_BATCH_SIZE for the rest. metrics.json records the batch size used and whether answers depend on it.
+    """
     if out_dir is not None:
         check_writable_dir(out_dir)
+    depends = answers_depend_on_batch(model, torch_int8)
+    if batch_size is None:
+        batch_size = 1 if depends else DEFAULT_BATCH_SIZE
+    if batch_size < 1:
+        raise EdgeQAError(f"batch size must be positive, got {batch_size}")
     dataset = load_squad(data, limit)
     qa_model = load_qa_model(model, threads, torch_int8=torch_int8)
     timings: dict[str, float] = {}
@@ -47,6 +58,7 @@ def evaluate(
         limit=limit,
         settings=cfg.to_dict(),
         batch_size=batch_size,
+        batch_dependent=depends,
         threads=getattr(qa_model.engine, "threads", None),
         seconds=round(seconds, 3),
         timings={k: round(v, 3) for k, v in timings.items()},

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.cpu import this_cpu
 from bench.files import EdgeQAError, known_fields
 
 log = logging.getLogger(__name__)
@@ -71,27 +72,18 @@ class ShapeLatency:
 
 
 def machine_info() -> dict[str, Any]:
-    flags: set[str] = set()
-    model = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and not model:
-                    model = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-                    break
-    except OSError:
-        pass
+    """The CPU (model, instruction class and the flags that decide presets), cores and Python: a timing's context."""
+    cpu = this_cpu()
     return {
-        "cpu": model or platform.processor() or platform.machine(),
+        "cpu": cpu.model,
         "logical_cores": os.cpu_count(),
-        "avx2": "avx2" in flags,
-        "avx512f": "avx512f" in flags,
-        "avx512_vnni": "avx512_vnni" in flags,
-        "amx_int8": "amx_int8" in flags,
-        "arch": platform.machine(),
+        "avx2": "avx2" in cpu.flags,
+        "avx512f": "avx512f" in cpu.flags,
+        "avx512_vnni": "avx512_vnni" in cpu.flags,
+        "amx_int8": "amx_int8" in cpu.flags,
+        "isa": cpu.isa,
+        "flags": cpu.to_dict()["flags"],
+        "arch": cpu.arch,
         "python": platform.python_version(),
     }
 
@@ -226,16 +218,23 @@ def benchmark_interleaved(
         merged = dict(runs[0])
         merged["peak_rss_mb"] = max(run["peak_rss_mb"] for run in runs)
         merged["settings"] = dataclasses.replace(cfg, torch_int8=models[name][1]).to_dict()
-        merged["latency"] = [
-            asdict(
-                _summarise(s["batch_size"], s["seq_len"], [x for run in runs for x in run["latency"][i]["samples_ms"]])
-            )
-            for i, s in enumerate(runs[0]["latency"])
-        ]
+        merged["latency"] = [_merge_passes([run["latency"][i] for run in runs]) for i in range(len(runs[0]["latency"]))]
         results[name] = merged
         if done is not None:
             done(name, merged)
     return results
+
+
+def _merge_passes(shapes: list[dict[str, Any]]) -> dict[str, Any]:
+    """One shape's timings over all passes, with each pass's p50 and their spread (max - min over the median): how
+    far the machine's speed moved while the passes ran, which the percentiles of the pooled runs hide."""
+    first = shapes[0]
+    merged = asdict(_summarise(first["batch_size"], first["seq_len"], [x for s in shapes for x in s["samples_ms"]]))
+    p50s = [round(float(s["p50_ms"]), 4) for s in shapes]
+    merged["pass_p50_ms"] = p50s
+    spread = (max(p50s) - min(p50s)) / float(np.median(p50s))
+    merged["pass_spread"] = round(spread, 4) if len(p50s) > 1 else None
+    return merged
 
 
 def _main() -> int:

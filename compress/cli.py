@@ -142,7 +142,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from export.quantize import QuantizeConfig, preset, quantize
+    from export.quantize import preset, preset_record, quantize
 
     raw = {
         "mode": args.mode,
@@ -157,9 +157,11 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         raw["exclude"] = args.exclude
     if args.op_types:
         raw["op_types"] = args.op_types
-    cfg = preset(args.preset, **raw) if args.preset else QuantizeConfig.from_dict(raw)
-    quantize(args.model, args.out, cfg, args.calibration_data, parity_examples=_parity_examples(args))
-    print(f"wrote {args.out} ({cfg.mode} int8)")
+    info = preset_record(args.preset)
+    cfg = preset(args.preset, **raw)
+    examples = _parity_examples(args)
+    quantize(args.model, args.out, cfg, args.calibration_data, parity_examples=examples, preset_info=info)
+    print(f"wrote {args.out} ({cfg.mode} int8, preset {info['chosen']} for a CPU of class {info['cpu']['isa']})")
     return 0
 
 
@@ -229,10 +231,16 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from compress.recipe import run_recipe
 
-    root = run_recipe(args.recipe, args.out, args.shared)
+    root = run_recipe(args.recipe, args.out, args.shared, retime=args.retime)
     if (root / "report.md").exists():
         print((root / "report.md").read_text())
     print(f"run folder: {root}")
+    if (root / "report.json").exists():  # said last, where a reader of the output looks
+        report = json.loads((root / "report.json").read_text())
+        for warning in report.get("warnings", []):
+            print(f"edgeqa: warning: {warning}", file=sys.stderr)
+        if any(row.get("timing_flags") for row in report.get("rows", [])):
+            print(f"edgeqa: time them again on a quiet machine: edgeqa run {args.recipe} --retime", file=sys.stderr)
     return 0
 
 
@@ -301,6 +309,8 @@ def _add_bench_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from export.quantize import PRESET_CHOICES
+
     parser = argparse.ArgumentParser(
         prog="edgeqa", description="Make BERT QA models small and fast, and measure what it cost in EM/F1."
     )
@@ -317,7 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="transformers QA folder, ONNX folder or .onnx file")
     p.add_argument("--data", default=str(DEFAULT_DEV), help=f"SQuAD file or hub id (default {DEFAULT_DEV})")
     p.add_argument("--limit", type=int, default=None, help="first N questions only")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="windows per forward pass (default: 1 for dynamic int8, whose answers depend on the batch, else 16)",
+    )
     p.add_argument("--out", default=None, help="folder for predictions.json and metrics.json")
     p.add_argument("--json", action="store_true", help="end with one JSON line of metrics")
     _add_qa_options(p)
@@ -344,7 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="ONNX folder")
     p.add_argument("out", help="output folder")
     p.add_argument("--mode", choices=["dynamic", "static"], default="dynamic")
-    p.add_argument("--preset", choices=["avx2", "avx512", "avx512_vnni", "arm64"], default=None)
+    p.add_argument(
+        "--preset",
+        choices=PRESET_CHOICES,
+        default="auto",
+        help="hardware preset (default auto: the one that fits this CPU); other flags override its settings",
+    )
     p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--exclude", nargs="+", default=None, help="node-name globs kept in float")
@@ -367,7 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", default=None, help="row the deltas are against (default: the first)")
     p.add_argument("--data", default=str(DEFAULT_DEV))
     p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="windows per forward pass (default: 1 for dynamic int8, else 16)"
+    )
     p.add_argument("--name", default="report")
     p.add_argument("--out", required=True)
     _add_bench_options(p)
@@ -382,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("recipe")
         p.add_argument("--out", default="runs", help="parent folder of the run folder (default runs/)")
         p.add_argument("--shared", default=None, help="what ${shared} means in the recipe (default ../shared)")
+        if name == "run":
+            p.add_argument("--retime", action="store_true", help="time the bench steps again (a busy machine's)")
         p.set_defaults(func=func)
 
     return parser

@@ -37,7 +37,7 @@ from bench.files import EdgeQAError, atomic_dir, check_writable_dir, read_json, 
 from bench.latency import LatencyConfig
 from compress.prune import PruneConfig
 from export.optimize import FUSIONS
-from export.quantize import QuantizeConfig, preset
+from export.quantize import AUTO, QuantizeConfig, preset
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def _read_yaml(path: Path) -> Mapping:
 
 TOP_KEYS = {"name", "model", "eval", "calibration", "parity", "bench", "steps"}
 SECTION_KEYS = {
-    "eval": {"data", "limit", "batch_size"},
+    "eval": {"data", "limit", "batch_size", "dynamic_int8_batch_size"},
     "calibration": {"data"},
     "parity": {"limit", "tolerance", "min_same_answer_share"},
     "bench": {f.name for f in dataclasses.fields(LatencyConfig)} - {"torch_int8"},
@@ -129,6 +129,9 @@ class Recipe:
     eval_data: str
     eval_limit: int | None = None
     eval_batch_size: int = 32
+    # Dynamic int8 scales activations per batch, so its answers depend on the windows batched together: such models
+    # are scored as they are deployed, one question at a time, unless the recipe says otherwise.
+    eval_dynamic_int8_batch_size: int = 1
     calibration_data: str | None = None
     parity_limit: int = 200
     parity_tolerance: float = 1e-3
@@ -169,6 +172,10 @@ def _expand(value: Any, shared: Path) -> Any:
 
 def _make_recipe(path: Path, doc: Mapping, sections: dict[str, Mapping]) -> Recipe:
     limit = sections["eval"].get("limit")
+    for key in ("limit", "batch_size", "dynamic_int8_batch_size"):
+        value = sections["eval"].get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise EdgeQAError(f"eval.{key} must be a positive whole number, got {value!r}")
     return Recipe(
         path=path,
         name=str(doc["name"]),
@@ -176,6 +183,7 @@ def _make_recipe(path: Path, doc: Mapping, sections: dict[str, Mapping]) -> Reci
         eval_data=str(sections["eval"]["data"]),
         eval_limit=int(limit) if limit is not None else None,
         eval_batch_size=int(sections["eval"].get("batch_size", 32)),
+        eval_dynamic_int8_batch_size=int(sections["eval"].get("dynamic_int8_batch_size", 1)),
         calibration_data=sections["calibration"].get("data"),
         parity_limit=int(sections["parity"].get("limit", 200)),
         parity_tolerance=float(sections["parity"].get("tolerance", 1e-3)),
@@ -277,6 +285,7 @@ class Run:
     root: Path
     variants: dict[str, Variant] = field(default_factory=dict)
     benched: list[str] = field(default_factory=list)
+    retime: bool = False  # time the bench steps again though their timings are cached (a busy machine's)
 
     def model_dir(self, name: str) -> Path:
         return self.root / "models" / name
@@ -305,9 +314,12 @@ def _as_recorded_now(previous: dict[str, Any], record: dict[str, Any]) -> dict[s
     return filled
 
 
-def _make_once(run: Run, step: Step, settings: dict[str, Any], make: Callable[[Path], None]) -> Path:
+def _make_once(
+    run: Run, step: Step, settings: dict[str, Any], make: Callable[[Path], None], remake_on_change: bool = False
+) -> Path:
     """Run `make(out)` unless out already holds this step's output made with the same settings from the same
-    making of its source."""
+    making of its source. Other settings are refused, unless `remake_on_change` (settings the machine chose, such
+    as an automatic preset, rather than the recipe)."""
     import uuid
 
     out = run.model_dir(step.name)
@@ -318,16 +330,18 @@ def _make_once(run: Run, step: Step, settings: dict[str, Any], make: Callable[[P
         previous = _as_recorded_now(previous, record)
         made_from = previous.pop("source_made", None)
         previous.pop("made", None)
-        if previous != record:
+        if previous != record and not remake_on_change:
             raise EdgeQAError(
                 f"{out}: was made by a step with other settings; delete the folder or give the step a new name"
             )
-        if made_from == source_made:
+        if previous != record:
+            log.info("step %s %s: this machine chooses other settings; making it again", step.kind, step.name)
+        elif made_from == source_made:
             log.info("step %s %s: already done, skipping", step.kind, step.name)
             return out
-        log.info(
-            "step %s %s: its source %s was made again since; making it again", step.kind, step.name, settings["from"]
-        )
+        else:
+            log.info("step %s %s: its source %s was made again since; making it again", step.kind, step.name,
+                     settings["from"])  # fmt: skip
     make(out)
     write_json(out / "step.json", {**record, "source_made": source_made, "made": uuid.uuid4().hex})
     return out
@@ -376,23 +390,29 @@ def step_fuse(run: Run, step: Step) -> None:
 
 
 def quantize_config(step: Step) -> QuantizeConfig:
+    """The step's settings over its preset's; `auto` (the default) picks the preset that fits this CPU."""
     raw = {k: v for k, v in step.params.items() if k in QUANTIZE_KEYS}
-    return preset(step.params["preset"], **raw) if "preset" in step.params else QuantizeConfig.from_dict(raw)
+    return preset(step.params.get("preset", AUTO), **raw)
 
 
 def step_quantize(run: Run, step: Step) -> None:
-    from export.quantize import quantize
+    from export.quantize import preset_record, quantize
 
     src = _source(run, step)
     cfg = quantize_config(step)
     if cfg.mode == "static" and not run.recipe.calibration_data:
         raise EdgeQAError(f"{run.recipe.path}:{step.line}: static quantization needs calibration.data in the recipe")
-    settings = {"from": str(src.path), "preset": step.params.get("preset"), **cfg.to_dict()}
+    info = preset_record(step.params.get("preset", AUTO))
+    # The preset chosen, not "auto", is the identity: the same recipe on another machine class makes another model.
+    settings = {"from": str(src.path), "preset": info["chosen"], **cfg.to_dict()}
     _make_once(
         run,
         step,
         settings,
-        lambda out: quantize(src.path, out, cfg, run.recipe.calibration_data, parity_examples=run.parity_examples),
+        lambda out: quantize(
+            src.path, out, cfg, run.recipe.calibration_data, parity_examples=run.parity_examples, preset_info=info
+        ),
+        remake_on_change=info["asked"] == AUTO,
     )
     run.variants[step.name] = Variant(step.name, run.model_dir(step.name))
 
@@ -626,6 +646,7 @@ def step_mobile(run: Run, step: Step) -> None:
 
 def step_bench(run: Run, step: Step) -> None:
     """Score each variant, then time all of them in interleaved passes; both cached per variant and settings."""
+    from bench.engines import answers_depend_on_batch
     from bench.evaluate import evaluate
     from bench.latency import benchmark_interleaved
 
@@ -634,16 +655,24 @@ def step_bench(run: Run, step: Step) -> None:
         v = run.variants[name]
         eval_dir = run.root / "eval" / name
         made = made_id(v.path)
-        eval_key = {"data": run.recipe.eval_data, "limit": run.recipe.eval_limit, "path": str(v.path), "made": made}
+        depends = answers_depend_on_batch(v.path, v.torch_int8)
+        batch_size = run.recipe.eval_dynamic_int8_batch_size if depends else run.recipe.eval_batch_size
+        eval_key = {
+            "data": run.recipe.eval_data,
+            "limit": run.recipe.eval_limit,
+            "path": str(v.path),
+            "made": made,
+            "batch_size": batch_size,
+        }
         metrics_path = eval_dir / "metrics.json"
         if not (metrics_path.exists() and _same(read_json(metrics_path), eval_key)):
-            log.info("scoring %s on %s", name, run.recipe.eval_data)
+            log.info("scoring %s on %s at batch %d", name, run.recipe.eval_data, batch_size)
             metrics = evaluate(
                 v.path,
                 run.recipe.eval_data,
                 run.recipe.eval_limit,
                 torch_int8=v.torch_int8,
-                batch_size=run.recipe.eval_batch_size,
+                batch_size=batch_size,
                 threads=run.recipe.bench.threads,
                 out_dir=eval_dir,
             )
@@ -663,7 +692,7 @@ def step_bench(run: Run, step: Step) -> None:
 
     # Speed-ups are only true side by side: if one variant needs timing, all of this step's variants are timed
     # again, together, in interleaved passes.
-    if not all(timed(name) for name in names):
+    if run.retime or not all(timed(name) for name in names):
         todo = {name: (run.variants[name].path, run.variants[name].torch_int8) for name in names}
         benchmark_interleaved(
             todo,
@@ -696,17 +725,18 @@ def _weight_stats(run: Run, name: str) -> dict:
 WEIGHT_PRESERVING_STEPS = ("export", "fuse", "quantize", "mobile")
 
 
-def _pruning_record(path: Path) -> dict | None:
-    """The prune.json of a pruned model or of the model it was exported, fused or quantized from.
+def _inherited_record(path: Path, filename: str, through: tuple[str, ...]) -> dict | None:
+    """`filename` (prune.json, quantization.json) of a model or of the model it was made from by `through` steps.
 
-    Steps that retrain (distill, prune) end the walk: their weights are new, so an older record no longer applies.
+    Steps outside `through` end the walk: a retrained model's weights are new, and a re-quantized one has its own
+    settings, so an older record no longer applies.
     """
     for _ in range(32):  # a chain of steps, never a cycle; the bound only guards against a hand-edited step.json
-        if (path / "prune.json").exists():
-            return read_json(path / "prune.json", "pruning record")
+        if (path / filename).exists():
+            return read_json(path / filename, filename)
         step = path / "step.json"
         record = read_json(step, "step record") if step.exists() else {}
-        if record.get("step") not in WEIGHT_PRESERVING_STEPS or "from" not in record:
+        if record.get("step") not in through or "from" not in record:
             return None
         path = Path(record["from"])
     return None
@@ -718,6 +748,7 @@ def _same(metrics: dict, key: dict) -> bool:
         and metrics.get("limit") == key["limit"]
         and metrics.get("model") == key["path"]
         and metrics.get("made") == key["made"]
+        and metrics.get("batch_size") == key["batch_size"]
     )
 
 
@@ -737,8 +768,11 @@ def step_report(run: Run, step: Step) -> None:
             p = run.variants[name].path / record
             if p.exists() and not run.variants[name].torch_int8:
                 extra[record.removesuffix(".json")] = read_json(p)
+        quantization = _inherited_record(run.variants[name].path, "quantization.json", ("mobile",))
+        if quantization and not run.variants[name].torch_int8:
+            extra["quantization"] = quantization
         extra["weights"] = _weight_stats(run, name)
-        p = _pruning_record(run.variants[name].path)
+        p = _inherited_record(run.variants[name].path, "prune.json", WEIGHT_PRESERVING_STEPS)
         if p:
             keep = (
                 "method",
@@ -784,6 +818,8 @@ def step_report(run: Run, step: Step) -> None:
     )
     for path in write_report(report, run.root):
         log.info("wrote %s", path)
+    for warning in report["warnings"]:
+        log.warning("report %s: %s", run.recipe.name, warning)
 
 
 STEPS: dict[str, Callable[[Run, Step], None]] = {
@@ -800,12 +836,17 @@ STEPS: dict[str, Callable[[Run, Step], None]] = {
 
 
 def run_recipe(
-    path: str | Path, out_root: str | Path = "runs", shared: str | Path | None = None, until: str | None = None
+    path: str | Path,
+    out_root: str | Path = "runs",
+    shared: str | Path | None = None,
+    until: str | None = None,
+    retime: bool = False,
 ) -> Path:
     """Execute a recipe into out_root/<name>/, resuming whatever an earlier run of it completed.
 
-    `until="distill"` stops after the last distill step (`edgeqa distill`). Under torchrun every process runs the
-    distill steps together; all other steps run in the first process only.
+    `until="distill"` stops after the last distill step (`edgeqa distill`). `retime` times every bench step again,
+    for a report whose timings were flagged. Under torchrun every process runs the distill steps together; all
+    other steps run in the first process only.
     """
     from bench.engines import resolve_model
 
@@ -823,7 +864,7 @@ def run_recipe(
             raise EdgeQAError(f"{recipe.path}: the recipe has no {until} step")
         steps = steps[: last + 1]
     root = check_writable_dir(Path(out_root) / recipe.name)
-    run = Run(recipe, root, {BASE_VARIANT: Variant(BASE_VARIANT, Path(recipe.model))})
+    run = Run(recipe, root, {BASE_VARIANT: Variant(BASE_VARIANT, Path(recipe.model))}, retime=retime)
     for step in steps:
         if step.kind == "distill":
             check_distill(run, step)

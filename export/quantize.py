@@ -4,7 +4,7 @@ One config dataclass describes a quantization and round-trips to JSON, so a reci
 folder (`quantization.json`) all say the same thing. Hardware presets follow the instruction sets: on AVX-512
 VNNI (and ARM's dot-product instructions) u8 x s8 products cannot saturate, so full range is safe; plain AVX2 and
 AVX-512 without VNNI use 16-bit intermediate sums (vpmaddubsw) that can saturate, so weights use 7 bits
-(reduce_range) there.
+(reduce_range) there. The "auto" preset reads the CPU (bench.cpu) and picks the one that fits it.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.cpu import CPU, this_cpu
 from bench.engines import ONNX_NAME, SESSION_FILE, load_tokenizer, resolve_model
 from bench.files import EdgeQAError, atomic_dir, known_fields, write_json
 from bench.qa import QAConfig, batches, tokenize
@@ -64,20 +65,68 @@ class QuantizeConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
 
 
-# On the avx512_vnni machines here, ORT 1.32's SkipLayerNormalization fusion made the int8 BERT graph slower
-# (23.7 against 30.6 ms p50, batch 1 x 384, 2 threads: recipes/int8-ablation.yaml), so that preset switches it off.
+# Settings per machine class (Optimum's preset names where they exist). Why each:
+# - amx, avx512_vnni, avx_vnni: u8 x s8 products sum in 32 bits (VNNI's vpdpbusd, AMX tiles), so weights keep all
+#   8 bits. On the AMX Xeon, ORT 1.32's SkipLayerNormalization fusion made the int8 BERT graph slower (23.7 against
+#   30.6 ms p50, batch 1 x 384, 2 threads: recipes/int8-ablation.yaml), so that preset switches it off. For the
+#   others see docs/machines.md.
+# - avx512 (no VNNI), avx2: pairs of u8 x s8 products sum in 16 bits (vpmaddubsw) and can saturate, so weights
+#   use 7 bits (reduce_range).
+# - arm64: the dot-product (sdot/udot) and i8mm instructions sum in 32 bits; no saturation.
 PRESETS: dict[str, dict[str, Any]] = {
+    "amx": {"per_channel": True, "reduce_range": False, "runtime_disabled_optimizers": ["SkipLayerNormFusion"]},
     "avx512_vnni": {"per_channel": True, "reduce_range": False, "runtime_disabled_optimizers": ["SkipLayerNormFusion"]},
+    "avx_vnni": {"per_channel": True, "reduce_range": False},
     "avx512": {"per_channel": True, "reduce_range": True},
     "avx2": {"per_channel": True, "reduce_range": True},
     "arm64": {"per_channel": True, "reduce_range": False},
 }
+AUTO = "auto"
+PRESET_CHOICES = (AUTO, *PRESETS)
+
+# bench.cpu's instruction class -> preset. A CPU below AVX2 gets avx2's settings: 7-bit weights are safe anywhere.
+PRESET_FOR_ISA = {
+    "amx_int8": "amx",
+    "avx512_vnni": "avx512_vnni",
+    "avx_vnni": "avx_vnni",
+    "avx512": "avx512",
+    "avx2": "avx2",
+    "other": "avx2",
+    "arm64_i8mm": "arm64",
+    "arm64_dotprod": "arm64",
+    "arm64": "arm64",
+}
 
 
-def preset(name: str, **overrides: Any) -> QuantizeConfig:
-    if name not in PRESETS:
-        raise EdgeQAError(f"unknown hardware preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return QuantizeConfig.from_dict({**PRESETS[name], **overrides})
+def preset_for(cpu: CPU) -> str:
+    """The preset that fits `cpu`'s int8 instructions."""
+    return PRESET_FOR_ISA[cpu.isa]
+
+
+def preset_record(name: str, cpu: CPU | None = None) -> dict[str, Any]:
+    """What was asked, what was chosen, and whether it fits the CPU: kept in quantization.json and the report.
+
+    A named preset for another machine class is allowed (a phone's model is made on a laptop) but recorded and
+    warned about, since its timings on this machine say nothing about the machine it was made for.
+    """
+    if name != AUTO and name not in PRESETS:
+        raise EdgeQAError(f"unknown hardware preset {name!r}; choose one of {', '.join(PRESET_CHOICES)}")
+    cpu = cpu or this_cpu()
+    fitting = preset_for(cpu)
+    chosen = fitting if name == AUTO else name
+    record = {"asked": name, "chosen": chosen, "fits_cpu": chosen == fitting, "cpu": cpu.to_dict()}
+    if chosen != fitting:
+        record["warning"] = (
+            f"preset {chosen!r} does not fit this CPU ({cpu.model}, int8 class {cpu.isa}), which would get "
+            f"{fitting!r}; its speed and accuracy here are not those of the machines it is meant for"
+        )
+    return record
+
+
+def preset(name: str, cpu: CPU | None = None, **overrides: Any) -> QuantizeConfig:
+    """The config of a named preset, or of the one that fits this CPU for "auto", with `overrides` on top."""
+    chosen = preset_record(name, cpu)["chosen"]
+    return QuantizeConfig.from_dict({**PRESETS[chosen], **overrides})
 
 
 def quantize(
@@ -87,11 +136,13 @@ def quantize(
     calibration_data: str | Path | None = None,
     qa_cfg: QAConfig = QAConfig(),
     parity_examples: list[SquadExample] | None = None,
+    preset_info: dict[str, Any] | None = None,
 ) -> Path:
     """Quantize the ONNX model in `onnx_dir` into `out_dir` (model.onnx, tokenizer, config, quantization.json).
 
     With `parity_examples`, parity.json records how far int8 moved logits and answers from the float model;
     int8 is expected to move them, so this informs rather than fails (EM/F1 on the dev set is the verdict).
+    `preset_info` (from `preset_record`) is kept in quantization.json, and its warning logged.
     """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -100,6 +151,8 @@ def quantize(
     if backend != "onnxruntime":
         raise EdgeQAError(f"{onnx_dir}: ONNX Runtime quantization needs an ONNX model; export it first")
     excluded = excluded_nodes(model_path, cfg.exclude)
+    if preset_info and preset_info.get("warning"):
+        log.warning("%s: %s", out_dir, preset_info["warning"])
     with atomic_dir(out_dir) as tmp:
         target = tmp / ONNX_NAME
         if cfg.mode == "dynamic":
@@ -121,7 +174,10 @@ def quantize(
                 raise EdgeQAError("static quantization needs calibration data (a SQuAD file)")
             _quantize_static(model_path, target, tmp, cfg, excluded, calibration_data, qa_cfg, folder)
         copy_model_metadata(folder, tmp)
-        write_json(tmp / "quantization.json", {**cfg.to_dict(), "excluded_nodes": excluded, "source": str(onnx_dir)})
+        record = {**cfg.to_dict(), "excluded_nodes": excluded, "source": str(onnx_dir)}
+        if preset_info:
+            record["preset"] = preset_info
+        write_json(tmp / "quantization.json", record)
         if cfg.runtime_disabled_optimizers:
             write_json(tmp / SESSION_FILE, {"disabled_optimizers": list(cfg.runtime_disabled_optimizers)})
         if parity_examples:

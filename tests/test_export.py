@@ -173,3 +173,40 @@ def test_logits_agree_numerically(exported, tiny_qa_model, toy_squad):
     a, b = t.logits(f, progress=False)[0], o.logits(f, progress=False)[0]
     ok = np.isfinite(a)
     assert np.array_equal(ok, np.isfinite(b)) and np.abs(a[ok] - b[ok]).max() < 1e-4
+
+
+def test_quantization_records_the_preset_and_the_cpu(exported, tmp_path, caplog):
+    from bench.cpu import this_cpu
+    from export.quantize import preset_record
+
+    other = "avx2" if this_cpu().isa != "avx2" else "avx512_vnni"
+    info = preset_record(other)
+    with caplog.at_level("WARNING"):
+        out = quantize(exported, tmp_path / "q", preset(other), preset_info=info)
+    saved = json.loads((out / "quantization.json").read_text())["preset"]
+    assert saved["asked"] == other and saved["fits_cpu"] is False and saved["cpu"]["isa"] == this_cpu().isa
+    assert f"preset {other!r} does not fit this CPU" in caplog.text
+
+
+def test_dynamic_int8_answers_depend_on_the_batch_and_are_scored_alone(exported, toy_squad, tmp_path):
+    from bench.engines import answers_depend_on_batch
+    from bench.evaluate import evaluate
+
+    dynamic = quantize(exported, tmp_path / "dyn", QuantizeConfig())
+    static = quantize(exported, tmp_path / "static", QuantizeConfig(mode="static", calibration_samples=3), toy_squad)
+    mobile = convert_to_ort(dynamic, tmp_path / "dyn-ort")
+    assert [answers_depend_on_batch(p) for p in (exported, dynamic, static, mobile)] == [False, True, False, True]
+    # Why it matters: one activation scale per batch, so a window's logits move with its batch-mates.
+    engine = load_qa_model(dynamic, 1).engine
+    rng = np.random.default_rng(0)
+    ids = rng.integers(5, 60, size=(2, 16), dtype=np.int64)
+    inputs = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    inputs = {k: v for k, v in inputs.items() if k in engine.input_names}
+    alone = engine({k: v[:1] for k, v in inputs.items()})[0][0]
+    together = engine(inputs)[0][0]
+    assert not np.allclose(alone, together, atol=1e-6)
+    assert evaluate(dynamic, toy_squad, progress=False)["batch_size"] == 1
+    assert evaluate(exported, toy_squad, progress=False)["batch_size"] == 16
+    assert evaluate(dynamic, toy_squad, batch_size=4, progress=False)["batch_size"] == 4
+    with pytest.raises(EdgeQAError, match="batch size must be positive"):
+        evaluate(dynamic, toy_squad, batch_size=0, progress=False)

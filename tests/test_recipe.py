@@ -68,6 +68,13 @@ def test_full_pipeline_then_resume_gives_the_same_report(tmp_path, tiny_qa_model
     assert rows["int8-static"]["extra"]["quantization"]["mode"] == "static"
     assert rows["pytorch-int8"]["backend"] == "torch-int8"
     assert rows["mobile"]["path"].endswith("mobile")
+    # Dynamic int8 (ONNX, its .ort twin, PyTorch's) is scored one question at a time; the rest at the recipe's 4.
+    assert {n: r["scored_batch_size"] for n, r in rows.items()} == {
+        "pytorch-fp32": 4, "onnx-fp32": 4, "onnx-fused": 4, "int8-dyn": 1, "int8-static": 4, "pytorch-int8": 1,
+        "mobile": 1,
+    }  # fmt: skip
+    assert rows["int8-static"]["extra"]["quantization"]["preset"]["asked"] == "auto"
+    assert rows["mobile"]["extra"]["quantization"]["preset"]["asked"] == "avx512_vnni"  # from the model it converts
     assert (root / "report.md").exists() and (root / "pareto.png").exists()
 
     # A third run redoes nothing and rewrites the same rows.
@@ -84,6 +91,29 @@ def test_changed_settings_are_not_silently_reused(tmp_path, tiny_qa_model, toy_s
     changed = "steps:\n  - export: {name: onnx-fp32, opset: 18}\n"
     with pytest.raises(EdgeQAError, match="other settings"):
         run_recipe(_write(tmp_path, tiny_qa_model, toy_squad, changed), tmp_path / "runs")
+
+
+def test_an_automatic_preset_is_chosen_again_on_another_cpu(tmp_path, tiny_qa_model, toy_squad, monkeypatch):
+    from bench.cpu import this_cpu
+
+    steps = """\
+steps:
+  - export: {name: onnx-fp32}
+  - quantize: {name: auto, from: onnx-fp32}
+  - quantize: {name: named, from: onnx-fp32, preset: avx2}
+"""
+    path = _write(tmp_path, tiny_qa_model, toy_squad, steps)
+
+    def settings(name):
+        record = json.loads((tmp_path / "runs" / "tiny" / "models" / name / "quantization.json").read_text())
+        return record["preset"]["chosen"], record["reduce_range"]
+
+    for flags, chosen in (("avx2 avx512f avx512bw avx512_vnni", ("avx512_vnni", False)), ("avx2", ("avx2", True))):
+        monkeypatch.setenv("EDGEQA_CPU_FLAGS", flags)
+        this_cpu.cache_clear()
+        run_recipe(path, tmp_path / "runs")
+        assert settings("auto") == chosen and settings("named") == ("avx2", True)
+    this_cpu.cache_clear()
 
 
 def test_a_remade_model_is_exported_scored_and_timed_again(tmp_path, tiny_qa_model, toy_squad):
@@ -113,6 +143,14 @@ steps:
     run_recipe(path, tmp_path / "runs")  # nothing changed: nothing is made, scored or timed again
     assert {n: made(n) for n in first} == first
     assert (root / "bench" / "pytorch-fp32.json").stat().st_mtime_ns == teacher_timed
+
+    scored = (root / "eval" / "sparse-onnx" / "metrics.json").stat().st_mtime_ns
+    run_recipe(path, tmp_path / "runs", retime=True)  # timed again, on request; nothing made or scored again
+    assert {n: made(n) for n in first} == first
+    assert (root / "eval" / "sparse-onnx" / "metrics.json").stat().st_mtime_ns == scored
+    retimed = (root / "bench" / "pytorch-fp32.json").stat().st_mtime_ns
+    assert retimed != teacher_timed
+    teacher_timed = retimed
 
     import shutil
 

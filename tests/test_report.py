@@ -135,3 +135,41 @@ def test_the_pruning_cell_says_how_the_zeros_were_made():
     assert _describe_pruning({"method": "magnitude", "settings": chosen}) == (
         "magnitude 50% (layer, oneshot, chosen by |w| x input RMS)"
     )
+
+
+def test_untrustworthy_timings_are_flagged_in_the_json_and_the_markdown():
+    from bench.report import timing_flags
+
+    quiet = {"p50_ms": 30.0, "p90_ms": 33.0, "pass_spread": 0.03}
+    assert timing_flags(quiet) == []
+    assert timing_flags({**quiet, "pass_spread": None}) == []  # one pass: no spread to judge
+    assert timing_flags({**quiet, "pass_spread": 0.25}) == ["passes disagree: p50 moved 25% between passes (limit 10%)"]
+    assert timing_flags({**quiet, "p90_ms": 102.0}) == ["busy machine: p90 is 3.40x p50 (limit 1.50x)"]
+
+    rows = _rows()
+    rows[1]["latency"][0].update(p90_ms=75.0, pass_spread=0.02)  # int8: p90 3x its p50 of 25
+    report = _report(rows)
+    assert report["warnings"] == ["int8: busy machine: p90 is 3.00x p50 (limit 1.50x)"]
+    md = to_markdown(report)
+    assert "**Warnings**" in md and "| 25.0 ⚠ |" in md and "| 50.0 |" in md
+    assert _report(_rows())["warnings"] == []
+
+
+def test_rows_say_at_which_batch_they_were_scored_and_which_preset_they_fit():
+    preset = {"asked": "avx512_vnni", "chosen": "avx512_vnni", "fits_cpu": False, "warning": "does not fit",
+              "cpu": {"isa": "avx2"}}  # fmt: skip
+    rows = [
+        make_row("fp32", _bench(50.0), {"exact_match": 72.0, "f1": 82.0, "batch_size": 32, "batch_dependent": False}),
+        make_row(
+            "int8",
+            _bench(25.0),
+            {"exact_match": 71.0, "f1": 81.0, "batch_size": 1, "batch_dependent": True},
+            {"quantization": {"mode": "dynamic", "preset": preset}},
+        ),
+    ]
+    report = _report(rows)
+    assert [r["scored_batch_size"] for r in report["rows"]] == [32, 1]
+    assert report["warnings"] == ["int8: does not fit"]
+    md = to_markdown(report)
+    assert "| 32 |" in md and "| 1* |" in md and "Answers depend on the batch" in md
+    assert "int8: avx512_vnni (named, made on a CPU of class avx2, does not fit it)" in md
