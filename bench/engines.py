@@ -260,6 +260,8 @@ def load_torch_qa_model(folder: str | Path):
     from transformers import AutoModelForQuestionAnswering
 
     folder = Path(folder)
+    if folder.is_file():
+        raise EdgeQAError(f"{folder}: expected a transformers model folder, got a file")
     check_qa_config(folder)
     try:
         model, info = AutoModelForQuestionAnswering.from_pretrained(str(folder), output_loading_info=True)

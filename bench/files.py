@@ -13,6 +13,8 @@ import json
 import os
 import shutil
 import tempfile
+import types
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,37 @@ def known_fields(cls, raw: dict[str, Any], what: str) -> dict[str, Any]:
     if unknown:
         raise EdgeQAError(f"unknown {what} setting(s): {', '.join(unknown)} (allowed: {', '.join(sorted(known))})")
     return dict(raw)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a setting's value has its field's type: bool is not a number, an int is a float, lists pass as tuples."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (tuple, list):
+        return isinstance(value, tuple | list) and all(_fits(v, args[0]) for v in value)
+    return True  # nested configs and mappings check themselves
+
+
+def check_field_types(config: Any, what: str) -> None:
+    """Refuse a dataclass whose settings have the wrong type (a recipe's `per_channel: maybe`), naming the field;
+    called first in a config's __post_init__, so range checks after it compare numbers with numbers."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if not _fits(value, hints[f.name]):
+            wanted = str(hints[f.name]).replace("typing.", "").replace("<class '", "").replace("'>", "")
+            raise EdgeQAError(f"{what}.{f.name} should be {wanted}, got {value!r}")
 
 
 def read_json(path: str | Path, what: str = "JSON file") -> Any:
@@ -101,6 +134,8 @@ def write_json(path: str | Path, obj: Any) -> None:
 def check_writable_dir(path: str | Path) -> Path:
     """Fail early, before any work, when an output folder cannot be created or written."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise EdgeQAError(f"{path}: output path exists and is not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:

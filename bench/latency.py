@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from bench.cpu import this_cpu
-from bench.files import EdgeQAError, known_fields
+from bench.files import EdgeQAError, check_field_types, known_fields
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ class LatencyConfig:
     torch_int8: bool = False  # PyTorch-side baseline: dynamic int8 of nn.Linear applied at load
 
     def __post_init__(self) -> None:
+        check_field_types(self, "bench")
         counts = [*self.batch_sizes, *self.seq_lens, self.repeats, self.threads, self.rounds]
         if not self.batch_sizes or not self.seq_lens or any(not isinstance(n, int) or n < 1 for n in counts):
             raise EdgeQAError("bench settings: batch sizes, sequence lengths, repeats and threads must be positive")

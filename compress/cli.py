@@ -11,7 +11,9 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from bench.files import EdgeQAError
 
@@ -36,6 +38,34 @@ def _print_metrics(m: dict) -> None:
     print(line)
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage mistake ends like every other expected mistake: one `edgeqa: error:` line and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("edgeqa").strip()
+        where = f"{command}: " if command else ""
+        self.exit(2, f"edgeqa: error: {where}{message} (see {self.prog} --help)\n")
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse type for whole numbers >= low; the message names the value, argparse names the argument."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
+POSITIVE = _int_at_least(1)
+COUNT = _int_at_least(0)
+
+
 def _qa_config(args: argparse.Namespace):
     from bench.qa import QAConfig
 
@@ -48,11 +78,11 @@ def _qa_config(args: argparse.Namespace):
 
 
 def _add_qa_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-length", type=int, default=384, help="tokens per window (default 384)")
-    p.add_argument("--doc-stride", type=int, default=128, help="overlap between windows (default 128)")
-    p.add_argument("--n-best", type=int, default=20, help="start/end candidates per window (default 20)")
-    p.add_argument("--max-answer-length", type=int, default=30, help="longest answer in tokens (default 30)")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: physical cores)")
+    p.add_argument("--max-length", type=POSITIVE, default=384, help="tokens per window (default 384)")
+    p.add_argument("--doc-stride", type=COUNT, default=128, help="overlap between windows (default 128)")
+    p.add_argument("--n-best", type=POSITIVE, default=20, help="start/end candidates per window (default 20)")
+    p.add_argument("--max-answer-length", type=POSITIVE, default=30, help="longest answer in tokens (default 30)")
+    p.add_argument("--threads", type=POSITIVE, default=None, help="intra-op threads (default: physical cores)")
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -192,18 +222,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """A report for named models: each scored and timed here, side by side."""
+    from bench.engines import resolve_model
     from bench.evaluate import evaluate
     from bench.files import check_writable_dir
     from bench.latency import LatencyConfig, benchmark_interleaved, library_versions, machine_info
     from bench.report import build_report, make_row, write_report
+    from bench.squad import load_squad
 
-    out = check_writable_dir(args.out)
     pairs = []
     for item in args.variant:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
             raise EdgeQAError(f"--variant takes NAME=PATH, got {item!r}")
+        resolve_model(path)
         pairs.append((name, path))
+    load_squad(args.data, args.limit)  # a bad data file is refused before the output folder exists
+    out = check_writable_dir(args.out)
     cfg = LatencyConfig(
         tuple(args.batch_sizes), tuple(args.seq_lens), args.warmup, args.repeats, args.threads, args.rounds
     )
@@ -296,22 +330,23 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def _add_parity_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parity-data", default=str(DEFAULT_DEV), help="SQuAD file whose questions check parity")
-    p.add_argument("--parity-limit", type=int, default=200, help="questions for the parity check (0: skip it)")
+    p.add_argument("--parity-limit", type=COUNT, default=200, help="questions for the parity check (0: skip it)")
 
 
 def _add_bench_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1])
-    p.add_argument("--seq-lens", type=int, nargs="+", default=[384, 128])
-    p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--repeats", type=int, default=100)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=1, help="passes over all models, the repeats split among them")
+    p.add_argument("--batch-sizes", type=POSITIVE, nargs="+", default=[1])
+    p.add_argument("--seq-lens", type=POSITIVE, nargs="+", default=[384, 128])
+    p.add_argument("--warmup", type=COUNT, default=10)
+    p.add_argument("--repeats", type=POSITIVE, default=100)
+    p.add_argument("--threads", type=POSITIVE, default=2)
+    p.add_argument("--rounds", type=POSITIVE, default=1, help="passes over all models, the repeats split among them")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from export.onnx import MIN_OPSET
     from export.quantize import PRESET_CHOICES
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="edgeqa", description="Make BERT QA models small and fast, and measure what it cost in EM/F1."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -326,10 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="predict SQuAD data with a model and score it")
     p.add_argument("--model", required=True, help="transformers QA folder, ONNX folder or .onnx file")
     p.add_argument("--data", default=str(DEFAULT_DEV), help=f"SQuAD file or hub id (default {DEFAULT_DEV})")
-    p.add_argument("--limit", type=int, default=None, help="first N questions only")
+    p.add_argument("--limit", type=POSITIVE, default=None, help="first N questions only")
     p.add_argument(
         "--batch-size",
-        type=int,
+        type=POSITIVE,
         default=None,
         help="windows per forward pass (default: 1 for dynamic int8, whose answers depend on the batch, else 16)",
     )
@@ -349,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a transformers QA folder to ONNX, checked against PyTorch")
     p.add_argument("--model", required=True, help="transformers QA folder")
     p.add_argument("out", help="output folder (model.onnx, config, tokenizer, parity.json)")
-    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--opset", type=_int_at_least(MIN_OPSET), default=17, help=f"ONNX opset ({MIN_OPSET} or later)")
     p.add_argument("--fuse", action="store_true", help="also fuse with onnxruntime.transformers (own parity check)")
     p.add_argument("--mobile", action="store_true", help="also write ONNX Runtime's mobile format to OUT-ort/")
     _add_parity_options(p)
@@ -371,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--op-types", nargs="+", default=None, help="op types to quantize (default: ORT's)")
     p.add_argument("--calibration-data", default=None, help="SQuAD file for static calibration")
     p.add_argument("--calibration-method", choices=["minmax", "entropy", "percentile"], default="minmax")
-    p.add_argument("--calibration-samples", type=int, default=256)
+    p.add_argument("--calibration-samples", type=POSITIVE, default=256)
     _add_parity_options(p)
     p.set_defaults(func=cmd_quantize)
 
@@ -386,9 +421,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", action="append", required=True, metavar="NAME=PATH")
     p.add_argument("--reference", default=None, help="row the deltas are against (default: the first)")
     p.add_argument("--data", default=str(DEFAULT_DEV))
-    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--limit", type=POSITIVE, default=None)
     p.add_argument(
-        "--batch-size", type=int, default=None, help="windows per forward pass (default: 1 for dynamic int8, else 16)"
+        "--batch-size",
+        type=POSITIVE,
+        default=None,
+        help="windows per forward pass (default: 1 for dynamic int8, else 16)",
     )
     p.add_argument("--name", default="report")
     p.add_argument("--out", required=True)

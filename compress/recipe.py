@@ -36,6 +36,7 @@ import yaml
 from bench.files import EdgeQAError, atomic_dir, check_writable_dir, read_json, write_json
 from bench.latency import LatencyConfig
 from compress.prune import PruneConfig
+from export.onnx import MIN_OPSET
 from export.optimize import FUSIONS
 from export.quantize import AUTO, QuantizeConfig, preset
 
@@ -72,6 +73,8 @@ def _to_python(node: yaml.Node) -> Any:
 
 
 def _read_yaml(path: Path) -> Mapping:
+    if path.is_dir():
+        raise EdgeQAError(f"{path}: is a folder, not a recipe file")
     if not path.is_file():
         raise EdgeQAError(f"{path}: no such recipe file")
     try:
@@ -176,6 +179,14 @@ def _make_recipe(path: Path, doc: Mapping, sections: dict[str, Mapping]) -> Reci
         value = sections["eval"].get(key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise EdgeQAError(f"eval.{key} must be a positive whole number, got {value!r}")
+    parity = {"limit": 200, "tolerance": 1e-3, "min_same_answer_share": 0.995, **sections["parity"]}
+    if not isinstance(parity["limit"], int) or isinstance(parity["limit"], bool) or parity["limit"] < 0:
+        raise EdgeQAError(f"parity.limit must be a whole number >= 0, got {parity['limit']!r}")
+    if not isinstance(parity["tolerance"], int | float) or parity["tolerance"] <= 0:
+        raise EdgeQAError(f"parity.tolerance must be a positive number, got {parity['tolerance']!r}")
+    share = parity["min_same_answer_share"]
+    if not isinstance(share, int | float) or not 0 <= share <= 1:
+        raise EdgeQAError(f"parity.min_same_answer_share must be in [0, 1], got {share!r}")
     return Recipe(
         path=path,
         name=str(doc["name"]),
@@ -185,9 +196,9 @@ def _make_recipe(path: Path, doc: Mapping, sections: dict[str, Mapping]) -> Reci
         eval_batch_size=int(sections["eval"].get("batch_size", 32)),
         eval_dynamic_int8_batch_size=int(sections["eval"].get("dynamic_int8_batch_size", 1)),
         calibration_data=sections["calibration"].get("data"),
-        parity_limit=int(sections["parity"].get("limit", 200)),
-        parity_tolerance=float(sections["parity"].get("tolerance", 1e-3)),
-        parity_min_same=float(sections["parity"].get("min_same_answer_share", 0.995)),
+        parity_limit=parity["limit"],
+        parity_tolerance=float(parity["tolerance"]),
+        parity_min_same=float(share),
         bench=LatencyConfig.from_dict(dict(sections["bench"])),
     )
 
@@ -245,6 +256,9 @@ def load_recipe(path: str | Path, shared: str | Path | None = None) -> Recipe:
                     recovery_config(step, "")
                 elif set(step.params.get("train") or {}) - {"data"}:
                     raise EdgeQAError("recovery training needs stages; without them, train takes only data")
+            opset = step.params.get("opset", MIN_OPSET) if kind == "export" else MIN_OPSET
+            if not isinstance(opset, int) or isinstance(opset, bool) or opset < MIN_OPSET:
+                raise EdgeQAError(f"export opset must be a whole number >= {MIN_OPSET}, got {opset!r}")
             if kind == "fuse" and set(step.params.get("fusions", [])) - set(FUSIONS):
                 raise EdgeQAError(f"unknown fusion(s) in {step.params['fusions']}; choose from {', '.join(FUSIONS)}")
         except (EdgeQAError, TypeError, ValueError) as e:

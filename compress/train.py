@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from bench.cpu import CPU, this_cpu
 from bench.engines import QAModel, default_threads, load_tokenizer, load_torch_qa_model, model_input_names
-from bench.files import EdgeQAError, atomic_dir, atomic_file, known_fields, write_json
+from bench.files import EdgeQAError, atomic_dir, atomic_file, check_field_types, known_fields, write_json
 from bench.metric import score
 from bench.qa import QAConfig
 from bench.squad import load_squad
@@ -76,6 +76,15 @@ class Stage:
     lr: float = 1e-4
     warmup: float = 0.1  # share of the stage's steps
 
+    def __post_init__(self) -> None:
+        check_field_types(self, "stage")
+        if self.epochs <= 0 or (self.max_steps is not None and self.max_steps < 1):
+            raise EdgeQAError(f"a stage needs epochs > 0 or max_steps >= 1, got {self.epochs} and {self.max_steps}")
+        if self.lr <= 0:
+            raise EdgeQAError(f"stage lr must be positive, got {self.lr}")
+        if not 0 <= self.warmup < 1:
+            raise EdgeQAError(f"stage warmup is a share of its steps, in [0, 1), got {self.warmup}")
+
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "loss": self.loss.to_dict()}
 
@@ -104,6 +113,7 @@ class TrainConfig:
     teacher_batch_size: int = 64
 
     def __post_init__(self) -> None:
+        check_field_types(self, "train")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise EdgeQAError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
         for name in ("batch_size", "checkpoint_every", "log_every", "eval_limit", "teacher_batch_size"):
@@ -111,6 +121,10 @@ class TrainConfig:
                 raise EdgeQAError(f"train.{name} must be positive, got {getattr(self, name)}")
         if self.dropout is not None and not (isinstance(self.dropout, int | float) and 0 <= self.dropout < 1):
             raise EdgeQAError(f"train.dropout must be in [0, 1), got {self.dropout}")
+        if self.limit is not None and self.limit < 1:
+            raise EdgeQAError(f"train.limit must be positive, got {self.limit}")
+        if self.eval_every < 0 or self.weight_decay < 0 or self.max_grad_norm <= 0:
+            raise EdgeQAError("train.eval_every and weight_decay must be >= 0, max_grad_norm > 0")
         if self.micro_batch_size is not None and self.micro_batch_size < 1:
             raise EdgeQAError(f"train.micro_batch_size must be positive, got {self.micro_batch_size}")
         QAConfig(max_length=self.max_length, doc_stride=self.doc_stride)  # validates both

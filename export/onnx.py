@@ -24,6 +24,9 @@ from bench.squad import SquadExample
 log = logging.getLogger(__name__)
 
 CONFIG_FILES = ("config.json",)
+# LayerNormalization and the attention fusions need opset 14 or later (LayerNormalization is an opset-17 op; older
+# opsets export it as its parts, which the fusions still match from 14 on).
+MIN_OPSET = 14
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,8 @@ def export_onnx(
     """
     import torch
 
+    if opset < MIN_OPSET:
+        raise EdgeQAError(f"opset must be at least {MIN_OPSET}, got {opset}")
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     model = load_torch_qa_model(model_dir)
     tokenizer = load_tokenizer(model_dir)

@@ -20,7 +20,7 @@ import numpy as np
 
 from bench.cpu import CPU, this_cpu
 from bench.engines import ONNX_NAME, SESSION_FILE, load_tokenizer, resolve_model
-from bench.files import EdgeQAError, atomic_dir, known_fields, write_json
+from bench.files import EdgeQAError, atomic_dir, check_field_types, known_fields, write_json
 from bench.qa import QAConfig, batches, tokenize
 from bench.squad import SquadExample, load_squad
 from export.onnx import check_parity, copy_model_metadata, write_parity
@@ -47,6 +47,7 @@ class QuantizeConfig:
     runtime_disabled_optimizers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        check_field_types(self, "quantize")
         if self.mode not in MODES:
             raise EdgeQAError(f"quantize mode must be one of {MODES}, got {self.mode!r}")
         if self.calibration_method not in CALIBRATION_METHODS:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -179,6 +180,18 @@ def test_losses_mask_padding_and_scale_with_temperature():
         mask,
     )
     assert float(terms["loss"]) == pytest.approx(0.25 * float(terms["hard"]) + float(terms["soft"]), rel=1e-6)
+
+
+def test_soft_loss_is_t_squared_times_the_kl_of_softened_distributions():
+    """Worked by hand: teacher logits (ln 3, 0) against a student's (0, 0), a third position masked out.
+    T=1: p = (3/4, 1/4), q = (1/2, 1/2): KL = 3/4 ln 1.5 + 1/4 ln 0.5 = 0.130812.
+    T=2: p = (sqrt 3, 1) / (sqrt 3 + 1) = (0.633975, 0.366025): KL = 0.036341, times T^2 = 4: 0.145363."""
+    student = torch.tensor([[0.0, 0.0, 9.0]])
+    teacher = torch.tensor([[math.log(3.0), 0.0, -9.0]])
+    mask = torch.tensor([[True, True, False]])
+    # Start and end alike: their mean is the KL of one of them.
+    assert float(span_kl(student, student, teacher, teacher, mask, 1.0)) == pytest.approx(0.130812, abs=1e-6)
+    assert float(span_kl(student, student, teacher, teacher, mask, 2.0)) == pytest.approx(0.145363, abs=1e-6)
 
 
 def test_loss_config_rejects_nonsense():

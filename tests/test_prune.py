@@ -105,6 +105,17 @@ def test_cubic_schedule_rises_fast_then_slowly_to_the_target():
     assert steps == sorted(steps, reverse=True)
 
 
+def test_cubic_schedule_matches_zhu_and_gupta_by_hand():
+    """s_t = s_f + (s_i - s_f) (1 - t / (n dt))^3 (Zhu and Gupta, 2017), target 0.8 reached at step 50 of 100:
+    step 10: 0.8 - 0.8 * 0.8^3 = 0.3904; step 25: 0.8 - 0.8 * 0.5^3 = 0.7; step 40: 0.8 - 0.8 * 0.2^3 = 0.7936;
+    from s_i = 0.5, step 25: 0.8 - 0.3 * 0.5^3 = 0.7625."""
+    assert cubic_sparsity(10, 100, 0.8, ramp=0.5) == pytest.approx(0.3904)
+    assert cubic_sparsity(25, 100, 0.8, ramp=0.5) == pytest.approx(0.7)
+    assert cubic_sparsity(40, 100, 0.8, ramp=0.5) == pytest.approx(0.7936)
+    assert cubic_sparsity(80, 100, 0.8, ramp=0.5) == pytest.approx(0.8)
+    assert cubic_sparsity(25, 100, 0.8, ramp=0.5, initial=0.5) == pytest.approx(0.7625)
+
+
 def test_cubic_schedule_can_start_with_a_large_first_step():
     values = [cubic_sparsity(s, 100, 0.8, ramp=0.5, initial=0.5) for s in range(0, 101, 10)]
     assert values[0] == 0.5 and values[5] == pytest.approx(0.8) and values == sorted(values)

@@ -258,3 +258,52 @@ def test_shipped_recipes_parse(tmp_path):
     for path in sorted((REPO / "recipes").glob("*.yaml")):
         recipe = load_recipe(path, shared=tmp_path)
         assert recipe.steps and str(tmp_path) in recipe.model
+
+
+STAGE = "stages: [{loss: {hard: 1}, max_steps: 1, lr: 1.0e-4}]"
+DISTILL = "- distill: {name: s, student: {layers: [0]}, train: {data: DATA%s}, %s}"
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "message"),
+    [
+        ("eval", "{data: DATA, limit: x}", r"eval.limit must be a positive whole number, got 'x'"),
+        ("eval", "{data: DATA, batch_size: 0}", r"eval.batch_size must be a positive whole number, got 0"),
+        ("eval", "{data: DATA, batch_size: 2.5}", r"eval.batch_size must be a positive whole number, got 2.5"),
+        ("eval", "{data: DATA, batch_size: true}", r"eval.batch_size must be a positive whole number, got True"),
+        ("eval", "{data: DATA, dynamic_int8_batch_size: -1}", r"dynamic_int8_batch_size must be a positive"),
+        ("parity", "{limit: many}", r"parity.limit must be a whole number >= 0, got 'many'"),
+        ("parity", "{limit: -1}", r"parity.limit must be a whole number >= 0, got -1"),
+        ("parity", "{tolerance: -1}", r"parity.tolerance must be a positive number, got -1"),
+        ("parity", "{min_same_answer_share: 1.5}", r"min_same_answer_share must be in \[0, 1\], got 1.5"),
+        ("bench", "{threads: 0}", r"must be positive"),
+        ("bench", "{repeats: x}", r"bench.repeats should be int, got 'x'"),
+        ("bench", "{batch_sizes: 1}", r"bench.batch_sizes should be tuple\[int, ...\], got 1"),
+        ("bench", "{warmup: -1}", r"warmup must be a whole number >= 0"),
+        ("steps", "- export: {name: e, opset: 3}", r":7: export opset must be a whole number >= 14, got 3"),
+        ("steps", "- quantize: {name: q, per_channel: maybe}", r":7: quantize.per_channel should be bool"),
+        ("steps", "- quantize: {name: q, exclude: 3}", r":7: quantize.exclude should be tuple\[str, ...\], got 3"),
+        ("steps", "- quantize: {name: q, calibration_samples: 0}", r":7: calibration_samples must be positive"),
+        ("steps", "- prune: {name: p, sparsity: x}", r":7: sparsity must be in \[0, 1\), got 'x'"),
+        ("steps", DISTILL % (", batch_size: 0", STAGE), r":7: train.batch_size must be positive, got 0"),
+        ("steps", DISTILL % (", limit: x", STAGE), r":7: train.limit should be int \| None, got 'x'"),
+        ("steps", DISTILL % (", eval_every: -5", STAGE), r":7: train.eval_every and weight_decay must be >= 0"),
+        ("steps", DISTILL % (", dropout: 2", STAGE), r":7: train.dropout must be in \[0, 1\), got 2"),
+        ("steps", DISTILL % ("", STAGE.replace("max_steps: 1", "max_steps: 0")), r":7: a stage needs epochs > 0"),
+        ("steps", DISTILL % ("", STAGE.replace("max_steps: 1", "epochs: 0")), r":7: a stage needs epochs > 0"),
+        ("steps", DISTILL % ("", STAGE.replace("lr: 1.0e-4", "lr: -1")), r":7: stage lr must be positive, got -1"),
+        ("steps", DISTILL % ("", STAGE.replace("}]", ", warmup: 2}]")), r":7: stage warmup is a share"),
+        ("steps", DISTILL % ("", STAGE.replace("hard: 1", "soft: 1, temperature: 0")), r":7: temperature must be"),
+    ],
+)
+def test_recipe_values_of_the_wrong_type_or_range_are_refused(tmp_path, tiny_qa_model, toy_squad, section, value,
+                                                              message):  # fmt: skip
+    sections = {"eval": "{data: DATA}", "parity": "{limit: 3}", "bench": "{threads: 1, seq_lens: [32]}"}
+    steps = value if section == "steps" else "- export: {name: a}"
+    if section != "steps":
+        sections[section] = value
+    text = f"name: t\nmodel: {tiny_qa_model}\n" + "".join(f"{k}: {v}\n" for k, v in sections.items())
+    path = tmp_path / "recipe.yaml"
+    path.write_text((text + f"steps:\n  {steps}\n").replace("DATA", str(toy_squad)))
+    with pytest.raises(EdgeQAError, match=message):
+        load_recipe(path)
