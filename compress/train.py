@@ -111,6 +111,9 @@ class TrainConfig:
     seed: int = 0
     cache: str | None = None  # teacher-logit cache folder; default: one keyed by its settings under the run root
     teacher_batch_size: int = 64
+    # An audit trail: each process appends the window indices of every step it trains on to
+    # windows-<rank>.jsonl in the work folder (how the data-parallel test sees the split).
+    record_windows: bool = False
 
     def __post_init__(self) -> None:
         check_field_types(self, "train")
@@ -135,8 +138,9 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        if self.dropout is None:  # added later: runs and checkpoints made before it keep their identity
-            del d["dropout"]
+        for later in ("dropout", "record_windows"):  # added later: earlier runs and checkpoints keep their identity
+            if d[later] == TrainConfig.__dataclass_fields__[later].default:
+                del d[later]
         return d
 
 
@@ -405,6 +409,9 @@ class _Run:
     eval_examples: list | None
     history: list[dict] = field(default_factory=list)
     best: dict[str, Any] = field(default_factory=lambda: {"f1": -1.0, "step": None})
+    # One entry per start of this training: where it began and the optimiser steps it ran (for a start that was
+    # killed, up to its last checkpoint). training.json keeps them as `starts`: a resumed run shows each restart.
+    starts: list[dict] = field(default_factory=list)
 
     @property
     def tc(self) -> TrainConfig:
@@ -473,7 +480,9 @@ def distill(
     )
     if state:
         run.history, run.best = state["history"], state["best"]
+        run.starts = state.get("starts", [])
     start_stage, start_step = (state["stage"], state["step"]) if state else (0, 0)
+    run.starts.append({"stage": start_stage, "step": start_step, "steps_run": 0})
     for si in range(start_stage, len(cfg.stages)):
         first = si == start_stage
         _run_stage(run, si, start_step if first else 0, state if first else None)
@@ -567,6 +576,9 @@ def _run_stage(run: _Run, si: int, step: int, state: dict | None) -> None:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
+        run.starts[-1]["steps_run"] += 1
+        if tc.record_windows:
+            _record_windows(run, si, step, micro)
         if hooks.after_step:
             hooks.after_step(run.trainee.student, si, step, total)
         meter.windows += windows * dist.world
@@ -694,6 +706,7 @@ def _checkpoint(run: _Run, optimizer, scheduler, si: int, step: int, rngs: bool 
             step,
             run.best,
             run.history,
+            run.starts,
             seconds,
             states,
             extra,
@@ -719,6 +732,7 @@ def _finish(run: _Run, teacher_dir: Path | None) -> None:
             "windows": len(run.trainset),
             "questions": run.trainset.questions,
             "steps": run.steps,
+            "starts": run.starts,
             "processes": dist.world,
             "device": dist.device,
             "bf16": run.precision.bf16,
@@ -748,7 +762,7 @@ def _teacher_fn(teacher, device: str, bf16: bool):
 def _micro_step(model, teacher, taps, batch, names, loss_cfg, layer_map, device, bf16) -> dict[str, torch.Tensor]:
     """The loss terms of one micro-batch from `StepBatches` (pinned on CUDA, so its copy to the device does not
     wait), with the teacher's outputs: run alongside for intermediate layers, else read from the logit cache."""
-    on = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    on = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "windows"}
     with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
         t_out = None
         if loss_cfg.intermediate:
@@ -825,7 +839,7 @@ def _gather_rng(dist: Dist) -> list:
 
 
 def _save_checkpoint(
-    path, record, trainee, optimizer, scheduler, stage, step, best, history, seconds, rngs, extra=None
+    path, record, trainee, optimizer, scheduler, stage, step, best, history, starts, seconds, rngs, extra=None
 ) -> None:
     state = {
         "config": json.loads(json.dumps(record)),
@@ -837,6 +851,7 @@ def _save_checkpoint(
         "step": step,
         "best": best,
         "history": history,
+        "starts": starts,
         "seconds": seconds,
         "hooks": extra,
     }
@@ -867,6 +882,12 @@ def _restore(state: dict, trainee, optimizer, scheduler, dist: Dist) -> None:
     torch.set_rng_state(rng["cpu"])
     if rng["cuda"] is not None and dist.device != "cpu":
         torch.cuda.set_rng_state(rng["cuda"])
+
+
+def _record_windows(run: _Run, si: int, step: int, micro: list[dict]) -> None:
+    windows = sorted(int(i) for batch in micro for i in batch["windows"])
+    with open(run.work / f"windows-{run.dist.rank}.jsonl", "a") as f:
+        f.write(json.dumps({"stage": si, "step": step, "windows": windows}) + "\n")
 
 
 def _write_log(work: Path, history: list[dict]) -> None:

@@ -171,6 +171,7 @@ class StepBatches:
         arrays = pad(self.trainset, idx, self.pad_id)
         batch = {k: torch.from_numpy(v) for k, v in arrays.items()}
         batch["labels"] = torch.from_numpy(self.trainset.labels[idx])
+        batch["windows"] = torch.from_numpy(np.asarray(idx, dtype=np.int64))  # which windows: for the audit trail
         if self.logits is not None:
             width = arrays["input_ids"].shape[1]
             batch["teacher_logits"] = torch.from_numpy(np.asarray(self.logits[idx, :, :width], dtype=np.float32))

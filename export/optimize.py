@@ -100,5 +100,7 @@ def fuse(
         if parity_examples:
             result = check_parity(onnx_dir, tmp, parity_examples, tolerance, min_same_answer_share)
             write_parity(tmp, result, onnx_dir)
+    if not fused:  # MobileBERT's bottleneck layers and NoNorm match none of onnxruntime's BERT rules
+        log.warning("%s: no fusion rule matched this graph; %s is an unfused copy", onnx_dir, out_dir)
     log.info("fused %s -> %s: %s", onnx_dir, out_dir, fused)
     return fused

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import signal
 import string
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(__import__("os").environ.get("EDGEQA_SHARED", REPO.parent / "shared"))
+SHARED = Path(os.environ.get("EDGEQA_SHARED", REPO.parent / "shared"))
 TEACHER = SHARED / "models" / "minilm-l6-h384-squad1"
 DEV = SHARED / "data" / "squad" / "dev-v1.1.json.gz"
 TRAIN = SHARED / "data" / "squad" / "train-v1.1.rebuilt.json.gz"
@@ -239,3 +244,41 @@ def teacher() -> Path:
     assert (TEACHER / "config.json").exists(), f"shared teacher missing at {TEACHER} (set EDGEQA_SHARED)"
     assert DEV.exists(), f"shared SQuAD dev set missing at {DEV}"
     return TEACHER
+
+
+# --- real kills --------------------------------------------------------------------------------------------------
+
+
+def edgeqa_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "compress.cli", *args]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+def run_to_end(argv: list[str], log: Path, cwd: Path) -> str:
+    """Run a command to its end; return what it printed (stdout and stderr)."""
+    with open(log, "w") as out:
+        code = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=_env()).returncode
+    assert code == 0, log.read_text()[-3000:]
+    return log.read_text()
+
+
+def kill_when_written(argv: list[str], marker: Path, log: Path, cwd: Path, timeout: float = 600) -> None:
+    """Start a command and SIGKILL it the moment `marker` exists: a real kill of a real process, at a point chosen by
+    what the command wrote, not by time. Fails when the command ends before it could be killed."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=_env())
+        deadline = time.monotonic() + timeout
+        while not marker.exists():
+            if proc.poll() is not None:
+                tail = log.read_text()[-3000:]
+                raise AssertionError(f"ended ({proc.returncode}) before {marker} was written: {tail}")
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(f"{marker} not written within {timeout} s")
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL

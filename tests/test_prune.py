@@ -35,7 +35,7 @@ from compress.prune import (
     sparsity_report,
 )
 from compress.recipe import run_recipe
-from conftest import TOY_QAS, make_tiny_qa_model, write_squad
+from conftest import TOY_QAS, edgeqa_command, kill_when_written, make_tiny_qa_model, run_to_end, write_squad
 
 
 @pytest.fixture
@@ -328,6 +328,44 @@ def _prune_recipe(tmp_path, model, data, steps: str) -> Path:
         + textwrap.indent(textwrap.dedent(steps).replace("DATA", str(data)), "  ")
     )
     return path
+
+
+def test_a_killed_pruning_recovery_resumes_with_its_masks(tmp_path, toy_squad):
+    """`edgeqa prune` SIGKILLed after its first checkpoint, while the cubic schedule is still raising the masks,
+    then started again: it resumes from that step and ends with the weights and masks of a run never stopped."""
+    teacher = make_tiny_qa_model(tmp_path / "t", layers=2, hidden=32, heads=4)
+    train = write_squad(tmp_path / "train.json", TOY_QAS * 16)
+    steps = """\
+    - prune:
+        name: sparse
+        sparsity: 0.7
+        schedule: cubic
+        update_every: 2
+        ramp: 0.5
+        train: {data: TRAIN, batch_size: 8, precision: fp32, checkpoint_every: 4, eval_every: 4, eval_limit: 3}
+        stages:
+          - {loss: {hard: 0.5, soft: 0.5}, max_steps: 24, lr: 1.0e-3}
+    """.replace("TRAIN", str(train))
+    path = _prune_recipe(tmp_path, teacher, toy_squad, steps)
+    whole, killed = tmp_path / "whole" / "p", tmp_path / "killed" / "p"
+    run_to_end(edgeqa_command("prune", str(path), "--out", str(whole.parent)), tmp_path / "whole.log", tmp_path)
+    checkpoint = killed / "work" / "sparse" / "checkpoint.pt"
+    argv = edgeqa_command("prune", str(path), "--out", str(killed.parent))
+    kill_when_written(argv, checkpoint, tmp_path / "first.log", tmp_path)
+    assert not (killed / "models" / "sparse").exists()
+    at = torch.load(checkpoint, weights_only=False)["step"]
+    assert 0 < at < 12  # the masks were still growing (ramp: half of 24 steps)
+    log = run_to_end(argv, tmp_path / "second.log", tmp_path)
+    assert f"resuming from {checkpoint}: stage 0, step {at}" in log
+    starts = json.loads((killed / "models" / "sparse" / "training.json").read_text())["starts"]
+    assert starts == [{"stage": 0, "step": 0, "steps_run": at}, {"stage": 0, "step": at, "steps_run": 24 - at}]
+
+    last = [torch.load(r / "work" / "sparse" / "checkpoint.pt", weights_only=False)["model"] for r in (whole, killed)]
+    masks = [k for k in last[0] if k.endswith("weight_mask")]
+    assert masks and last[0].keys() == last[1].keys()
+    assert all(torch.equal(last[0][k], last[1][k]) for k in last[0])  # weights and masks, bit for bit
+    best = [load_file(r / "models" / "sparse" / "model.safetensors") for r in (whole, killed)]
+    assert all(torch.equal(best[0][k], best[1][k]) for k in best[0])
 
 
 def test_magnitude_pruning_with_recovery_saves_plain_sparse_weights(tmp_path, toy_squad):

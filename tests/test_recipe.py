@@ -8,6 +8,7 @@ import pytest
 from bench.files import EdgeQAError
 from compress import recipe as recipe_mod
 from compress.recipe import load_recipe, run_recipe
+from conftest import edgeqa_command, kill_when_written, run_to_end
 
 STEPS = """\
 steps:
@@ -114,6 +115,33 @@ steps:
         run_recipe(path, tmp_path / "runs")
         assert settings("auto") == chosen and settings("named") == ("avx2", True)
     this_cpu.cache_clear()
+
+
+def test_a_killed_run_resumes_and_ends_with_the_same_models_and_scores(tmp_path, tiny_qa_model, toy_squad):
+    """`edgeqa run` SIGKILLed once its first model folder is in place, started again: it says it skips what was
+    made, and its models and scores equal those of a run never stopped (timings are measured anew, so they differ)."""
+    steps = """\
+steps:
+  - export: {name: onnx-fp32}
+  - quantize: {name: int8-dyn, from: onnx-fp32}
+  - bench: {}
+  - report: {}
+"""
+    path = _write(tmp_path, tiny_qa_model, toy_squad, steps)
+    whole, killed = tmp_path / "whole" / "tiny", tmp_path / "killed" / "tiny"
+    run_to_end(edgeqa_command("run", str(path), "--out", str(whole.parent)), tmp_path / "whole.log", tmp_path)
+    argv = edgeqa_command("run", str(path), "--out", str(killed.parent))
+    kill_when_written(argv, killed / "models" / "onnx-fp32" / "step.json", tmp_path / "first.log", tmp_path)
+    assert not (killed / "report.json").exists()
+    log = run_to_end(argv, tmp_path / "second.log", tmp_path)
+    assert "step export onnx-fp32: already done, skipping" in log
+    assert "step quantize int8-dyn: already done" not in log
+    for name in ("onnx-fp32", "int8-dyn"):
+        model = [(root / "models" / name / "model.onnx").read_bytes() for root in (whole, killed)]
+        assert model[0] == model[1]
+    rows = [json.loads((root / "report.json").read_text())["rows"] for root in (whole, killed)]
+    scores = [[(r["name"], r["exact_match"], r["f1"]) for r in rs] for rs in rows]
+    assert scores[0] == scores[1] and len(scores[0]) == 3
 
 
 def test_a_remade_model_is_exported_scored_and_timed_again(tmp_path, tiny_qa_model, toy_squad):
