@@ -8,7 +8,8 @@ PRUNE_RECIPES := prune-structured-cpu prune-50-cpu prune-80-cpu prune-curve-cpu 
 	prune-50-loss-cpu prune-50-ablation-cpu prune-80-ablation-cpu prune-80-short-cpu \
 	chain-cpu
 
-.PHONY: install run full-dev compare-optimum distill-cpu distill-ablation $(PRUNE_RECIPES) test lint clean gpu-check
+.PHONY: install run full-dev compare-optimum distill-cpu distill-ablation $(PRUNE_RECIPES) test lint clean arm64-check \
+	avx2-check gpu-check
 
 install: $(STAMP)
 
@@ -55,6 +56,20 @@ gpu-check: install
 # The README's pruning results: each recipe by its name (`make prune-structured-cpu`), each under an hour here.
 $(PRUNE_RECIPES): install
 	$(BIN)/edgeqa run recipes/$@.yaml --shared $(SHARED)
+
+# The int8 .ort model (and the arm64 preset's .onnx) run by ONNX Runtime's aarch64 build under qemu-user, per
+# emulated ARM CPU profile: identical answers and EM/F1 against this machine's run (docs/arm64.md). The first run
+# provisions the emulator, an arm64 Python and its wheels into .arm64/ (scripts/arm64-env.sh).
+arm64-check: install
+	bash scripts/arm64-env.sh
+	$(BIN)/python -m export.arm64_check --shared $(SHARED)
+
+# The teacher's dynamic int8 variants (8/7-bit weights, per-channel/per-tensor scales) under qemu-x86_64 with an
+# AVX2-only CPU: identical answers, logit differences and EM/F1 against this machine's run (docs/avx2-emulated.md).
+# Accuracy only: emulated timings are not latency. The first run provisions the emulators into .arm64/.
+avx2-check: install
+	bash scripts/arm64-env.sh qemu
+	$(BIN)/python -m export.avx2_check --shared $(SHARED)
 
 lint: install
 	$(BIN)/ruff check .
