@@ -9,7 +9,7 @@ PRUNE_RECIPES := prune-structured-cpu prune-50-cpu prune-80-cpu prune-curve-cpu 
 	chain-cpu
 
 .PHONY: install run full-dev compare-optimum distill-cpu distill-ablation $(PRUNE_RECIPES) test lint clean arm64-check \
-	avx2-check gpu-check
+	avx2-check gpu-check mutants
 
 install: $(STAMP)
 
@@ -71,9 +71,19 @@ avx2-check: install
 	bash scripts/arm64-env.sh qemu
 	$(BIN)/python -m export.avx2_check --shared $(SHARED)
 
+# Mutation testing (mutmut 3, settings in pyproject.toml) of the code whose mistakes would silently change a result:
+# the SQuAD metric, the span search, the distillation losses, checkpoints and the data-parallel sharding, against
+# the fast in-process tests, one thread each. Resumable; `.venv/bin/mutmut results` lists the survivors (README, "Mutation score").
+MUTANTS := 'bench.metric.*' 'bench.qa.x_best_spans*' 'compress.losses.*' 'compress.checkpoint.*' \
+	'compress.trainset.x_epoch_batches*' 'compress.trainset.x*StepSampler*'
+mutants: install
+	$(BIN)/pip install -q -e ".[mutants]"
+	OMP_NUM_THREADS=1 EDGEQA_SHARED=$(abspath $(SHARED)) $(BIN)/mutmut run $(MUTANTS)
+	$(BIN)/mutmut results
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf runs nc_workspace .pytest_cache
+	rm -rf runs nc_workspace .pytest_cache mutants

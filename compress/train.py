@@ -40,6 +40,7 @@ from bench.files import EdgeQAError, atomic_dir, atomic_file, check_field_types,
 from bench.metric import score
 from bench.qa import QAConfig
 from bench.squad import load_squad
+from compress.checkpoint import gather_rng, load_checkpoint, restore, save_checkpoint
 from compress.losses import LossConfig, distill_loss
 from compress.student import (
     StudentSpec,
@@ -450,7 +451,7 @@ def distill(
     trainset = load_trainset(tc.data, tc.limit, tokenizer, tc.qa)
     steps = [_steps(s, len(trainset), tc.batch_size) for s in cfg.stages]
     checkpoint = work / "checkpoint.pt"
-    state = _load_checkpoint(checkpoint, record) if checkpoint.exists() else None
+    state = load_checkpoint(checkpoint, record) if checkpoint.exists() else None
     if teacher is not None:  # before the logit cache: every teacher pass runs on the training device
         teacher.to(dist.device).eval()
     logits = _teacher_logits(
@@ -546,7 +547,7 @@ def _run_stage(run: _Run, si: int, step: int, state: dict | None) -> None:
     if hooks.start_stage:
         hooks.start_stage(run.trainee.student, optimizer, si, total)
     if state:
-        _restore(state, run.trainee, optimizer, scheduler, dist)
+        restore(state, run.trainee, optimizer, scheduler, dist)
         if hooks.load_state and state.get("hooks") is not None:
             hooks.load_state(state["hooks"])
     model: torch.nn.Module = run.trainee
@@ -693,10 +694,10 @@ def _checkpoint(run: _Run, optimizer, scheduler, si: int, step: int, rngs: bool 
     """Everything needed to continue from here; without `rngs` (a stage boundary, first process only) the next
     stage starts with fresh RNG, optimiser and schedule."""
     seconds = time.perf_counter() - run.t_begin
-    states = _gather_rng(run.dist) if rngs else None
+    states = gather_rng(run.dist) if rngs else None
     if run.dist.main:
         extra = run.hooks.state() if run.hooks.state and rngs else None
-        _save_checkpoint(
+        save_checkpoint(
             run.work / "checkpoint.pt",
             run.record,
             run.trainee,
@@ -826,62 +827,6 @@ def _evaluate(student, tokenizer, examples, names, tc: TrainConfig, device: str 
 def _save_model(student, tokenizer, folder: Path, hooks: Hooks) -> None:
     with atomic_dir(folder) as tmp:
         save_student(hooks.to_save(student) if hooks.to_save else student, tokenizer, tmp)
-
-
-def _gather_rng(dist: Dist) -> list:
-    """Every process's RNG state (dropout masks differ per process), gathered to the first for the checkpoint."""
-    mine = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if dist.device != "cpu" else None}
-    if dist.world == 1:
-        return [mine]
-    out: list = [None] * dist.world
-    torch.distributed.all_gather_object(out, mine)
-    return out
-
-
-def _save_checkpoint(
-    path, record, trainee, optimizer, scheduler, stage, step, best, history, starts, seconds, rngs, extra=None
-) -> None:
-    state = {
-        "config": json.loads(json.dumps(record)),
-        "model": trainee.state_dict(),
-        "optimizer": optimizer.state_dict() if optimizer else None,
-        "scheduler": scheduler.state_dict() if scheduler else None,
-        "rng": rngs,  # per process; None at a stage boundary, where each stage seeds afresh
-        "stage": stage,
-        "step": step,
-        "best": best,
-        "history": history,
-        "starts": starts,
-        "seconds": seconds,
-        "hooks": extra,
-    }
-    with atomic_file(path) as tmp:
-        torch.save(state, tmp)
-
-
-def _load_checkpoint(path: Path, record: dict) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise EdgeQAError(f"{path}: unreadable checkpoint ({e}); delete it to start over") from e
-    if state.get("config") != json.loads(json.dumps(record)):
-        raise EdgeQAError(f"{path}: checkpoint of a run with other settings; delete it or change the step's name")
-    log.info("resuming from %s: stage %d, step %d", path, state["stage"], state["step"])
-    return state
-
-
-def _restore(state: dict, trainee, optimizer, scheduler, dist: Dist) -> None:
-    trainee.load_state_dict(state["model"])
-    if state["optimizer"] is None:  # saved at a stage boundary: the new stage starts fresh
-        return
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    if len(state["rng"]) != dist.world:
-        raise EdgeQAError(f"checkpoint was saved by {len(state['rng'])} processes; resume it with as many")
-    rng = state["rng"][dist.rank]
-    torch.set_rng_state(rng["cpu"])
-    if rng["cuda"] is not None and dist.device != "cpu":
-        torch.cuda.set_rng_state(rng["cuda"])
 
 
 def _record_windows(run: _Run, si: int, step: int, micro: list[dict]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import subprocess
@@ -20,8 +21,9 @@ from bench.files import EdgeQAError
 from bench.qa import QAConfig, tokenize
 from bench.squad import load_squad
 from compress import train as train_mod
+from compress.checkpoint import load_checkpoint, restore, save_checkpoint
 from compress.cli import main
-from compress.losses import LossConfig, distill_loss, span_ce, span_kl, token_mse
+from compress.losses import LossConfig, distill_loss, score_mse, span_ce, span_kl, token_mse
 from compress.recipe import run_recipe
 from compress.student import StudentSpec, build_student, default_layer_map, student_config, teacher_layers
 from compress.trainset import StepBatches, StepSampler, as_is, epoch_batches, load_trainset, span_labels
@@ -176,6 +178,8 @@ def test_losses_mask_padding_and_scale_with_temperature():
     assert float(span_ce(start, end, labels, full)) == pytest.approx(float(expected), rel=1e-6)
     t_start, t_end = torch.randn(2, 6), torch.randn(2, 6)
     kl1, kl4 = span_kl(start, end, t_start, t_end, mask, 1.0), span_kl(start, end, t_start, t_end, mask, 4.0)
+    low = [x.bfloat16() for x in (start, end, t_start, t_end)]
+    assert span_kl(*low, mask, 2.0).dtype == torch.float32  # summed in float32 under bf16 autocast too
     assert float(kl1) > 0 and float(kl4) > 0 and float(kl1) != pytest.approx(float(kl4))
     # Hidden-state MSE averages over real tokens only.
     a, b = torch.zeros(2, 6, 3), torch.zeros(2, 6, 3)
@@ -202,6 +206,55 @@ def test_soft_loss_is_t_squared_times_the_kl_of_softened_distributions():
     # Start and end alike: their mean is the KL of one of them.
     assert float(span_kl(student, student, teacher, teacher, mask, 1.0)) == pytest.approx(0.130812, abs=1e-6)
     assert float(span_kl(student, student, teacher, teacher, mask, 2.0)) == pytest.approx(0.145363, abs=1e-6)
+
+
+def test_hidden_state_loss_averages_over_real_tokens_only():
+    """By hand: example 0 has 2 real tokens differing by 2 in every feature (4 each) and a padded one differing
+    by 49; example 1 has 1 real token differing by 1: 4 + 1 = 5."""
+    a = torch.ones(2, 3, 4)
+    b = torch.full((2, 3, 4), 50.0)
+    b[0, :2] = 3.0
+    b[1, 0] = 2.0
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    assert float(token_mse(a, b, mask)) == pytest.approx(5.0)
+
+
+def test_attention_score_loss_averages_over_real_token_pairs_and_heads():
+    """By hand: 2 heads, 3 tokens. Example 0 has 2 real tokens (4 pairs x 2 heads), differences of 1 there and 100
+    on padded pairs, which must not count: 1.0. Example 1, all real (9 pairs x 2 heads), differences of 2: 4.0."""
+    a = torch.full((2, 2, 3, 3), 3.0)
+    b = torch.full((2, 2, 3, 3), 100.0)
+    b[0, :, :2, :2] = 4.0
+    b[1] = 5.0
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    assert float(score_mse(a, b, mask)) == pytest.approx(5.0)
+    # One head, one real token: one pair, (3 - 6)^2 / 1 = 9.
+    one = torch.tensor([[True, False]])
+    assert float(score_mse(torch.full((1, 1, 2, 2), 3.0), torch.full((1, 1, 2, 2), 6.0), one)) == pytest.approx(9.0)
+
+
+def test_intermediate_losses_follow_the_layer_map_by_hand():
+    """Constant tensors, so each MSE is a squared difference. Student hidden states s[k] = 0.1 k (k = 0 is the
+    embedding output), teacher's t[0] = 0.5 and t[k] = k; scores s = 0.1 k, t = k + 1 for layers k. Map {0: 1, 1: 2}:
+    embedding (0.5 - 0)^2 = 0.25; hidden (2 - 0.1)^2 + (3 - 0.2)^2 = 11.45; attention (2 - 0)^2 + (3 - 0.1)^2 = 12.41;
+    loss 1 x 0.25 + 2 x 11.45 + 0.5 x 12.41 = 29.355."""
+    full = (1, 2, 3)  # one example, 2 tokens, width 3
+    student = {
+        "hidden": [torch.full(full, 0.1 * k) for k in range(3)],
+        "scores": [torch.full((1, 2, 2, 2), 0.1 * k) for k in range(2)],
+    }
+    teacher = {
+        "hidden": [torch.full(full, 0.5)] + [torch.full(full, float(k)) for k in range(1, 4)],
+        "scores": [torch.full((1, 2, 2, 2), k + 1.0) for k in range(3)],
+    }
+    cfg = LossConfig(embedding=1.0, hidden=2.0, attention=0.5)
+    terms = distill_loss(cfg, {0: 1, 1: 2}, student, teacher, torch.zeros(1, 2), torch.ones(1, 2, dtype=torch.bool))
+    assert {k: round(float(v), 4) for k, v in terms.items()} == {
+        "embedding": 0.25,
+        "hidden": 11.45,
+        "attention": 12.41,
+        "loss": 29.355,
+    }
 
 
 def test_loss_config_rejects_nonsense():
@@ -260,8 +313,10 @@ def test_step_sampler_gives_each_process_its_share_of_the_epoch_batches_from_any
         epoch, j = divmod(step, 8)
         assert [len(c) for c in micro] == [3, 1]  # this process's 4 windows, in micro-batches of 3
         np.testing.assert_array_equal(np.concatenate(micro), epoch_batches(lengths, 8, 3, 1, epoch)[j][1::2])
-    resumed = list(StepSampler(lengths, 8, seed=3, stage=1, start=13, total=20, rank=1, world=2, micro_batch_size=3))
-    assert len(resumed) == 7
+    resumed_sampler = StepSampler(lengths, 8, seed=3, stage=1, start=13, total=20, rank=1, world=2, micro_batch_size=3)
+    resumed = list(resumed_sampler)
+    assert len(resumed) == len(resumed_sampler) == 7  # the loader's length is the steps left
+    assert len(StepSampler(lengths, 8, seed=3, stage=1, start=20, total=20)) == 0  # a stage already done
     assert all(np.array_equal(np.concatenate(a), np.concatenate(b)) for a, b in zip(resumed, steps[13:], strict=True))
 
 
@@ -345,6 +400,65 @@ def test_a_killed_distillation_resumes_to_the_same_weights(tmp_path, toy_train, 
     # The student loads like any QA model, and the shared cache was filled once.
     load_torch_qa_model(killed / "models" / "student")
     assert len(list((killed.parent / "cache").iterdir())) == 1
+
+
+def test_an_interrupted_run_resumes_in_process_to_the_same_weights(tmp_path, toy_train, toy_squad, monkeypatch, caplog):
+    """The same resume without a subprocess (fast enough for `make mutants`): interrupted between checkpoints by an
+    exception from inside a step, then run again in the same process."""
+    teacher = make_tiny_qa_model(tmp_path / "teacher", layers=2)
+    block = """\
+    student: {layers: [0, 1]}
+    train: {data: TRAIN, batch_size: 8, precision: fp32, eval_every: 4, eval_limit: 3, checkpoint_every: 3}
+    stages:
+      - {loss: {hard: 0.5, soft: 0.5, temperature: 2.0}, max_steps: 4, lr: 1.0e-3}
+      - {loss: {hard: 1.0}, max_steps: 5, lr: 1.0e-3}
+    """
+    path = _recipe(tmp_path, teacher, toy_train, toy_squad, block)
+    whole = run_recipe(path, tmp_path / "whole")
+    real, calls = train_mod._micro_step, {"n": 0}
+
+    def dies_at_step_8(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 8:  # stage 2, step 4: its checkpoint at step 3 is the last one
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "_micro_step", dies_at_step_8)
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(path, tmp_path / "killed")
+    monkeypatch.setattr(train_mod, "_micro_step", real)
+    with caplog.at_level(logging.INFO, logger="compress.checkpoint"):
+        resumed = run_recipe(path, tmp_path / "killed")
+    checkpoint = tmp_path / "killed" / "d" / "work" / "student" / "checkpoint.pt"
+    assert f"resuming from {checkpoint}: stage 1, step 3" in caplog.text
+    folder = resumed / "models" / "student"
+    starts = json.loads((folder / "training.json").read_text())["starts"]
+    assert starts == [{"stage": 0, "step": 0, "steps_run": 7}, {"stage": 1, "step": 3, "steps_run": 2}]
+    a = load_file(whole / "models" / "student" / "model.safetensors")
+    b = load_file(folder / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    log_a = (whole / "models" / "student" / "train_log.jsonl").read_text().splitlines()
+    log_b = (folder / "train_log.jsonl").read_text().splitlines()
+    strip = [{k: v for k, v in json.loads(x).items() if k != "windows_per_s"} for x in log_a]
+    assert strip == [{k: v for k, v in json.loads(x).items() if k != "windows_per_s"} for x in log_b]
+
+
+def test_in_process_resume_refuses_a_checkpoint_of_other_settings_or_unreadable(tmp_path):
+    trainee = torch.nn.Linear(2, 2)
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"lr": 1e-3}, trainee, None, None, 0, 5, {}, [], [], 1.0, None)
+    assert load_checkpoint(path, {"lr": 1e-3})["step"] == 5
+    with pytest.raises(EdgeQAError, match="checkpoint.pt: checkpoint of a run with other settings; delete it"):
+        load_checkpoint(path, {"lr": 2e-3})
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(EdgeQAError, match="checkpoint.pt: unreadable checkpoint"):
+        load_checkpoint(path, {"lr": 1e-3})
+    optimizer = torch.optim.AdamW(trainee.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    two = {"model": trainee.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+           "rng": [{"cpu": torch.get_rng_state(), "cuda": None}] * 2}  # fmt: skip
+    with pytest.raises(EdgeQAError, match="saved by 2 processes; resume it with as many"):
+        restore(two, trainee, optimizer, scheduler, train_mod.Dist())
 
 
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path, toy_train, toy_squad):

@@ -2,7 +2,8 @@
 
 import pytest
 
-from bench.metric import exact_match, f1, normalize_answer, score
+from bench.files import EdgeQAError
+from bench.metric import exact_match, f1, load_predictions, normalize_answer, score
 from bench.squad import SquadDataset, SquadExample
 
 
@@ -71,3 +72,42 @@ def test_score_v2_breakdown_and_gold_filtering():
 def test_extra_predictions_are_ignored():
     ds = _dataset("1.1", [("a", ["x"])])
     assert score(ds, {"a": "x", "zzz": "y"})["exact_match"] == 100.0
+
+
+def test_predictions_files_are_an_object_of_texts(tmp_path):
+    good = tmp_path / "good.json"
+    good.write_text('{"q1": "Paris", "q2": ""}')
+    assert load_predictions(good) == {"q1": "Paris", "q2": ""}
+    with pytest.raises(EdgeQAError, match="absent.json: no such predictions file"):
+        load_predictions(tmp_path / "absent.json")
+    for name, text, message in (
+        ("list.json", '["Paris"]', "expected a JSON object"),
+        ("number.json", '{"q1": "Paris", "q2": 3}', "the value for 'q2' is int, expected text"),
+    ):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(EdgeQAError, match=message):
+            load_predictions(tmp_path / name)
+
+
+def test_v2_f1_is_partial_when_both_sides_have_tokens():
+    assert f1("in 1918", "1918", v2=True) == pytest.approx(2 / 3)  # only an empty side makes it all or nothing
+
+
+def test_score_counts_every_missing_question_and_goes_on_after_it():
+    ds = _dataset("1.1", [("a", ["x"]), ("b", ["y"]), ("c", ["z"])])
+    result = score(ds, {"c": "z"})
+    assert result["missing"] == 2 and result["exact_match"] == pytest.approx(100 / 3)
+    assert result["f1"] == pytest.approx(100 / 3)
+
+
+def test_a_v1_question_without_golds_scores_zero_and_the_rest_still_count():
+    ds = _dataset("1.1", [("a", []), ("b", ["y"])])
+    result = score(ds, {"a": "anything", "b": "y"})
+    assert result["exact_match"] == 50.0 and result["f1"] == 50.0 and result["missing"] == 0
+
+
+def test_v2_without_unanswerable_questions_has_an_empty_noans_group():
+    ds = _dataset("2.0", [("a", ["Paris"])])
+    result = score(ds, {"a": "Paris"})
+    assert (result["NoAns_exact"], result["NoAns_f1"], result["NoAns_total"]) == (0.0, 0.0, 0)
+    assert result["HasAns_exact"] == 100.0
