@@ -56,10 +56,10 @@ def has_unstructured_sparsity(row: dict[str, Any]) -> bool:
 LATENCY_TOLERANCE = 0.03
 
 
-# When a row's timing cannot be trusted. On a quiet machine here, the p50s of interleaved passes agree within 1-3%
-# and p90 stays within 1.35x of p50 (the quietest full-dev run: at most 1.33x); a run disturbed by another process
-# showed p90 at 3.4x p50. The limits sit well clear of the quiet figures (docs/machines.md has the measurements).
-PASS_SPREAD_LIMIT = 0.10  # (max - min) / median of the per-pass p50s
+# When a row's timing cannot be trusted. In quiet runs on the AMX machine the p50s of interleaved passes spread by
+# 5-18% (one row 29%) and p90 stayed within 1.12x of p50; runs that shared the cores with another job spread by 84%
+# and more, with p90 at 1.7x to 20x p50. The limits sit between the two (docs/machines.md has the measurements).
+PASS_SPREAD_LIMIT = 0.25  # (max - min) / median of the per-pass p50s
 TAIL_RATIO_LIMIT = 1.5  # p90 / p50
 
 
