@@ -37,7 +37,7 @@ full-dev: install
 	$(BIN)/edgeqa run recipes/full-dev.yaml --shared $(SHARED)
 
 compare-optimum: install
-	$(BIN)/python -m bench.compare_optimum --teacher $(SHARED)/models/minilm-l6-h384-squad1 \
+	$(BIN)/python -m edgeqa.bench.compare_optimum --teacher $(SHARED)/models/minilm-l6-h384-squad1 \
 		--data $(SHARED)/data/squad/dev-v1.1.json.gz --ours runs/full-dev/models/onnx-int8-dynamic
 
 # The README's distillation results: the 3-layer student (under an hour here) and the loss table.
@@ -51,7 +51,7 @@ distill-ablation: install
 # device machine, which gets only the checkout. The second half runs there: `bash scripts/gpu_check.sh` with .gpu
 # carried (compress/gpu_check.py says how); it trains distill-3l-gpu briefly and writes gpu_check.json to $OUT there.
 gpu-check: install
-	$(BIN)/python -m compress.gpu_check prepare --shared $(SHARED) --out .gpu
+	$(BIN)/python -m edgeqa.compress.gpu_check prepare --shared $(SHARED) --out .gpu
 
 # The README's pruning results: each recipe by its name (`make prune-structured-cpu`), each under an hour here.
 $(PRUNE_RECIPES): install
@@ -62,14 +62,14 @@ $(PRUNE_RECIPES): install
 # provisions the emulator, an arm64 Python and its wheels into .arm64/ (scripts/arm64-env.sh).
 arm64-check: install
 	bash scripts/arm64-env.sh
-	$(BIN)/python -m export.arm64_check --shared $(SHARED)
+	$(BIN)/python -m edgeqa.export.arm64_check --shared $(SHARED)
 
 # The teacher's dynamic int8 variants (8/7-bit weights, per-channel/per-tensor scales) under qemu-x86_64 with an
 # AVX2-only CPU: identical answers, logit differences and EM/F1 against this machine's run (docs/avx2-emulated.md).
 # Accuracy only: emulated timings are not latency. The first run provisions the emulators into .arm64/.
 avx2-check: install
 	bash scripts/arm64-env.sh qemu
-	$(BIN)/python -m export.avx2_check --shared $(SHARED)
+	$(BIN)/python -m edgeqa.export.avx2_check --shared $(SHARED)
 
 # Mutation testing (mutmut 3, settings in pyproject.toml) of the code whose mistakes would silently change a result:
 # the SQuAD metric, the span search, the distillation losses, checkpoints and the data-parallel sharding, against

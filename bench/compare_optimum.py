@@ -6,7 +6,7 @@ on AMX and AVX-512 VNNI, `avx512`, `avx2`, or `arm64`), as a user of that CPU wo
 timed in alternating passes (a fresh process per model and pass) so that drift on a shared machine hits both,
 and scored on the same questions with the same engine and metric.
 
-    python -m bench.compare_optimum --teacher ../shared/models/minilm-l6-h384-squad1 \
+    python -m edgeqa.bench.compare_optimum --teacher ../shared/models/minilm-l6-h384-squad1 \
         --ours runs/quickstart/models/onnx-int8-dynamic --out runs/compare-optimum
 """
 
@@ -19,10 +19,10 @@ import shutil
 import sys
 from pathlib import Path
 
-from bench.cpu import this_cpu
-from bench.evaluate import evaluate
-from bench.files import EdgeQAError, atomic_dir, write_json
-from bench.latency import LatencyConfig, benchmark_interleaved, library_versions, machine_info
+from edgeqa.bench.cpu import this_cpu
+from edgeqa.bench.evaluate import evaluate
+from edgeqa.bench.files import EdgeQAError, atomic_dir, write_json
+from edgeqa.bench.latency import LatencyConfig, benchmark_interleaved, library_versions, machine_info
 
 log = logging.getLogger(__name__)
 

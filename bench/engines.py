@@ -19,9 +19,9 @@ from typing import Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
-from bench.files import EdgeQAError
-from bench.qa import Answer, QAConfig, batches, best_spans, tokenize
-from bench.squad import SquadExample
+from edgeqa.bench.files import EdgeQAError
+from edgeqa.bench.qa import Answer, QAConfig, batches, best_spans, tokenize
+from edgeqa.bench.squad import SquadExample
 
 log = logging.getLogger(__name__)
 

@@ -7,11 +7,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.engines import answers_depend_on_batch, load_qa_model, predict
-from bench.files import EdgeQAError, check_writable_dir, write_json
-from bench.metric import score
-from bench.qa import QAConfig
-from bench.squad import load_squad
+from edgeqa.bench.engines import answers_depend_on_batch, load_qa_model, predict
+from edgeqa.bench.files import EdgeQAError, check_writable_dir, write_json
+from edgeqa.bench.metric import score
+from edgeqa.bench.qa import QAConfig
+from edgeqa.bench.squad import load_squad
 
 log = logging.getLogger(__name__)
 

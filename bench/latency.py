@@ -2,7 +2,7 @@
 
 Every result carries the machine (CPU model, cores, SIMD flags), thread count, library versions, model file size
 and the process's peak resident memory, because a latency without them cannot be compared with anything.
-Run one model per process (`python -m bench.latency`, which `benchmark_subprocess` does) so that peak memory
+Run one model per process (`python -m edgeqa.bench.latency`, which `benchmark_subprocess` does) so that peak memory
 belongs to that model alone.
 """
 
@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.cpu import this_cpu
-from bench.files import EdgeQAError, check_field_types, known_fields
+from edgeqa.bench.cpu import this_cpu
+from edgeqa.bench.files import EdgeQAError, check_field_types, known_fields
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def peak_rss_mb() -> float:
 
 def model_file_size(path: str | Path) -> int:
     """Bytes of the weights that ship: model.onnx (+ external data) or the PyTorch weight files."""
-    from bench.engines import TORCH_WEIGHTS, resolve_model
+    from edgeqa.bench.engines import TORCH_WEIGHTS, resolve_model
 
     backend, model_path, folder = resolve_model(path)
     if backend == "onnxruntime":
@@ -167,7 +167,7 @@ def _summarise(batch_size: int, seq_len: int, samples_ms: list[float]) -> ShapeL
 
 def benchmark(model: str | Path, cfg: LatencyConfig = LatencyConfig()) -> dict[str, Any]:
     """Latency at every (batch, sequence) of `cfg` for one model, with machine, versions, size and peak memory."""
-    from bench.engines import load_qa_model
+    from edgeqa.bench.engines import load_qa_model
 
     qa = load_qa_model(model, cfg.threads, torch_int8=cfg.torch_int8)
     vocab_size, cls_id = len(qa.tokenizer), qa.tokenizer.cls_token_id or 0
@@ -190,7 +190,7 @@ def benchmark(model: str | Path, cfg: LatencyConfig = LatencyConfig()) -> dict[s
 
 def benchmark_subprocess(model: str | Path, cfg: LatencyConfig = LatencyConfig()) -> dict[str, Any]:
     """`benchmark` in a fresh Python process, so its peak memory and thread pools are the model's alone."""
-    cmd = [sys.executable, "-m", "bench.latency", str(model), "--config", json.dumps(cfg.to_dict())]
+    cmd = [sys.executable, "-m", "edgeqa.bench.latency", str(model), "--config", json.dumps(cfg.to_dict())]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]

@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bench.files import EdgeQAError, read_json
-from bench.squad import SquadDataset
+from edgeqa.bench.files import EdgeQAError, read_json
+from edgeqa.bench.squad import SquadDataset
 
 _PUNCTUATION = frozenset(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)

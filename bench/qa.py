@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from bench.files import EdgeQAError
+from edgeqa.bench.files import EdgeQAError
 
 
 @dataclass(frozen=True)

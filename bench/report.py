@@ -21,7 +21,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from bench.files import EdgeQAError, atomic_file, write_json
+from edgeqa.bench.files import EdgeQAError, atomic_file, write_json
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.files import EdgeQAError, read_json
+from edgeqa.bench.files import EdgeQAError, read_json
 
 log = logging.getLogger(__name__)
 

@@ -107,7 +107,7 @@ def _by_layer(matrices: dict[str, tuple[int, int]]) -> dict[int, tuple[int, int]
 
 def weight_stats(path: str | Path) -> dict[str, Any]:
     """Zeros per weight matrix and overall, parameter count, and file size raw and gzipped."""
-    from bench.engines import TORCH_WEIGHTS, resolve_model
+    from edgeqa.bench.engines import TORCH_WEIGHTS, resolve_model
 
     backend, model_path, folder = resolve_model(path)
     if backend == "onnxruntime":

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from bench.files import EdgeQAError, atomic_file
+from edgeqa.bench.files import EdgeQAError, atomic_file
 
 log = logging.getLogger(__name__)
 

@@ -3,14 +3,14 @@
 
 The GPU machine gets only this checkout (64 MiB at most, no ../shared, no network), so the check has two halves:
 
-1. Here, once: `make gpu-check` (= `python -m compress.gpu_check prepare --shared ../shared --out .gpu`) writes
+1. Here, once: `make gpu-check` (= `python -m edgeqa.compress.gpu_check prepare --shared ../shared --out .gpu`) writes
    `.gpu/` (ignored by git, about 54 MB): the shared teacher with its weights in fp16 (made fp32 again on the
    device), its config and tokenizer files, and the SQuAD train (7.8 MB) and dev (1 MB) files.
 2. On the device machine, from the repository root, through the device tool's `run`, carrying `.gpu`:
        command: bash scripts/gpu_check.sh        carry: [".gpu"]        timeout_s: 300
-   (`python3 -m compress.gpu_check run --folder .gpu --out $OUT` after checking its Python packages; the machine's
-   own torch, transformers, tokenizers, safetensors, numpy, PyYAML and tqdm serve, transformers 5 included). It
-   trains the recipe's student with the recipe's settings (teacher layers 0, 2, 4; the intermediate stage, then
+   (`python3 -m edgeqa.compress.gpu_check run --folder .gpu --out $OUT` after checking its Python packages; the
+   machine's own torch, transformers, tokenizers, safetensors, numpy, PyYAML and tqdm serve, transformers 5 included).
+   It trains the recipe's student with the recipe's settings (teacher layers 0, 2, 4; the intermediate stage, then
    the prediction stage; batch 32; bf16 by `precision: auto`) for 200 + 400 steps on the first 20,000 train
    questions, scores it on the first 1,000 dev questions on the GPU (at the end of training, and once more from
    the saved folder), and writes $OUT/gpu_check.json (steps and windows per second per stage and overall, F1,
@@ -40,7 +40,7 @@ from typing import Any
 import torch
 import yaml
 
-from bench.files import EdgeQAError, atomic_dir, write_json
+from edgeqa.bench.files import EdgeQAError, atomic_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def distill_settings(recipe: Path, train: Path, steps: tuple[int, ...], limit: i
     """The recipe's distill step, shortened: its student, losses, batch and learning rates, with `steps` per
     stage on the first `limit` train questions, evaluated on `eval_questions` dev questions at each predicting
     stage's end only."""
-    from compress.train import DistillConfig
+    from edgeqa.compress.train import DistillConfig
 
     doc = yaml.safe_load(recipe.read_text(encoding="utf-8"))
     params = next(s["distill"] for s in doc["steps"] if "distill" in s)
@@ -137,7 +137,7 @@ class _Clock:
         self.marks: dict[int, dict[str, float]] = {}
 
     def hooks(self):
-        from compress.train import Hooks
+        from edgeqa.compress.train import Hooks
 
         return Hooks(start_stage=self._start_stage, after_step=self._after_step)
 
@@ -161,7 +161,7 @@ def run_check(
     allow_cpu: bool = False,
 ) -> dict[str, Any]:
     """Train and score on the GPU; the result is returned and written to out/gpu_check.json."""
-    from compress.train import distill
+    from edgeqa.compress.train import distill
 
     if not torch.cuda.is_available() and not allow_cpu:
         raise EdgeQAError("no CUDA device: this is the GPU check (--allow-cpu runs it on the CPU, to test it)")
@@ -237,9 +237,9 @@ def _training_figures(work: Path, cfg, clock: _Clock) -> dict[str, Any]:
 
 def _final_eval(best: Path, cfg, dev: Path, device: str) -> dict[str, Any]:
     """The saved student, loaded again and scored on the device: the folder holds what was trained."""
-    from bench.engines import load_tokenizer, load_torch_qa_model, model_input_names
-    from bench.squad import load_squad
-    from compress.train import _evaluate
+    from edgeqa.bench.engines import load_tokenizer, load_torch_qa_model, model_input_names
+    from edgeqa.bench.squad import load_squad
+    from edgeqa.compress.train import _evaluate
 
     student = load_torch_qa_model(best).to(device)
     examples = load_squad(dev, cfg.train.eval_limit).examples

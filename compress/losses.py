@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bench.files import EdgeQAError, known_fields
+from edgeqa.bench.files import EdgeQAError, known_fields
 
 TERMS = ("hard", "soft", "hidden", "attention", "embedding")
 

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from bench.files import EdgeQAError, known_fields
+from edgeqa.bench.files import EdgeQAError, known_fields
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -744,7 +744,7 @@ def pruning_hooks(cfg: PruneConfig):
 
     import torch
 
-    from compress.train import Hooks
+    from edgeqa.compress.train import Hooks
 
     held: dict[str, Any] = {}
 
@@ -859,7 +859,7 @@ def _label_batches(trainset, n: int, size: int = 16, seed: int = 0):
     import numpy as np
     import torch
 
-    from bench.qa import pad
+    from edgeqa.bench.qa import pad
 
     pick = np.random.default_rng(seed).choice(len(trainset), size=min(n * size, len(trainset)), replace=False)
     pick = pick[np.argsort(-trainset.lengths[pick], kind="stable")]  # similar lengths together: less padding
@@ -882,7 +882,7 @@ def _inputs(batch: dict) -> dict:
 
 
 def _span_loss(model, batch) -> torch.Tensor:
-    from compress.losses import span_ce
+    from edgeqa.compress.losses import span_ce
 
     inputs = _inputs(batch)
     out = model(**inputs)

@@ -33,12 +33,12 @@ from typing import Any
 
 import yaml
 
-from bench.files import EdgeQAError, atomic_dir, check_writable_dir, read_json, write_json
-from bench.latency import LatencyConfig
-from compress.prune import PruneConfig
-from export.onnx import MIN_OPSET
-from export.optimize import FUSIONS
-from export.quantize import AUTO, QuantizeConfig, preset
+from edgeqa.bench.files import EdgeQAError, atomic_dir, check_writable_dir, read_json, write_json
+from edgeqa.bench.latency import LatencyConfig
+from edgeqa.compress.prune import PruneConfig
+from edgeqa.export.onnx import MIN_OPSET
+from edgeqa.export.optimize import FUSIONS
+from edgeqa.export.quantize import AUTO, QuantizeConfig, preset
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +307,7 @@ class Run:
     @functools.cached_property
     def parity_examples(self):
         """The questions every model-making step checks parity on, read once per run."""
-        from bench.squad import load_squad
+        from edgeqa.bench.squad import load_squad
 
         return load_squad(self.recipe.eval_data, self.recipe.parity_limit).examples
 
@@ -372,7 +372,7 @@ def _source(run: Run, step: Step) -> Variant:
 
 
 def step_export(run: Run, step: Step) -> None:
-    from export.onnx import export_onnx
+    from edgeqa.export.onnx import export_onnx
 
     src = _source(run, step)
     opset = int(step.params.get("opset", 17))
@@ -388,7 +388,7 @@ def step_export(run: Run, step: Step) -> None:
 
 
 def step_fuse(run: Run, step: Step) -> None:
-    from export.optimize import fuse
+    from edgeqa.export.optimize import fuse
 
     src = _source(run, step)
     fusions = tuple(step.params.get("fusions", FUSIONS))
@@ -410,7 +410,7 @@ def quantize_config(step: Step) -> QuantizeConfig:
 
 
 def step_quantize(run: Run, step: Step) -> None:
-    from export.quantize import preset_record, quantize
+    from edgeqa.export.quantize import preset_record, quantize
 
     src = _source(run, step)
     cfg = quantize_config(step)
@@ -432,7 +432,7 @@ def step_quantize(run: Run, step: Step) -> None:
 
 
 def distill_config(step: Step):
-    from compress.train import DistillConfig
+    from edgeqa.compress.train import DistillConfig
 
     return DistillConfig.from_dict({k: v for k, v in step.params.items() if k not in ("name", "from")})
 
@@ -445,8 +445,8 @@ def check_distill(run: Run, step: Step) -> None:
     """Student shape and layer maps against the teacher's config: a bad spec fails before any step runs."""
     from transformers import AutoConfig
 
-    from bench.engines import check_qa_config
-    from compress.train import check_student
+    from edgeqa.bench.engines import check_qa_config
+    from edgeqa.compress.train import check_student
 
     cfg = distill_config(step)
     src = run.variants.get(step.params.get("from", BASE_VARIANT))
@@ -498,7 +498,7 @@ def check_prune(run: Run, step: Step) -> None:
         import torch
         from transformers import AutoModelForQuestionAnswering
 
-        from compress.prune import block_of, check_pattern, prunable_linears
+        from edgeqa.compress.prune import block_of, check_pattern, prunable_linears
 
         with torch.device("meta"):  # shapes without weights
             skeleton = AutoModelForQuestionAnswering.from_config(config)
@@ -515,7 +515,7 @@ def check_prune(run: Run, step: Step) -> None:
 
 def step_distill(run: Run, step: Step) -> None:
     """Train a student from the `from` variant (the teacher) into a transformers QA folder."""
-    from compress.train import distill
+    from edgeqa.compress.train import distill
 
     src = _source(run, step)
     cfg = distill_config(step)
@@ -556,7 +556,7 @@ def prune_config(step: Step) -> PruneConfig:
 
 def recovery_config(step: Step, source: str):
     """Recovery training of a pruned model: the distillation loop with the pruned model as its student."""
-    from compress.train import DistillConfig
+    from edgeqa.compress.train import DistillConfig
 
     cfg = DistillConfig.from_dict(
         {"student": {"pretrained": source}, **{k: step.params[k] for k in ("train", "stages") if k in step.params}}
@@ -571,10 +571,10 @@ def recovery_config(step: Step, source: str):
 
 def step_prune(run: Run, step: Step) -> None:
     """Prune the `from` variant; with `train`, recover by distillation from `teacher` (default: the recipe's model)."""
-    from bench.engines import load_tokenizer, load_torch_qa_model
-    from compress.prune import bake_masks, prune_now, pruning_hooks, sparsity_report
-    from compress.student import save_student
-    from compress.train import distill
+    from edgeqa.bench.engines import load_tokenizer, load_torch_qa_model
+    from edgeqa.compress.prune import bake_masks, prune_now, pruning_hooks, sparsity_report
+    from edgeqa.compress.student import save_student
+    from edgeqa.compress.train import distill
 
     src = _source(run, step)
     teacher = run.variants[step.params.get("teacher", BASE_VARIANT)]
@@ -599,8 +599,8 @@ def step_prune(run: Run, step: Step) -> None:
             model = load_torch_qa_model(src.path)
             trainset = None
             if pcfg.needs_data:
-                from bench.qa import QAConfig
-                from compress.trainset import load_trainset
+                from edgeqa.bench.qa import QAConfig
+                from edgeqa.compress.trainset import load_trainset
 
                 windows = pcfg.data_windows  # a question gives at least one window
                 trainset = load_trainset(step.params["train"]["data"], windows, load_tokenizer(src.path), QAConfig())
@@ -642,9 +642,9 @@ def step_torch_int8(run: Run, step: Step) -> None:
 
 
 def step_mobile(run: Run, step: Step) -> None:
-    from bench.engines import load_qa_model
-    from bench.squad import load_squad
-    from export.mobile import convert_to_ort
+    from edgeqa.bench.engines import load_qa_model
+    from edgeqa.bench.squad import load_squad
+    from edgeqa.export.mobile import convert_to_ort
 
     src = _source(run, step)
 
@@ -660,9 +660,9 @@ def step_mobile(run: Run, step: Step) -> None:
 
 def step_bench(run: Run, step: Step) -> None:
     """Score each variant, then time all of them in interleaved passes; both cached per variant and settings."""
-    from bench.engines import answers_depend_on_batch
-    from bench.evaluate import evaluate
-    from bench.latency import benchmark_interleaved
+    from edgeqa.bench.engines import answers_depend_on_batch
+    from edgeqa.bench.evaluate import evaluate
+    from edgeqa.bench.latency import benchmark_interleaved
 
     names = step.params.get("variants") or list(run.variants)
     for name in names:
@@ -722,8 +722,8 @@ def step_bench(run: Run, step: Step) -> None:
 
 def _weight_stats(run: Run, name: str) -> dict:
     """Zeros, parameters, raw and gzip size of a variant's file; cached while the file is unchanged."""
-    from bench.latency import model_file_size
-    from bench.weights import weight_stats
+    from edgeqa.bench.latency import model_file_size
+    from edgeqa.bench.weights import weight_stats
 
     v = run.variants[name]
     cache = run.root / "bench" / f"{name}.weights.json"
@@ -767,7 +767,7 @@ def _same(metrics: dict, key: dict) -> bool:
 
 
 def step_report(run: Run, step: Step) -> None:
-    from bench.report import build_report, has_unstructured_sparsity, make_row, write_report
+    from edgeqa.bench.report import build_report, has_unstructured_sparsity, make_row, write_report
 
     names = step.params.get("variants") or run.benched
     missing = [n for n in names if not (run.root / "bench" / f"{n}.json").exists()]
@@ -862,7 +862,7 @@ def run_recipe(
     for a report whose timings were flagged. Under torchrun every process runs the distill steps together; all
     other steps run in the first process only.
     """
-    from bench.engines import resolve_model
+    from edgeqa.bench.engines import resolve_model
 
     recipe = load_recipe(path, shared)
     backend, _, _ = resolve_model(recipe.model)

@@ -1,6 +1,6 @@
 """Time one recovery/distillation step at each dropout setting, side by side, with the training loop's own step.
 
-    python -m compress.step_time --model ../shared/models/minilm-l6-h384-squad1 \
+    python -m edgeqa.compress.step_time --model ../shared/models/minilm-l6-h384-squad1 \
         --data ../shared/data/squad/train-v1.1.rebuilt.json.gz --sparsity 0.8 --profile
 
 Why: on CPUs, dropout is much of a training step. Attention dropout keeps scaled_dot_product_attention on its math
@@ -18,12 +18,12 @@ import time
 
 import torch
 
-from bench.engines import load_tokenizer, load_torch_qa_model
-from bench.qa import QAConfig
-from compress.losses import LossConfig
-from compress.prune import apply_magnitude_masks, prunable_linears
-from compress.train import Trainee, _micro_step, _optimizer, precision_for, set_dropout
-from compress.trainset import StepBatches, epoch_batches, load_trainset
+from edgeqa.bench.engines import load_tokenizer, load_torch_qa_model
+from edgeqa.bench.qa import QAConfig
+from edgeqa.compress.losses import LossConfig
+from edgeqa.compress.prune import apply_magnitude_masks, prunable_linears
+from edgeqa.compress.train import Trainee, _micro_step, _optimizer, precision_for, set_dropout
+from edgeqa.compress.trainset import StepBatches, epoch_batches, load_trainset
 
 
 def time_steps(

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.files import EdgeQAError, known_fields
+from edgeqa.bench.files import EdgeQAError, known_fields
 
 log = logging.getLogger(__name__)
 

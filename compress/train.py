@@ -34,15 +34,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from bench.cpu import CPU, this_cpu
-from bench.engines import QAModel, default_threads, load_tokenizer, load_torch_qa_model, model_input_names
-from bench.files import EdgeQAError, atomic_dir, atomic_file, check_field_types, known_fields, write_json
-from bench.metric import score
-from bench.qa import QAConfig
-from bench.squad import load_squad
-from compress.checkpoint import gather_rng, load_checkpoint, restore, save_checkpoint
-from compress.losses import LossConfig, distill_loss
-from compress.student import (
+from edgeqa.bench.cpu import CPU, this_cpu
+from edgeqa.bench.engines import QAModel, default_threads, load_tokenizer, load_torch_qa_model, model_input_names
+from edgeqa.bench.files import EdgeQAError, atomic_dir, atomic_file, check_field_types, known_fields, write_json
+from edgeqa.bench.metric import score
+from edgeqa.bench.qa import QAConfig
+from edgeqa.bench.squad import load_squad
+from edgeqa.compress.checkpoint import gather_rng, load_checkpoint, restore, save_checkpoint
+from edgeqa.compress.losses import LossConfig, distill_loss
+from edgeqa.compress.student import (
     StudentSpec,
     build_student,
     check_layer_map,
@@ -50,7 +50,7 @@ from compress.student import (
     save_student,
     student_config,
 )
-from compress.trainset import (
+from edgeqa.compress.trainset import (
     StepBatches,
     StepSampler,
     TrainSet,
@@ -816,7 +816,7 @@ class _DeviceEngine:
 
 def _evaluate(student, tokenizer, examples, names, tc: TrainConfig, device: str = "cpu") -> dict[str, float]:
     """EM/F1 on `examples`, tokenised and post-processed by bench.qa as at inference, the model run on `device`."""
-    from bench.squad import SquadDataset
+    from edgeqa.bench.squad import SquadDataset
 
     qa = QAModel(_DeviceEngine(student, names, device), tokenizer, Path("."))
     answers = qa.answer(examples, tc.qa, batch_size=EVAL_BATCH[device.split(":")[0]], progress=False)

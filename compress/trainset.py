@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from bench.files import EdgeQAError, read_json, write_json
-from bench.qa import QAConfig, batches, pad, tokenize
-from bench.squad import load_squad
+from edgeqa.bench.files import EdgeQAError, read_json, write_json
+from edgeqa.bench.qa import QAConfig, batches, pad, tokenize
+from edgeqa.bench.squad import load_squad
 
 log = logging.getLogger(__name__)
 

@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from bench.engines import ONNX_NAME, ORT_NAME, session_settings
-from bench.files import EdgeQAError, read_json, write_json
-from bench.qa import QAConfig, best_spans, tokenize
+from edgeqa.bench.engines import ONNX_NAME, ORT_NAME, session_settings
+from edgeqa.bench.files import EdgeQAError, read_json, write_json
+from edgeqa.bench.qa import QAConfig, best_spans, tokenize
 
 log = logging.getLogger(__name__)
 
@@ -220,8 +220,8 @@ def attention_fused_graph(teacher: Path, quickstart: Path, out: Path, parity: li
     if not (base / ONNX_NAME).exists():
         base = out / "onnx-fused-attention"
         if not (base / ONNX_NAME).exists():
-            from export.onnx import export_onnx
-            from export.optimize import fuse
+            from edgeqa.export.onnx import export_onnx
+            from edgeqa.export.optimize import fuse
 
             log.info("no quickstart models in %s: exporting %s", quickstart, teacher)
             export_onnx(teacher, out / "onnx-fp32", 17, parity)
@@ -236,14 +236,14 @@ def ensure_models(teacher: Path, quickstart: Path, out: Path, parity: list) -> d
     missing is made here, into `out`, at the cost of an export and a quantization (about a minute), so that the
     check also works from a fresh clone.
     """
-    from export.quantize import preset, preset_record, quantize
+    from edgeqa.export.quantize import preset, preset_record, quantize
 
     base = attention_fused_graph(teacher, quickstart, out, parity)
     mobile = quickstart / "ort-int8-dynamic"
     if not (mobile / ORT_NAME).exists():
         mobile = out / "ort-int8-dynamic"
         if not (mobile / ORT_NAME).exists():
-            from export.mobile import convert_to_ort
+            from edgeqa.export.mobile import convert_to_ort
 
             # As the quickstart makes it: the preset that fits this machine.
             quantize(base, out / "onnx-int8-dynamic", preset("auto"), preset_info=preset_record("auto"))
@@ -259,7 +259,7 @@ def ensure_models(teacher: Path, quickstart: Path, out: Path, parity: list) -> d
 
 def write_inputs(examples: list, tokenizer_dir: Path, path: Path, cfg: QAConfig) -> tuple[Any, list[int]]:
     """Tokenise the questions as edgeqa's engine does and save each window unpadded (batch 1, as deployed)."""
-    from bench.engines import load_tokenizer
+    from edgeqa.bench.engines import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_dir)
     features = tokenize(tokenizer, [e.question for e in examples], [e.context for e in examples], cfg)
@@ -328,7 +328,7 @@ def run_jobs(
 
 def score_runs(records: dict[str, dict], jobs: list[Job], dataset, features, lengths: list[int], cfg: QAConfig):
     """Each run's logits -> answers -> EM/F1 with edgeqa's span search and metric; rows against the x86 run."""
-    from bench.metric import score
+    from edgeqa.bench.metric import score
 
     contexts = [e.context for e in dataset.examples]
     runs: dict[str, tuple] = {}
@@ -389,7 +389,7 @@ def machine_record(env_dir: Path, target: str = "aarch64") -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m export.arm64_check", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m edgeqa.export.arm64_check", description=__doc__.splitlines()[0])
     p.add_argument("--shared", type=Path, default=Path("../shared"), help="shared teacher and data (../shared)")
     p.add_argument("--limit", type=int, default=DEFAULT_LIMIT, help=f"first N dev questions ({DEFAULT_LIMIT})")
     p.add_argument("--profiles", nargs="+", choices=ARM_PROFILES, default=list(DEFAULT_PROFILES))
@@ -409,7 +409,7 @@ def setup_logging(name: str) -> None:
 
 def load_questions(shared: Path, limit: int):
     """The teacher's folder (its tokenizer) and the first `limit` SQuAD v1.1 dev questions."""
-    from bench.squad import load_squad
+    from edgeqa.bench.squad import load_squad
 
     return shared / "models" / "minilm-l6-h384-squad1", load_squad(
         shared / "data" / "squad" / "dev-v1.1.json.gz", limit

@@ -25,9 +25,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.files import EdgeQAError
-from bench.qa import QAConfig
-from export.arm64_check import (
+from edgeqa.bench.files import EdgeQAError
+from edgeqa.bench.qa import QAConfig
+from edgeqa.export.arm64_check import (
     PROFILES,
     Job,
     attention_fused_graph,
@@ -60,8 +60,8 @@ VARIANTS: dict[str, dict[str, bool]] = {
 
 def ensure_variants(base: Path, out: Path) -> dict[str, Path]:
     """Each variant quantized from `base` into `out/<name>` with edgeqa's quantize(); made ones are reused."""
-    from bench.engines import ONNX_NAME
-    from export.quantize import preset, preset_record, quantize
+    from edgeqa.bench.engines import ONNX_NAME
+    from edgeqa.export.quantize import preset, preset_record, quantize
 
     models = {}
     for name, overrides in VARIANTS.items():
@@ -93,7 +93,7 @@ def render_table(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m export.avx2_check", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m edgeqa.export.avx2_check", description=__doc__.splitlines()[0])
     p.add_argument("--shared", type=Path, default=Path("../shared"), help="shared teacher and data (../shared)")
     p.add_argument("--limit", type=int, default=DEFAULT_LIMIT, help=f"first N dev questions ({DEFAULT_LIMIT})")
     p.add_argument("--profiles", nargs="+", choices=X86_PROFILES, default=list(X86_PROFILES))

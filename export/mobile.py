@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from bench.engines import ORT_NAME, resolve_model, session_settings
-from bench.files import EdgeQAError, atomic_dir
-from export.onnx import copy_model_metadata
+from edgeqa.bench.engines import ORT_NAME, resolve_model, session_settings
+from edgeqa.bench.files import EdgeQAError, atomic_dir
+from edgeqa.export.onnx import copy_model_metadata
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.engines import ONNX_NAME, load_qa_model, load_tokenizer, load_torch_qa_model, model_input_names
-from bench.files import EdgeQAError, atomic_dir, write_json
-from bench.qa import QAConfig, best_spans, tokenize
-from bench.squad import SquadExample
+from edgeqa.bench.engines import ONNX_NAME, load_qa_model, load_tokenizer, load_torch_qa_model, model_input_names
+from edgeqa.bench.files import EdgeQAError, atomic_dir, write_json
+from edgeqa.bench.qa import QAConfig, best_spans, tokenize
+from edgeqa.bench.squad import SquadExample
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ import logging
 from collections import Counter
 from pathlib import Path
 
-from bench.engines import ONNX_NAME, resolve_model
-from bench.files import EdgeQAError, atomic_dir, write_json
-from bench.squad import SquadExample
-from export.onnx import check_parity, copy_model_metadata, write_parity
+from edgeqa.bench.engines import ONNX_NAME, resolve_model
+from edgeqa.bench.files import EdgeQAError, atomic_dir, write_json
+from edgeqa.bench.squad import SquadExample
+from edgeqa.export.onnx import check_parity, copy_model_metadata, write_parity
 
 log = logging.getLogger(__name__)
 

@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from bench.cpu import CPU, this_cpu
-from bench.engines import ONNX_NAME, SESSION_FILE, load_tokenizer, resolve_model
-from bench.files import EdgeQAError, atomic_dir, check_field_types, known_fields, write_json
-from bench.qa import QAConfig, batches, tokenize
-from bench.squad import SquadExample, load_squad
-from export.onnx import check_parity, copy_model_metadata, write_parity
+from edgeqa.bench.cpu import CPU, this_cpu
+from edgeqa.bench.engines import ONNX_NAME, SESSION_FILE, load_tokenizer, resolve_model
+from edgeqa.bench.files import EdgeQAError, atomic_dir, check_field_types, known_fields, write_json
+from edgeqa.bench.qa import QAConfig, batches, tokenize
+from edgeqa.bench.squad import SquadExample, load_squad
+from edgeqa.export.onnx import check_parity, copy_model_metadata, write_parity
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The device half of `make gpu-check` (compress/gpu_check.py says how the halves fit): run from the repository
 # root on the GPU machine, with the .gpu folder that `make gpu-check` wrote here carried along. Extra arguments go
-# to `python -m compress.gpu_check run` (e.g. --steps 100 200). Results: $OUT/gpu_check.json, $OUT/gpu_check.log.
+# to `python -m edgeqa.compress.gpu_check run` (e.g. --steps 100 200). Results: $OUT/gpu_check.json, $OUT/gpu_check.log.
 set -euo pipefail
 
 OUT=${OUT:-runs/gpu-check}
@@ -25,4 +25,4 @@ fi
 
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >"$OUT/nvidia-smi.txt" 2>&1 || true
-"$PY" -m compress.gpu_check run --folder .gpu --out "$OUT" "$@" 2>&1 | tee "$OUT/gpu_check.log"
+"$PY" -m edgeqa.compress.gpu_check run --folder .gpu --out "$OUT" "$@" 2>&1 | tee "$OUT/gpu_check.log"

@@ -250,7 +250,7 @@ def teacher() -> Path:
 
 
 def edgeqa_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "compress.cli", *args]
+    return [sys.executable, "-m", "edgeqa.cli", *args]
 
 
 def _env() -> dict[str, str]:

@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.files import EdgeQAError, write_json
-from export import arm64_runner
-from export.arm64_check import (
+from edgeqa.bench.files import EdgeQAError, write_json
+from edgeqa.export import arm64_runner
+from edgeqa.export.arm64_check import (
     ARM_PROFILES,
     PROBE_K,
     PROFILES,
@@ -161,7 +161,7 @@ def _read_cpu():
     choices, while ONNX Runtime still runs on this processor's kernels)."""
     import platform
 
-    from bench.cpu import parse_cpuinfo
+    from edgeqa.bench.cpu import parse_cpuinfo
 
     return parse_cpuinfo(Path("/proc/cpuinfo").read_text(), platform.machine())
 

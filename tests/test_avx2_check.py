@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from export import avx2_check
-from export.avx2_check import VARIANTS, X86_PROFILES, ensure_variants, render_table
+from edgeqa.export import avx2_check
+from edgeqa.export.avx2_check import VARIANTS, X86_PROFILES, ensure_variants, render_table
 
 
 def test_variants_cover_both_weight_widths_and_both_scale_granularities():
@@ -15,7 +15,7 @@ def test_variants_cover_both_weight_widths_and_both_scale_granularities():
 
 
 def test_ensure_variants_quantizes_with_the_avx2_preset_and_each_override(tmp_path, monkeypatch):
-    import export.quantize as q
+    import edgeqa.export.quantize as q
 
     made = {}
 
@@ -49,8 +49,8 @@ def test_ensure_variants_makes_real_models(exported, tmp_path):
 
 @pytest.fixture
 def exported(tiny_qa_model, toy_squad, tmp_path):
-    from bench.squad import load_squad
-    from export.onnx import export_onnx
+    from edgeqa.bench.squad import load_squad
+    from edgeqa.export.onnx import export_onnx
 
     return export_onnx(tiny_qa_model, tmp_path / "onnx", parity_examples=load_squad(toy_squad).examples)
 

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from compress.cli import main
 from conftest import REPO
+from edgeqa.cli import main
 
 
 def _last_json(capsys) -> dict:
@@ -82,7 +82,7 @@ def test_answer_prints_a_span_of_the_context(tiny_qa_model, capsys):
 def test_expected_mistakes_exit_2_with_one_line(args, message, toy_squad, tmp_path):
     (tmp_path / "list.json").write_text("[]")
     argv = [a.format(tmp=tmp_path, toy=toy_squad) for a in args]
-    proc = subprocess.run([sys.executable, "-m", "compress.cli", *argv], capture_output=True, text=True, cwd=REPO)
+    proc = subprocess.run([sys.executable, "-m", "edgeqa.cli", *argv], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("edgeqa: error:")]

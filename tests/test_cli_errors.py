@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from compress.cli import main
 from conftest import make_tiny_qa_model, write_squad
+from edgeqa.cli import main
 
 M = ["--model", "{model}"]
 EVAL = ["eval", *M, "--data", "{data}"]

@@ -3,9 +3,9 @@ prints them (flag lines shortened to the flags that matter plus some that do not
 
 import pytest
 
-from bench.cpu import parse_cpuinfo
-from bench.files import EdgeQAError
-from export.quantize import PRESETS, preset, preset_record
+from edgeqa.bench.cpu import parse_cpuinfo
+from edgeqa.bench.files import EdgeQAError
+from edgeqa.export.quantize import PRESETS, preset, preset_record
 
 XEON_AMX = "model name\t: Intel(R) Xeon(R) Platinum 8481C\nflags\t\t: fpu sse avx2 avx512f avx512bw avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8\n"  # noqa: E501
 EPYC_ZEN4 = "model name\t: AMD EPYC\nflags\t\t: fpu sse avx2 avx512f avx512bw avx512_vnni avx512_bf16 sha_ni\n"

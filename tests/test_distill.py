@@ -16,17 +16,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bench.engines import load_tokenizer, load_torch_qa_model
-from bench.files import EdgeQAError
-from bench.qa import QAConfig, tokenize
-from bench.squad import load_squad
-from compress import train as train_mod
-from compress.checkpoint import load_checkpoint, restore, save_checkpoint
-from compress.cli import main
-from compress.losses import LossConfig, distill_loss, score_mse, span_ce, span_kl, token_mse
-from compress.recipe import run_recipe
-from compress.student import StudentSpec, build_student, default_layer_map, student_config, teacher_layers
-from compress.trainset import StepBatches, StepSampler, as_is, epoch_batches, load_trainset, span_labels
 from conftest import (
     FAMILIES,
     REPO,
@@ -38,6 +27,17 @@ from conftest import (
     run_to_end,
     write_squad,
 )
+from edgeqa.bench.engines import load_tokenizer, load_torch_qa_model
+from edgeqa.bench.files import EdgeQAError
+from edgeqa.bench.qa import QAConfig, tokenize
+from edgeqa.bench.squad import load_squad
+from edgeqa.cli import main
+from edgeqa.compress import train as train_mod
+from edgeqa.compress.checkpoint import load_checkpoint, restore, save_checkpoint
+from edgeqa.compress.losses import LossConfig, distill_loss, score_mse, span_ce, span_kl, token_mse
+from edgeqa.compress.recipe import run_recipe
+from edgeqa.compress.student import StudentSpec, build_student, default_layer_map, student_config, teacher_layers
+from edgeqa.compress.trainset import StepBatches, StepSampler, as_is, epoch_batches, load_trainset, span_labels
 
 
 @pytest.fixture
@@ -108,7 +108,7 @@ AMX = AVX512_BF16 | {"amx_bf16", "amx_int8"}
     ],
 )
 def test_precision_auto_is_bf16_only_where_the_hardware_has_it(asked, device, arch, flags, cuda_bf16, bf16, reason):
-    from bench.cpu import CPU
+    from edgeqa.bench.cpu import CPU
 
     chosen = train_mod.choose_precision(asked, device, CPU("some cpu", arch, flags), cuda_bf16)
     assert (chosen.bf16, chosen.reason) == (bf16, reason)
@@ -427,7 +427,7 @@ def test_an_interrupted_run_resumes_in_process_to_the_same_weights(tmp_path, toy
     with pytest.raises(KeyboardInterrupt):
         run_recipe(path, tmp_path / "killed")
     monkeypatch.setattr(train_mod, "_micro_step", real)
-    with caplog.at_level(logging.INFO, logger="compress.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="edgeqa.compress.checkpoint"):
         resumed = run_recipe(path, tmp_path / "killed")
     checkpoint = tmp_path / "killed" / "d" / "work" / "student" / "checkpoint.pt"
     assert f"resuming from {checkpoint}: stage 1, step 3" in caplog.text
@@ -473,7 +473,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, toy_train,
     path = _recipe(tmp_path, teacher, toy_train, toy_squad, block)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
-    cli = ["-m", "compress.cli", "distill", str(path)]
+    cli = ["-m", "edgeqa.cli", "distill", str(path)]
     for procs, out in ((1, "one"), (2, "two")):
         done = subprocess.run(
             [*launch, str(procs), *cli, "--out", str(tmp_path / out)],
@@ -533,7 +533,7 @@ def _dropout_rates(model: torch.nn.Module) -> frozenset[float]:
 def test_step_timer_times_every_dropout_setting_on_the_loops_own_step(tmp_path, toy_train, capsys, monkeypatch):
     """Checked on the models the loop's step receives, not on profiler operator names: those depend on the kernels
     a CPU gets (an AVX2-only EPYC showed no `bernoulli` among them), and timings on the machine's load."""
-    from compress import step_time
+    from edgeqa.compress import step_time
 
     assert step_time._micro_step is train_mod._micro_step  # the training loop's own step is what is timed
     seen: dict[int, list[tuple[bool, frozenset[float]]]] = {}
@@ -653,8 +653,8 @@ def test_cache_of_other_tokenisation_is_refused_before_training(tmp_path, toy_tr
 
 
 def test_distilled_student_of_the_shared_teacher_learns(tmp_path, teacher):
-    from compress.train import _evaluate
     from conftest import DEV
+    from edgeqa.compress.train import _evaluate
 
     block = """\
     student: {layers: [0, 2, 4]}
@@ -678,7 +678,7 @@ def test_distilled_student_of_the_shared_teacher_learns(tmp_path, teacher):
 
 
 def test_finetuning_the_packaged_minilm_encoder(tmp_path, teacher):
-    from compress.recipe import load_recipe
+    from edgeqa.compress.recipe import load_recipe
 
     recipe = load_recipe(REPO / "recipes" / "finetune-minilm-cpu.yaml")
     encoder = recipe.steps[0].params["student"]["pretrained"]
@@ -700,7 +700,7 @@ def test_finetuning_the_packaged_minilm_encoder(tmp_path, teacher):
 
 
 def test_gpu_check_prepares_what_travels_and_its_device_half_runs(tmp_path):
-    from compress import gpu_check
+    from edgeqa.compress import gpu_check
 
     shared = tmp_path / "shared"
     make_tiny_qa_model(shared / gpu_check.TEACHER, layers=6)  # the recipe's student copies layers 0, 2, 4

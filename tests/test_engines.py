@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from bench.engines import load_qa_model, predict
-from bench.files import EdgeQAError
-from bench.squad import load_squad
 from conftest import make_tiny_qa_model
+from edgeqa.bench.engines import load_qa_model, predict
+from edgeqa.bench.files import EdgeQAError
+from edgeqa.bench.squad import load_squad
 
 
 def test_torch_folder_predicts_every_question(tiny_qa_model, toy_squad):

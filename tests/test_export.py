@@ -6,13 +6,13 @@ import numpy as np
 import onnx
 import pytest
 
-from bench.engines import load_qa_model, predict
-from bench.files import EdgeQAError
-from bench.squad import load_squad
-from export.mobile import convert_to_ort
-from export.onnx import check_parity, export_onnx
-from export.optimize import fuse
-from export.quantize import QuantizeConfig, preset, quantize
+from edgeqa.bench.engines import load_qa_model, predict
+from edgeqa.bench.files import EdgeQAError
+from edgeqa.bench.squad import load_squad
+from edgeqa.export.mobile import convert_to_ort
+from edgeqa.export.onnx import check_parity, export_onnx
+from edgeqa.export.optimize import fuse
+from edgeqa.export.quantize import QuantizeConfig, preset, quantize
 
 
 @pytest.fixture
@@ -153,7 +153,7 @@ def test_export_refuses_non_qa_and_onnx_sources(tmp_path):
 
 
 def test_unwritable_output_folder(tmp_path, tiny_qa_model, toy_squad, capsys):
-    from compress.cli import main
+    from edgeqa.cli import main
 
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")  # tests run as root here, so permissions cannot make a folder unwritable
@@ -165,7 +165,7 @@ def test_unwritable_output_folder(tmp_path, tiny_qa_model, toy_squad, capsys):
 
 
 def test_logits_agree_numerically(exported, tiny_qa_model, toy_squad):
-    from bench.qa import QAConfig, tokenize
+    from edgeqa.bench.qa import QAConfig, tokenize
 
     ds = load_squad(toy_squad)
     t, o = load_qa_model(tiny_qa_model, 1), load_qa_model(exported, 1)
@@ -176,8 +176,8 @@ def test_logits_agree_numerically(exported, tiny_qa_model, toy_squad):
 
 
 def test_quantization_records_the_preset_and_the_cpu(exported, tmp_path, caplog):
-    from bench.cpu import this_cpu
-    from export.quantize import preset_record
+    from edgeqa.bench.cpu import this_cpu
+    from edgeqa.export.quantize import preset_record
 
     other = "avx2" if this_cpu().isa != "avx2" else "avx512_vnni"
     info = preset_record(other)
@@ -189,8 +189,8 @@ def test_quantization_records_the_preset_and_the_cpu(exported, tmp_path, caplog)
 
 
 def test_dynamic_int8_answers_depend_on_the_batch_and_are_scored_alone(exported, toy_squad, tmp_path):
-    from bench.engines import answers_depend_on_batch
-    from bench.evaluate import evaluate
+    from edgeqa.bench.engines import answers_depend_on_batch
+    from edgeqa.bench.evaluate import evaluate
 
     dynamic = quantize(exported, tmp_path / "dyn", QuantizeConfig())
     static = quantize(exported, tmp_path / "static", QuantizeConfig(mode="static", calibration_samples=3), toy_squad)

@@ -3,14 +3,14 @@ fused graph, latency and EM/F1."""
 
 import pytest
 
-from bench.engines import load_qa_model
-from bench.evaluate import evaluate
-from bench.latency import LatencyConfig, benchmark
-from bench.squad import load_squad
 from conftest import FAMILIES, make_tiny_qa_model
-from export.onnx import export_onnx
-from export.optimize import fuse
-from export.quantize import QuantizeConfig, quantize
+from edgeqa.bench.engines import load_qa_model
+from edgeqa.bench.evaluate import evaluate
+from edgeqa.bench.latency import LatencyConfig, benchmark
+from edgeqa.bench.squad import load_squad
+from edgeqa.export.onnx import export_onnx
+from edgeqa.export.optimize import fuse
+from edgeqa.export.quantize import QuantizeConfig, quantize
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -39,7 +39,7 @@ def test_family_end_to_end(family, tmp_path, toy_squad):
 
 def test_roberta_offsets_map_back_to_text(tmp_path):
     """Byte-level BPE marks spaces inside tokens; answers must still be exact slices of the context."""
-    from bench.qa import QAConfig, tokenize
+    from edgeqa.bench.qa import QAConfig, tokenize
 
     folder = make_tiny_qa_model(tmp_path / "roberta", family="roberta")
     tok = load_qa_model(folder, 1).tokenizer

@@ -2,8 +2,8 @@
 
 import pytest
 
-from bench.files import EdgeQAError
-from bench.latency import LatencyConfig, benchmark_interleaved, machine_info, peak_rss_mb
+from edgeqa.bench.files import EdgeQAError
+from edgeqa.bench.latency import LatencyConfig, benchmark_interleaved, machine_info, peak_rss_mb
 
 
 def test_interleaved_passes_merge_all_runs(tiny_qa_model, tmp_path):

@@ -2,9 +2,9 @@
 
 import pytest
 
-from bench.files import EdgeQAError
-from bench.metric import exact_match, f1, load_predictions, normalize_answer, score
-from bench.squad import SquadDataset, SquadExample
+from edgeqa.bench.files import EdgeQAError
+from edgeqa.bench.metric import exact_match, f1, load_predictions, normalize_answer, score
+from edgeqa.bench.squad import SquadDataset, SquadExample
 
 
 @pytest.mark.parametrize(

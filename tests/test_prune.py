@@ -13,9 +13,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForQuestionAnswering
 
-from bench.engines import load_torch_qa_model
-from bench.files import EdgeQAError
-from compress.prune import (
+from conftest import TOY_QAS, edgeqa_command, kill_when_written, make_tiny_qa_model, run_to_end, write_squad
+from edgeqa.bench.engines import load_torch_qa_model
+from edgeqa.bench.files import EdgeQAError
+from edgeqa.compress.prune import (
     OBS_BLOCK,
     REFIT_MIN_RISE,
     PruneConfig,
@@ -34,8 +35,7 @@ from compress.prune import (
     refit_kept_weights,
     sparsity_report,
 )
-from compress.recipe import run_recipe
-from conftest import TOY_QAS, edgeqa_command, kill_when_written, make_tiny_qa_model, run_to_end, write_squad
+from edgeqa.compress.recipe import run_recipe
 
 
 @pytest.fixture
@@ -421,7 +421,7 @@ def test_magnitude_pruning_with_recovery_saves_plain_sparse_weights(tmp_path, to
 
 
 def test_refit_after_one_shot_and_whenever_the_cubic_masks_grow(tmp_path, toy_squad, monkeypatch):
-    import compress.prune as prune_mod
+    import edgeqa.compress.prune as prune_mod
 
     calls = []
     real = prune_mod.refit_kept_weights
@@ -532,7 +532,7 @@ def test_structured_pruning_with_recovery_exports_smaller_onnx(tmp_path, toy_squ
     ],
 )
 def test_bad_pruning_fails_with_file_and_line_before_work(tmp_path, toy_squad, capsys, family, settings, message):
-    from compress.cli import main
+    from edgeqa.cli import main
 
     model = make_tiny_qa_model(tmp_path / "m", family=family, layers=2)
     path = _prune_recipe(tmp_path, model, toy_squad, f"- prune: {{name: p1, {settings}}}\n- bench: {{}}\n")
@@ -543,7 +543,7 @@ def test_bad_pruning_fails_with_file_and_line_before_work(tmp_path, toy_squad, c
 
 
 def test_pruning_heads_twice_is_refused_before_work(tmp_path, toy_squad, capsys):
-    from compress.cli import main
+    from edgeqa.cli import main
 
     model = make_tiny_qa_model(tmp_path / "m", layers=2)
     pruned = AutoModelForQuestionAnswering.from_pretrained(model)
@@ -584,7 +584,7 @@ def test_neural_compressor_patterns_during_recovery(tmp_path, toy_squad, pattern
 
 
 def test_pattern_that_does_not_tile_the_weights_is_refused(tmp_path, toy_squad, capsys):
-    from compress.cli import main
+    from edgeqa.cli import main
 
     model = make_tiny_qa_model(tmp_path / "m", layers=2, hidden=32, heads=4)
     settings = (

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from bench.files import EdgeQAError
-from bench.qa import QAConfig, best_spans, tokenize
+from edgeqa.bench.files import EdgeQAError
+from edgeqa.bench.qa import QAConfig, best_spans, tokenize
 
 
 @pytest.fixture

@@ -5,10 +5,10 @@ import textwrap
 
 import pytest
 
-from bench.files import EdgeQAError
-from compress import recipe as recipe_mod
-from compress.recipe import load_recipe, run_recipe
 from conftest import edgeqa_command, kill_when_written, run_to_end
+from edgeqa.bench.files import EdgeQAError
+from edgeqa.compress import recipe as recipe_mod
+from edgeqa.compress.recipe import load_recipe, run_recipe
 
 STEPS = """\
 steps:
@@ -95,7 +95,7 @@ def test_changed_settings_are_not_silently_reused(tmp_path, tiny_qa_model, toy_s
 
 
 def test_an_automatic_preset_is_chosen_again_on_another_cpu(tmp_path, tiny_qa_model, toy_squad, monkeypatch):
-    from bench.cpu import this_cpu
+    from edgeqa.bench.cpu import this_cpu
 
     steps = """\
 steps:

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from bench.files import EdgeQAError
-from bench.report import build_report, make_row, pareto_front, plot_sparsity, to_markdown, write_report
+from edgeqa.bench.files import EdgeQAError
+from edgeqa.bench.report import build_report, make_row, pareto_front, plot_sparsity, to_markdown, write_report
 
 
 def _bench(p50, model="m"):
@@ -117,7 +117,7 @@ def test_reference_must_be_a_row():
 
 
 def test_the_pruning_cell_says_how_the_zeros_were_made():
-    from bench.report import _describe_pruning
+    from edgeqa.bench.report import _describe_pruning
 
     settings = {"sparsity": 0.8, "scope": "global", "schedule": "cubic", "initial": 0.5, "refit": True}
     assert _describe_pruning({"method": "magnitude", "settings": {**settings, "refit_to": "model"}}) == (
@@ -138,7 +138,7 @@ def test_the_pruning_cell_says_how_the_zeros_were_made():
 
 
 def test_untrustworthy_timings_are_flagged_in_the_json_and_the_markdown():
-    from bench.report import timing_flags
+    from edgeqa.bench.report import timing_flags
 
     quiet = {"p50_ms": 30.0, "p90_ms": 33.0, "pass_spread": 0.03}
     assert timing_flags(quiet) == []

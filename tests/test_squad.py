@@ -5,9 +5,9 @@ import time
 
 import pytest
 
-from bench.files import EdgeQAError
-from bench.squad import load_squad
 from conftest import TOY_QAS, write_squad
+from edgeqa.bench.files import EdgeQAError
+from edgeqa.bench.squad import load_squad
 
 
 def test_plain_and_gzipped_files_load_the_same(tmp_path):

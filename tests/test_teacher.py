@@ -2,8 +2,8 @@
 
 import json
 
-from compress.cli import main
 from conftest import DEV
+from edgeqa.cli import main
 
 
 def test_teacher_scores_on_dev_subset(teacher, tmp_path, capsys):

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
-from bench.files import EdgeQAError
+from edgeqa.bench.files import EdgeQAError
 
 log = logging.getLogger("edgeqa")
 
@@ -67,7 +67,7 @@ COUNT = _int_at_least(0)
 
 
 def _qa_config(args: argparse.Namespace):
-    from bench.qa import QAConfig
+    from edgeqa.bench.qa import QAConfig
 
     return QAConfig(
         max_length=args.max_length,
@@ -86,8 +86,8 @@ def _add_qa_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from bench.metric import load_predictions, score
-    from bench.squad import load_squad
+    from edgeqa.bench.metric import load_predictions, score
+    from edgeqa.bench.squad import load_squad
 
     dataset = load_squad(args.data)
     metrics = score(dataset, load_predictions(args.predictions))
@@ -98,7 +98,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from bench.evaluate import evaluate
+    from edgeqa.bench.evaluate import evaluate
 
     metrics = evaluate(
         args.model,
@@ -118,8 +118,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_answer(args: argparse.Namespace) -> int:
-    from bench.engines import load_qa_model
-    from bench.squad import SquadExample
+    from edgeqa.bench.engines import load_qa_model
+    from edgeqa.bench.squad import SquadExample
 
     if not args.question.strip() or not args.context.strip():
         raise EdgeQAError("--question and --context must not be empty")
@@ -142,14 +142,14 @@ def cmd_answer(args: argparse.Namespace) -> int:
 
 
 def _parity_examples(args: argparse.Namespace):
-    from bench.squad import load_squad
+    from edgeqa.bench.squad import load_squad
 
     return load_squad(args.parity_data, args.parity_limit).examples if args.parity_limit > 0 else None
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from export.onnx import export_onnx
-    from export.optimize import fuse
+    from edgeqa.export.onnx import export_onnx
+    from edgeqa.export.optimize import fuse
 
     examples = _parity_examples(args)
     out = Path(args.out)
@@ -161,7 +161,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     else:
         export_onnx(args.model, out, args.opset, examples)
     if args.mobile:
-        from export.mobile import convert_to_ort
+        from edgeqa.export.mobile import convert_to_ort
 
         convert_to_ort(out, out.with_name(out.name + "-ort"))
     if (out / "parity.json").exists():
@@ -172,7 +172,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from export.quantize import preset, preset_record, quantize
+    from edgeqa.export.quantize import preset, preset_record, quantize
 
     raw = {
         "mode": args.mode,
@@ -196,7 +196,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from bench.latency import LatencyConfig, benchmark
+    from edgeqa.bench.latency import LatencyConfig, benchmark
 
     cfg = LatencyConfig(
         tuple(args.batch_sizes),
@@ -222,12 +222,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """A report for named models: each scored and timed here, side by side."""
-    from bench.engines import resolve_model
-    from bench.evaluate import evaluate
-    from bench.files import check_writable_dir
-    from bench.latency import LatencyConfig, benchmark_interleaved, library_versions, machine_info
-    from bench.report import build_report, make_row, write_report
-    from bench.squad import load_squad
+    from edgeqa.bench.engines import resolve_model
+    from edgeqa.bench.evaluate import evaluate
+    from edgeqa.bench.files import check_writable_dir
+    from edgeqa.bench.latency import LatencyConfig, benchmark_interleaved, library_versions, machine_info
+    from edgeqa.bench.report import build_report, make_row, write_report
+    from edgeqa.bench.squad import load_squad
 
     pairs = []
     for item in args.variant:
@@ -263,7 +263,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from compress.recipe import run_recipe
+    from edgeqa.compress.recipe import run_recipe
 
     root = run_recipe(args.recipe, args.out, args.shared, retime=args.retime)
     if (root / "report.md").exists():
@@ -280,7 +280,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _run_training_steps(args: argparse.Namespace, kind: str, columns: list[str], row) -> int:
     """Run a recipe up to its last `kind` step; print a Markdown table with `row(name, folder)` per such step."""
-    from compress.recipe import is_main_process, load_recipe, run_recipe
+    from edgeqa.compress.recipe import is_main_process, load_recipe, run_recipe
 
     root = run_recipe(args.recipe, args.out, args.shared, until=kind)
     if not is_main_process():
@@ -295,7 +295,7 @@ def _run_training_steps(args: argparse.Namespace, kind: str, columns: list[str],
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from bench.files import read_json
+    from edgeqa.bench.files import read_json
 
     def row(folder: Path) -> list[str]:
         info = read_json(folder / "training.json", "training record")
@@ -313,7 +313,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from bench.files import read_json
+    from edgeqa.bench.files import read_json
 
     def row(folder: Path) -> list[str]:
         r = read_json(folder / "prune.json", "pruning record")
@@ -343,8 +343,8 @@ def _add_bench_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from export.onnx import MIN_OPSET
-    from export.quantize import PRESET_CHOICES
+    from edgeqa.export.onnx import MIN_OPSET
+    from edgeqa.export.quantize import PRESET_CHOICES
 
     parser = _Parser(
         prog="edgeqa", description="Make BERT QA models small and fast, and measure what it cost in EM/F1."

@@ -1,0 +1,16 @@
+"""edgeqa: make BERT question-answering models small and fast for CPUs and phones, and measure what it cost.
+
+The subpackages are `edgeqa.bench` (SQuAD data, EM/F1, inference, latency, reports), `edgeqa.export` (ONNX export,
+graph fusion, int8, mobile format), `edgeqa.compress` (students, losses, training, pruning) and `edgeqa.pipeline`
+(recipes). In a wheel they sit inside this folder; in a checkout they are the top-level folders beside it, which the
+`__path__` line below makes importable under the same names without an install (the device machine and mutmut's copy
+of the tree run that way).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+if not (_HERE / "bench").is_dir():
+    __path__.append(str(_HERE.parent))  # noqa: F821 (the package's own __path__)
