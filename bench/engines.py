@@ -3,6 +3,9 @@
 An engine is a callable from padded int64 inputs to (start_logits, end_logits) numpy arrays; `QAModel` pairs it
 with the tokenizer and does windows -> batches -> logits -> answers. Thread counts are always set explicitly,
 because the libraries' defaults differ and latency numbers mean nothing without them.
+
+An ONNX model needs only onnxruntime, tokenizers and numpy (an edge box's install): torch and transformers are
+imported inside the functions that load PyTorch folders.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from tqdm.auto import tqdm
 from edgeqa.bench.files import EdgeQAError
 from edgeqa.bench.qa import Answer, QAConfig, batches, best_spans, tokenize
 from edgeqa.bench.squad import SquadExample
+from edgeqa.bench.tokenizer import QATokenizer, as_qa_tokenizer, load_qa_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +122,11 @@ class QAModel:
     """An engine and its tokenizer: questions in, answers out."""
 
     engine: Engine
-    tokenizer: object
+    tokenizer: QATokenizer  # a transformers fast tokenizer is wrapped on the way in
     source: Path
+
+    def __post_init__(self) -> None:
+        self.tokenizer = as_qa_tokenizer(self.tokenizer)
 
     def answer(
         self,
@@ -229,6 +236,7 @@ def answers_depend_on_batch(path: str | Path, torch_int8: bool = False) -> bool:
 
 
 def load_tokenizer(folder: Path):
+    """transformers' tokenizer, for training and export, which save it; inference uses `load_qa_tokenizer`."""
     from transformers import AutoTokenizer
 
     try:
@@ -284,7 +292,7 @@ def load_qa_model(path: str | Path, threads: int | None = None, torch_int8: bool
     """
     threads = threads or default_threads()
     backend, model_path, tok_folder = resolve_model(path)
-    tokenizer = load_tokenizer(tok_folder)
+    tokenizer = load_qa_tokenizer(tok_folder)
     if backend == "torch":
         model = load_torch_qa_model(model_path)
         vocab = model.config.vocab_size

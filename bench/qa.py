@@ -5,6 +5,9 @@ back to its question. The span search is vectorised over all windows at once: fo
 and end positions inside the context are combined into an n_best x n_best score grid (start logit + end logit),
 invalid spans (end before start, longer than `max_answer_length`) are masked, and the best window of a question
 wins. This keeps post-processing a small fraction of model time.
+
+Windows are cut by the `tokenizers` library directly, as transformers' tokenizer call would cut them, so that an
+ONNX model runs without transformers (`bench.tokenizer` builds the tokenizer from a model folder).
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+from tokenizers import Tokenizer
 
 from edgeqa.bench.files import EdgeQAError
+from edgeqa.bench.tokenizer import as_qa_tokenizer
 
 
 @dataclass(frozen=True)
@@ -79,46 +84,60 @@ class Answer:
 
 
 def tokenize(tokenizer, questions: Sequence[str], contexts: Sequence[str], cfg: QAConfig) -> Features:
-    """Tokenise question/context pairs into overlapping windows with context character offsets."""
-    if not getattr(tokenizer, "is_fast", False):
-        raise EdgeQAError("QA needs a fast (Rust) tokenizer for character offsets; this model folder has a slow one")
-    question_first = tokenizer.padding_side == "right"
-    context_seq = 1 if question_first else 0
+    """Tokenise question/context pairs into overlapping windows with context character offsets.
+
+    The windows are what transformers' `tokenizer(..., truncation="only_second", stride=..., return_overflowing_tokens
+    =True, return_offsets_mapping=True)` returns, computed on the Rust tokenizer directly.
+    """
+    tok = as_qa_tokenizer(tokenizer)
+    context_seq = 1 if tok.question_first else 0
     questions = [q.lstrip() for q in questions]
-    pair = (questions, list(contexts)) if question_first else (list(contexts), questions)
+    pairs = list(zip(questions, contexts, strict=True) if tok.question_first else zip(contexts, questions, strict=True))
+    backend = tok.backend
+    backend.no_padding()
+    backend.encode_special_tokens = False
+    _check_room(backend, questions, cfg)
     try:
-        enc = tokenizer(
-            *pair,
-            truncation="only_second" if question_first else "only_first",
-            max_length=cfg.max_length,
+        backend.enable_truncation(
+            cfg.max_length,
             stride=cfg.doc_stride,
-            return_overflowing_tokens=True,
-            return_offsets_mapping=True,
-            padding=False,
+            strategy="only_second" if tok.question_first else "only_first",
+            direction=tok.truncation_side,
         )
+        encodings = backend.encode_batch(pairs, add_special_tokens=True)
     except Exception as e:  # the Rust tokenizer raises plain exceptions for impossible truncation
         raise EdgeQAError(
             f"cannot fit question and context windows into max_length={cfg.max_length} with "
             f"doc_stride={cfg.doc_stride}: {e}"
         ) from e
-    n = len(enc["input_ids"])
-    offsets = np.full((n, cfg.max_length, 2), -1, dtype=np.int32)
-    cls_index = np.zeros(n, dtype=np.int64)
-    cls_id = tokenizer.cls_token_id
-    for i in range(n):
-        seq_ids = enc.sequence_ids(i)
-        in_context = np.fromiter((s == context_seq for s in seq_ids), dtype=bool, count=len(seq_ids))
-        spans = np.asarray(enc["offset_mapping"][i], dtype=np.int32).reshape(-1, 2)
-        offsets[i, : len(seq_ids)][in_context] = spans[in_context]
-        ids = enc["input_ids"][i]
-        cls_index[i] = ids.index(cls_id) if cls_id in ids else 0
+    windows = [(q, w) for q, enc in enumerate(encodings) for w in (enc, *enc.overflowing)]
+    offsets = np.full((len(windows), cfg.max_length, 2), -1, dtype=np.int32)
+    cls_index = np.zeros(len(windows), dtype=np.int64)
+    cls_id = tok.cls_token_id
+    for i, (_, w) in enumerate(windows):
+        in_context = np.fromiter((s == context_seq for s in w.sequence_ids), dtype=bool, count=len(w.ids))
+        spans = np.asarray(w.offsets, dtype=np.int32).reshape(-1, 2)
+        offsets[i, : len(w.ids)][in_context] = spans[in_context]
+        cls_index[i] = w.ids.index(cls_id) if cls_id in w.ids else 0
     return Features(
-        input_ids=enc["input_ids"],
-        token_type_ids=enc.get("token_type_ids"),
-        example_index=np.asarray(enc["overflow_to_sample_mapping"], dtype=np.int64),
+        input_ids=[w.ids for _, w in windows],
+        token_type_ids=[w.type_ids for _, w in windows] if tok.type_ids else None,
+        example_index=np.fromiter((q for q, _ in windows), dtype=np.int64, count=len(windows)),
         offsets=offsets,
         cls_index=cls_index,
     )
+
+
+def _check_room(backend: Tokenizer, questions: Sequence[str], cfg: QAConfig) -> None:
+    """Refuse a question that leaves no room for `doc_stride` context tokens, which would panic the Rust tokenizer."""
+    backend.no_truncation()
+    room = cfg.max_length - backend.num_special_tokens_to_add(is_pair=True) - cfg.doc_stride
+    for q, enc in zip(questions, backend.encode_batch(list(questions), add_special_tokens=False), strict=True):
+        if len(enc.ids) >= room:
+            raise EdgeQAError(
+                f"the question {q[:60]!r} is {len(enc.ids)} tokens: too long for windows of max_length="
+                f"{cfg.max_length} with doc_stride={cfg.doc_stride} (at most {room - 1})"
+            )
 
 
 def batches(

@@ -109,7 +109,7 @@ def distill_settings(recipe: Path, train: Path, steps: tuple[int, ...], limit: i
     """The recipe's distill step, shortened: its student, losses, batch and learning rates, with `steps` per
     stage on the first `limit` train questions, evaluated on `eval_questions` dev questions at each predicting
     stage's end only."""
-    from edgeqa.compress.train import DistillConfig
+    from edgeqa.compress.train_config import DistillConfig
 
     doc = yaml.safe_load(recipe.read_text(encoding="utf-8"))
     params = next(s["distill"] for s in doc["steps"] if "distill" in s)
@@ -137,7 +137,7 @@ class _Clock:
         self.marks: dict[int, dict[str, float]] = {}
 
     def hooks(self):
-        from edgeqa.compress.train import Hooks
+        from edgeqa.compress.train_config import Hooks
 
         return Hooks(start_stage=self._start_stage, after_step=self._after_step)
 
@@ -239,12 +239,12 @@ def _final_eval(best: Path, cfg, dev: Path, device: str) -> dict[str, Any]:
     """The saved student, loaded again and scored on the device: the folder holds what was trained."""
     from edgeqa.bench.engines import load_tokenizer, load_torch_qa_model, model_input_names
     from edgeqa.bench.squad import load_squad
-    from edgeqa.compress.train import _evaluate
+    from edgeqa.compress.train_eval import evaluate
 
     student = load_torch_qa_model(best).to(device)
     examples = load_squad(dev, cfg.train.eval_limit).examples
     t = time.perf_counter()
-    metrics = _evaluate(student, load_tokenizer(best), examples, model_input_names(student), cfg.train, device)
+    metrics = evaluate(student, load_tokenizer(best), examples, model_input_names(student), cfg.train, device)
     seconds = time.perf_counter() - t
     return {
         "f1": metrics["f1"],

@@ -20,9 +20,11 @@ import torch
 
 from edgeqa.bench.engines import load_tokenizer, load_torch_qa_model
 from edgeqa.bench.qa import QAConfig
+from edgeqa.compress.devices import precision_for
+from edgeqa.compress.forward import Trainee, micro_step, set_dropout
 from edgeqa.compress.losses import LossConfig
-from edgeqa.compress.prune import apply_magnitude_masks, prunable_linears
-from edgeqa.compress.train import Trainee, _micro_step, _optimizer, precision_for, set_dropout
+from edgeqa.compress.prune_magnitude import apply_magnitude_masks, prunable_linears
+from edgeqa.compress.train_loop import make_optimizer
 from edgeqa.compress.trainset import StepBatches, epoch_batches, load_trainset
 
 
@@ -59,11 +61,11 @@ def time_steps(
             set_dropout(model, p)
         model.get_input_embeddings().weight.requires_grad_(False)
         trainee = Trainee(model, None, []).train()
-        trainees[p] = (trainee, _optimizer(trainee, 1e-5, 0.01))
+        trainees[p] = (trainee, make_optimizer(trainee, 1e-5, 0.01))
 
     def step(p: float | None, idx) -> None:
         trainee, optimizer = trainees[p]
-        terms = _micro_step(trainee, None, None, padded.micro_batch(idx), names, loss, {}, "cpu", bf16)
+        terms = micro_step(trainee, None, None, padded.micro_batch(idx), names, loss, {}, "cpu", bf16)
         (terms["loss"] / len(idx)).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -14,3 +14,22 @@ from pathlib import Path
 _HERE = Path(__file__).resolve().parent
 if not (_HERE / "bench").is_dir():
     __path__.append(str(_HERE.parent))  # noqa: F821 (the package's own __path__)
+
+API = ("to_onnx", "quantize", "evaluate", "latency", "answer", "run", "ExportConfig", "LatencyConfig", "QAConfig",
+       "QuantizeConfig")  # fmt: skip
+__all__ = list(API)
+
+
+def __getattr__(name: str):
+    """The API's verbs and configs, imported on first use so that `import edgeqa.bench` stays light."""
+    if name in ("LatencyConfig", "QAConfig", "QuantizeConfig"):
+        from edgeqa.bench.latency import LatencyConfig
+        from edgeqa.bench.qa import QAConfig
+        from edgeqa.export.quantize import QuantizeConfig
+
+        return {"LatencyConfig": LatencyConfig, "QAConfig": QAConfig, "QuantizeConfig": QuantizeConfig}[name]
+    if name in API:
+        from edgeqa import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'edgeqa' has no attribute {name!r}")

@@ -1,13 +1,15 @@
 """The `edgeqa` command line: one subcommand per verb, each a thin shell over a library function.
 
 Expected mistakes (bad paths, malformed files, wrong model kinds) raise EdgeQAError and end as one
-`edgeqa: error: ...` line on stderr with exit status 2; anything else is a bug and keeps its traceback.
+`edgeqa: error: ...` line on stderr with exit status 2; anything else is a bug and keeps its traceback. So does a
+command that needs an optional dependency the install lacks (the base install runs ONNX models only): the line names
+the missing module and the extra that installs it. Commands import what they need inside, so that `edgeqa answer` on
+an ONNX model starts in a fraction of a second.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -16,26 +18,39 @@ from pathlib import Path
 from typing import NoReturn
 
 from edgeqa.bench.files import EdgeQAError
+from edgeqa.commands import (
+    cmd_answer,
+    cmd_bench,
+    cmd_distill,
+    cmd_eval,
+    cmd_export,
+    cmd_prune,
+    cmd_quantize,
+    cmd_report,
+    cmd_run,
+    cmd_score,
+)
 
 log = logging.getLogger("edgeqa")
+
+# Optional dependencies by import name -> the extra (pyproject.toml) that installs them.
+EXTRAS = {
+    "torch": "full",
+    "transformers": "full",
+    "huggingface_hub": "full",
+    "safetensors": "full",
+    "onnx": "full",
+    "onnxscript": "full",
+    "matplotlib": "full",
+    "optimum": "optimum",
+    "accelerate": "gpu",
+    "datasets": "hub",
+    "neural_compressor": "prune",
+}
 
 DEFAULT_SHARED = Path(os.environ.get("EDGEQA_SHARED", "../shared"))
 DEFAULT_TEACHER = DEFAULT_SHARED / "models" / "minilm-l6-h384-squad1"
 DEFAULT_DEV = DEFAULT_SHARED / "data" / "squad" / "dev-v1.1.json.gz"
-
-
-def _print_json(obj: dict) -> None:
-    print(json.dumps(obj, sort_keys=False))
-
-
-def _print_metrics(m: dict) -> None:
-    line = f"EM {m['exact_match']:.2f}  F1 {m['f1']:.2f}  questions {m['total']}  missing {m['missing']}"
-    if "HasAns_f1" in m:
-        line += (
-            f"  HasAns EM/F1 {m['HasAns_exact']:.2f}/{m['HasAns_f1']:.2f}"
-            f"  NoAns EM/F1 {m['NoAns_exact']:.2f}/{m['NoAns_f1']:.2f}"
-        )
-    print(line)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -66,266 +81,12 @@ POSITIVE = _int_at_least(1)
 COUNT = _int_at_least(0)
 
 
-def _qa_config(args: argparse.Namespace):
-    from edgeqa.bench.qa import QAConfig
-
-    return QAConfig(
-        max_length=args.max_length,
-        doc_stride=args.doc_stride,
-        n_best=args.n_best,
-        max_answer_length=args.max_answer_length,
-    )
-
-
 def _add_qa_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-length", type=POSITIVE, default=384, help="tokens per window (default 384)")
     p.add_argument("--doc-stride", type=COUNT, default=128, help="overlap between windows (default 128)")
     p.add_argument("--n-best", type=POSITIVE, default=20, help="start/end candidates per window (default 20)")
     p.add_argument("--max-answer-length", type=POSITIVE, default=30, help="longest answer in tokens (default 30)")
     p.add_argument("--threads", type=POSITIVE, default=None, help="intra-op threads (default: physical cores)")
-
-
-def cmd_score(args: argparse.Namespace) -> int:
-    from edgeqa.bench.metric import load_predictions, score
-    from edgeqa.bench.squad import load_squad
-
-    dataset = load_squad(args.data)
-    metrics = score(dataset, load_predictions(args.predictions))
-    _print_metrics(metrics)
-    if args.json:
-        _print_json(metrics)
-    return 0
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    from edgeqa.bench.evaluate import evaluate
-
-    metrics = evaluate(
-        args.model,
-        args.data,
-        limit=args.limit,
-        cfg=_qa_config(args),
-        batch_size=args.batch_size,
-        threads=args.threads,
-        out_dir=args.out,
-    )
-    _print_metrics(metrics)
-    if args.out:
-        print(f"wrote {Path(args.out) / 'predictions.json'} and {Path(args.out) / 'metrics.json'}")
-    if args.json:
-        _print_json(metrics)
-    return 0
-
-
-def cmd_answer(args: argparse.Namespace) -> int:
-    from edgeqa.bench.engines import load_qa_model
-    from edgeqa.bench.squad import SquadExample
-
-    if not args.question.strip() or not args.context.strip():
-        raise EdgeQAError("--question and --context must not be empty")
-    model = load_qa_model(args.model, args.threads)
-    example = SquadExample("q", args.question, args.context, (), ())
-    answer = model.answer([example], _qa_config(args), progress=False)["q"]
-    if args.json:
-        _print_json(
-            {
-                "answer": answer.text,
-                "score": answer.score,
-                "probability": answer.probability,
-                "start": answer.start_char,
-                "end": answer.end_char,
-            }
-        )
-    else:
-        print(f"{answer.text}\t(score {answer.score:.3f}, probability {answer.probability:.3f})")
-    return 0
-
-
-def _parity_examples(args: argparse.Namespace):
-    from edgeqa.bench.squad import load_squad
-
-    return load_squad(args.parity_data, args.parity_limit).examples if args.parity_limit > 0 else None
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    from edgeqa.export.onnx import export_onnx
-    from edgeqa.export.optimize import fuse
-
-    examples = _parity_examples(args)
-    out = Path(args.out)
-    if args.fuse:
-        plain = out.with_name(out.name + "-unfused")
-        export_onnx(args.model, plain, args.opset, examples)
-        counts = fuse(plain, out, examples)
-        print(f"fused ops: {counts}")
-    else:
-        export_onnx(args.model, out, args.opset, examples)
-    if args.mobile:
-        from edgeqa.export.mobile import convert_to_ort
-
-        convert_to_ort(out, out.with_name(out.name + "-ort"))
-    if (out / "parity.json").exists():
-        p = json.loads((out / "parity.json").read_text())
-        print(f"parity: max |logit diff| {p['max_abs_diff']:.2e}, same answers {100 * p['same_answer_share']:.2f}%")
-    print(f"wrote {out}")
-    return 0
-
-
-def cmd_quantize(args: argparse.Namespace) -> int:
-    from edgeqa.export.quantize import preset, preset_record, quantize
-
-    raw = {
-        "mode": args.mode,
-        "calibration_method": args.calibration_method,
-        "calibration_samples": args.calibration_samples,
-    }
-    if args.per_channel is not None:
-        raw["per_channel"] = args.per_channel
-    if args.reduce_range is not None:
-        raw["reduce_range"] = args.reduce_range
-    if args.exclude:
-        raw["exclude"] = args.exclude
-    if args.op_types:
-        raw["op_types"] = args.op_types
-    info = preset_record(args.preset)
-    cfg = preset(args.preset, **raw)
-    examples = _parity_examples(args)
-    quantize(args.model, args.out, cfg, args.calibration_data, parity_examples=examples, preset_info=info)
-    print(f"wrote {args.out} ({cfg.mode} int8, preset {info['chosen']} for a CPU of class {info['cpu']['isa']})")
-    return 0
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    from edgeqa.bench.latency import LatencyConfig, benchmark
-
-    cfg = LatencyConfig(
-        tuple(args.batch_sizes),
-        tuple(args.seq_lens),
-        args.warmup,
-        args.repeats,
-        args.threads,
-        torch_int8=args.torch_int8,
-    )
-    result = benchmark(args.model, cfg)
-    for s in result["latency"]:
-        print(
-            f"batch {s['batch_size']} x {s['seq_len']}: p50 {s['p50_ms']:.2f} ms, p90 {s['p90_ms']:.2f}, "
-            f"p99 {s['p99_ms']:.2f}, mean {s['mean_ms']:.2f}, {s['throughput']:.1f} seq/s"
-        )
-    print(f"size {result['file_bytes'] / 2**20:.1f} MiB, peak RSS {result['peak_rss_mb']:.0f} MiB")
-    if args.json:
-        for s in result["latency"]:
-            s.pop("samples_ms", None)
-        _print_json(result)
-    return 0
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    """A report for named models: each scored and timed here, side by side."""
-    from edgeqa.bench.engines import resolve_model
-    from edgeqa.bench.evaluate import evaluate
-    from edgeqa.bench.files import check_writable_dir
-    from edgeqa.bench.latency import LatencyConfig, benchmark_interleaved, library_versions, machine_info
-    from edgeqa.bench.report import build_report, make_row, write_report
-    from edgeqa.bench.squad import load_squad
-
-    pairs = []
-    for item in args.variant:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise EdgeQAError(f"--variant takes NAME=PATH, got {item!r}")
-        resolve_model(path)
-        pairs.append((name, path))
-    load_squad(args.data, args.limit)  # a bad data file is refused before the output folder exists
-    out = check_writable_dir(args.out)
-    cfg = LatencyConfig(
-        tuple(args.batch_sizes), tuple(args.seq_lens), args.warmup, args.repeats, args.threads, args.rounds
-    )
-    metrics = {
-        name: evaluate(path, args.data, args.limit, threads=cfg.threads, batch_size=args.batch_size,
-                       out_dir=out / "eval" / name)
-        for name, path in pairs
-    }  # fmt: skip
-    timings = benchmark_interleaved({name: (path, False) for name, path in pairs}, cfg)
-    rows = [
-        make_row(name, timings[name], metrics[name], {"overhead_share": metrics[name]["overhead_share"]})
-        for name, _ in pairs
-    ]
-    first = metrics[pairs[0][0]]
-    eval_info = {"data": args.data, "limit": args.limit, "questions": first["total"], "settings": first["settings"]}
-    bench_info = {k: v for k, v in cfg.to_dict().items() if k != "torch_int8"}
-    report = build_report(
-        args.name, rows, args.reference or pairs[0][0], eval_info, bench_info, machine_info(), library_versions()
-    )
-    for path in write_report(report, out):
-        print(f"wrote {path}")
-    return 0
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    from edgeqa.compress.recipe import run_recipe
-
-    root = run_recipe(args.recipe, args.out, args.shared, retime=args.retime)
-    if (root / "report.md").exists():
-        print((root / "report.md").read_text())
-    print(f"run folder: {root}")
-    if (root / "report.json").exists():  # said last, where a reader of the output looks
-        report = json.loads((root / "report.json").read_text())
-        for warning in report.get("warnings", []):
-            print(f"edgeqa: warning: {warning}", file=sys.stderr)
-        if any(row.get("timing_flags") for row in report.get("rows", [])):
-            print(f"edgeqa: time them again on a quiet machine: edgeqa run {args.recipe} --retime", file=sys.stderr)
-    return 0
-
-
-def _run_training_steps(args: argparse.Namespace, kind: str, columns: list[str], row) -> int:
-    """Run a recipe up to its last `kind` step; print a Markdown table with `row(name, folder)` per such step."""
-    from edgeqa.compress.recipe import is_main_process, load_recipe, run_recipe
-
-    root = run_recipe(args.recipe, args.out, args.shared, until=kind)
-    if not is_main_process():
-        return 0
-    print("| " + " | ".join(columns) + " |")
-    print("| --- |" + " ---: |" * (len(columns) - 2) + " --- |")
-    for step in load_recipe(args.recipe, args.shared).steps:
-        if step.kind == kind:
-            folder = root / "models" / step.name
-            print("| " + " | ".join([step.name, *row(folder), str(folder)]) + " |")
-    return 0
-
-
-def cmd_distill(args: argparse.Namespace) -> int:
-    from edgeqa.bench.files import read_json
-
-    def row(folder: Path) -> list[str]:
-        info = read_json(folder / "training.json", "training record")
-        best = info["best"]
-        scores = [f"{best['exact']:.2f}", f"{best['f1']:.2f}"] if best.get("step") else ["-", "-"]
-        return [
-            f"{info['parameters'] / 1e6:.1f}M",
-            str(info["questions"]),
-            f"{info['train_seconds'] / 60:.1f}",
-            *scores,
-        ]
-
-    columns = ["student", "parameters", "training questions", "minutes", "dev-subset EM", "dev-subset F1", "folder"]
-    return _run_training_steps(args, "distill", columns, row)
-
-
-def cmd_prune(args: argparse.Namespace) -> int:
-    from edgeqa.bench.files import read_json
-
-    def row(folder: Path) -> list[str]:
-        r = read_json(folder / "prune.json", "pruning record")
-        return [
-            r["method"],
-            f"{r['pruned_matrices_sparsity']:.1%}",
-            f"{r['parameters'] / 1e6:.2f}M",
-            f"{r['nonzero_parameters'] / 1e6:.2f}M",
-        ]
-
-    columns = ["pruned", "method", "zeros in pruned matrices", "parameters", "nonzero parameters", "folder"]
-    return _run_training_steps(args, "prune", columns, row)
 
 
 def _add_parity_options(p: argparse.ArgumentParser) -> None:
@@ -342,16 +103,8 @@ def _add_bench_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=POSITIVE, default=1, help="passes over all models, the repeats split among them")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from edgeqa.export.onnx import MIN_OPSET
-    from edgeqa.export.quantize import PRESET_CHOICES
-
-    parser = _Parser(
-        prog="edgeqa", description="Make BERT QA models small and fast, and measure what it cost in EM/F1."
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_runtime_commands(sub) -> None:
+    """The commands an ONNX model needs, and all the base install has: score, eval, answer, bench."""
     p = sub.add_parser("score", help="score a predictions file {id: text} against SQuAD data")
     p.add_argument("data", help="SQuAD v1.1 or v2.0 JSON file (plain or .gz)")
     p.add_argument("predictions", help="predictions JSON {question_id: answer_text}")
@@ -380,6 +133,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _add_qa_options(p)
     p.set_defaults(func=cmd_answer)
+
+    p = sub.add_parser("bench", help="latency of one model at fixed shapes")
+    p.add_argument("--model", required=True)
+    p.add_argument("--torch-int8", action="store_true", help="PyTorch dynamic int8 of nn.Linear (PyTorch folders)")
+    p.add_argument("--json", action="store_true")
+    _add_bench_options(p)
+    p.set_defaults(func=cmd_bench)
+
+
+def _add_deploy_commands(sub) -> None:
+    """Export and int8 of a model, and the side-by-side report."""
+    from edgeqa.export.onnx import MIN_OPSET
+    from edgeqa.export.quantize import PRESET_CHOICES
 
     p = sub.add_parser("export", help="export a transformers QA folder to ONNX, checked against PyTorch")
     p.add_argument("--model", required=True, help="transformers QA folder")
@@ -410,13 +176,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_parity_options(p)
     p.set_defaults(func=cmd_quantize)
 
-    p = sub.add_parser("bench", help="latency of one model at fixed shapes")
-    p.add_argument("--model", required=True)
-    p.add_argument("--torch-int8", action="store_true", help="PyTorch dynamic int8 of nn.Linear (PyTorch folders)")
-    p.add_argument("--json", action="store_true")
-    _add_bench_options(p)
-    p.set_defaults(func=cmd_bench)
-
     p = sub.add_parser("report", help="score and time named models side by side; write report.json/.md/pareto.png")
     p.add_argument("--variant", action="append", required=True, metavar="NAME=PATH")
     p.add_argument("--reference", default=None, help="row the deltas are against (default: the first)")
@@ -433,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench_options(p)
     p.set_defaults(func=cmd_report)
 
+
+def _add_recipe_commands(sub) -> None:
     for name, func, text in (
         ("run", cmd_run, "run a YAML recipe into runs/<name>/ (resumable)"),
         ("distill", cmd_distill, "run a recipe up to its distill steps: train the students (resumable, torchrun too)"),
@@ -444,8 +205,24 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--shared", default=None, help="what ${shared} means in the recipe (default ../shared)")
         if name == "run":
             p.add_argument("--retime", action="store_true", help="time the bench steps again (a busy machine's)")
+            p.add_argument(
+                "--only",
+                action="append",
+                metavar="NAME",
+                help="make only this variant and what it is made from (repeatable); no bench or report",
+            )
         p.set_defaults(func=func)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="edgeqa", description="Make BERT QA models small and fast, and measure what it cost in EM/F1."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_runtime_commands(sub)
+    _add_deploy_commands(sub)
+    _add_recipe_commands(sub)
     return parser
 
 
@@ -464,6 +241,17 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except EdgeQAError as e:
         print(f"edgeqa: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        module = (e.name or "").partition(".")[0]
+        if module not in EXTRAS:
+            raise
+        extra = EXTRAS[module]
+        print(
+            f"edgeqa: error: {args.command} needs {module}, which is not installed; "
+            f"pip install 'edgeqa[{extra}]' installs it",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("edgeqa: interrupted", file=sys.stderr)

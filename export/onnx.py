@@ -52,6 +52,7 @@ def export_onnx(
     parity_examples: list[SquadExample] | None = None,
     tolerance: float = 1e-3,
     min_same_answer_share: float = 0.995,
+    qa_cfg: QAConfig = QAConfig(),
 ) -> Path:
     """Export a transformers QA folder to `out_dir/model.onnx` with dynamic batch and sequence axes.
 
@@ -85,7 +86,7 @@ def export_onnx(
             )
         copy_model_metadata(model_dir, tmp)
         if parity_examples:
-            result = check_parity(model_dir, tmp, parity_examples, tolerance, min_same_answer_share)
+            result = check_parity(model_dir, tmp, parity_examples, tolerance, min_same_answer_share, cfg=qa_cfg)
             write_parity(tmp, result, model_dir)
     log.info("exported %s -> %s", model_dir, out_dir / ONNX_NAME)
     return out_dir

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from edgeqa.bench.engines import ONNX_NAME, resolve_model
 from edgeqa.bench.files import EdgeQAError, atomic_dir, write_json
+from edgeqa.bench.qa import QAConfig
 from edgeqa.bench.squad import SquadExample
 from edgeqa.export.onnx import check_parity, copy_model_metadata, write_parity
 
@@ -41,12 +42,13 @@ def fuse(
     tolerance: float = 1e-3,
     min_same_answer_share: float = 0.995,
     fusions: tuple[str, ...] = FUSIONS,
+    qa_cfg: QAConfig = QAConfig(),
 ) -> dict[str, int]:
     """Write a fused copy of `onnx_dir` to `out_dir`; return the count of each fused op in the new graph.
 
     `fusions` picks the rewrites. All of them suit fp32; before int8 dynamic quantization, attention alone was
     fastest here (ONNX Runtime's SkipLayerNormalization kernel was slower than LayerNormalization plus Add in the
-    int8 graph, see README), so recipes can leave the others out.
+    int8 graph, see docs/results/deploy.md), so recipes can leave the others out.
     With `parity_examples` the fused model must match the unfused one within the tolerance, or nothing is written.
     """
     from onnxruntime.transformers.fusion_options import FusionOptions
@@ -98,7 +100,7 @@ def fuse(
         copy_model_metadata(folder, tmp)
         write_json(tmp / "fusion.json", {"source": str(onnx_dir), "fusions": list(fusions), "fused_ops": fused})
         if parity_examples:
-            result = check_parity(onnx_dir, tmp, parity_examples, tolerance, min_same_answer_share)
+            result = check_parity(onnx_dir, tmp, parity_examples, tolerance, min_same_answer_share, cfg=qa_cfg)
             write_parity(tmp, result, onnx_dir)
     if not fused:  # MobileBERT's bottleneck layers and NoNorm match none of onnxruntime's BERT rules
         log.warning("%s: no fusion rule matched this graph; %s is an unfused copy", onnx_dir, out_dir)

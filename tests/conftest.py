@@ -9,6 +9,7 @@ import signal
 import string
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -282,3 +283,24 @@ def kill_when_written(argv: list[str], marker: Path, log: Path, cwd: Path, timeo
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx_model(tmp_path_factory) -> tuple[Path, Path]:
+    """(PyTorch folder, its ONNX export) of one tiny random BERT, for the runtime tests that need no torch."""
+    from edgeqa.export.onnx import export_onnx
+
+    root = tmp_path_factory.mktemp("tiny-onnx")
+    torch_dir = make_tiny_qa_model(root / "torch")
+    return torch_dir, export_onnx(torch_dir, root / "onnx")
+
+
+def write_recipe(path: Path, model: Path, data: Path, steps: str, name: str = "t", extra: str = "") -> Path:
+    """A recipe for a tiny model: scored on `data`, parity on 3 questions, timed briefly at 32 tokens. `steps` is
+    the list of steps (any indentation); `extra` more top-level sections."""
+    head = (
+        f"name: {name}\nmodel: {model}\neval: {{data: {data}, batch_size: 4}}\nparity: {{limit: 3}}\n"
+        f"bench: {{threads: 1, batch_sizes: [1], seq_lens: [32], warmup: 1, repeats: 3}}\n{extra}"
+    )
+    path.write_text(head + "steps:\n" + textwrap.indent(textwrap.dedent(steps), "  "))
+    return path

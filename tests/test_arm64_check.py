@@ -8,21 +8,17 @@ import pytest
 
 from edgeqa.bench.files import EdgeQAError, write_json
 from edgeqa.export import arm64_runner
-from edgeqa.export.arm64_check import (
-    ARM_PROFILES,
+from edgeqa.export.arm64_check import ARM_PROFILES, PROFILES, Job, job_command, write_u8s8_probe
+from edgeqa.export.arm64_report import (
     PROBE_K,
-    PROFILES,
-    Job,
     assemble_logits,
     compare_runs,
-    job_command,
     key_features,
     max_abs_diff,
     probe_expected,
     probe_verdict,
     render_table,
     same_answer_share,
-    write_u8s8_probe,
 )
 
 INF = np.inf

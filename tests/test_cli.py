@@ -122,4 +122,8 @@ def test_deployment_subcommands_chain(tiny_qa_model, toy_squad, tmp_path, capsys
     )
     report = json.loads((out / "report.json").read_text())
     assert [r["name"] for r in report["rows"]] == ["fp32", "int8"] and report["reference"] == "fp32"
+    # Rows are assembled as a recipe's are: the int8 row carries its folder's quantization and parity records.
+    int8_row = report["rows"][1]["extra"]
+    assert int8_row["quantization"]["per_channel"] is True and "parity" in int8_row
+    assert "quantization" not in report["rows"][0]["extra"]
     assert main(["report", "--variant", "no-equals-sign", "--out", str(out)]) == 2

@@ -1,13 +1,13 @@
-"""Distillation: students, losses, labels, the loop's resume and data-parallel runs, and early refusals."""
+"""Distillation's building blocks and the loop's in-process checks: losses, span labels, step batches, an
+interrupted run resumed in process, gradient accumulation. These are the fast tests `make mutants` runs (pyproject's
+[tool.mutmut] selects them from this file by name); students and refusals are in test_distill_setup.py, whole runs
+in test_distill_runs.py."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -16,28 +16,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import (
-    FAMILIES,
-    REPO,
-    TOY_QAS,
-    TRAIN,
-    edgeqa_command,
-    kill_when_written,
-    make_tiny_qa_model,
-    run_to_end,
-    write_squad,
-)
-from edgeqa.bench.engines import load_tokenizer, load_torch_qa_model
+from conftest import TOY_QAS, TRAIN, make_tiny_qa_model, write_squad
+from edgeqa.bench.engines import load_tokenizer
 from edgeqa.bench.files import EdgeQAError
 from edgeqa.bench.qa import QAConfig, tokenize
 from edgeqa.bench.squad import load_squad
-from edgeqa.cli import main
-from edgeqa.compress import train as train_mod
+from edgeqa.compress import train_loop
 from edgeqa.compress.checkpoint import load_checkpoint, restore, save_checkpoint
+from edgeqa.compress.devices import Dist
 from edgeqa.compress.losses import LossConfig, distill_loss, score_mse, span_ce, span_kl, token_mse
-from edgeqa.compress.recipe import run_recipe
-from edgeqa.compress.student import StudentSpec, build_student, default_layer_map, student_config, teacher_layers
 from edgeqa.compress.trainset import StepBatches, StepSampler, as_is, epoch_batches, load_trainset, span_labels
+from edgeqa.pipeline.run import run_recipe
 
 
 @pytest.fixture
@@ -46,10 +35,11 @@ def toy_train(tmp_path) -> Path:
     return write_squad(tmp_path / "train.json", TOY_QAS * 16)
 
 
-def _recipe(tmp_path, teacher, train, dev, distill: str, name: str = "d") -> Path:
+def _recipe(tmp_path, teacher, train, dev, distill: str, name: str = "d", qa: str | None = None) -> Path:
     path = tmp_path / f"{name}.yaml"
     path.write_text(
-        textwrap.dedent(f"""\
+        (f"qa: {qa}\n" if qa else "")
+        + textwrap.dedent(f"""\
         name: {name}
         model: {teacher}
         eval:
@@ -61,101 +51,6 @@ def _recipe(tmp_path, teacher, train, dev, distill: str, name: str = "d") -> Pat
         + textwrap.indent(textwrap.dedent(distill).replace("TRAIN", str(train)), " " * 6)
     )
     return path
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-def test_dropout_zero_makes_a_training_forward_what_inference_computes(family, tmp_path):
-    model = load_torch_qa_model(make_tiny_qa_model(tmp_path / family, family=family, layers=1))
-    inputs = {"input_ids": torch.randint(5, 30, (4, 24)), "attention_mask": torch.ones(4, 24, dtype=torch.long)}
-    inputs["attention_mask"][:2, 18:] = 0  # padded rows take the masked attention path
-    reference = model.eval()(**inputs).start_logits
-    model.train()
-    train_mod.set_dropout(model, 0.3)  # some families (ALBERT) train without dropout by default
-    assert not torch.allclose(model(**inputs).start_logits, reference)
-    train_mod.set_dropout(model, 0.0)
-    torch.testing.assert_close(model(**inputs).start_logits, reference)
-    assert model.config.to_dict() == load_torch_qa_model(tmp_path / family).config.to_dict()
-
-
-AVX2 = frozenset({"avx2"})
-AVX512 = frozenset({"avx2", "avx512f", "avx512bw", "avx512_vnni"})  # bf16 through fp32 emulation only
-AVX512_BF16 = AVX512 | {"avx512_bf16"}
-AMX = AVX512_BF16 | {"amx_bf16", "amx_int8"}
-
-
-@pytest.mark.parametrize(
-    "asked, device, arch, flags, cuda_bf16, bf16, reason",
-    [
-        ("auto", "cpu", "x86_64", AVX2, False, False, "auto: no native bf16 on this CPU (isa avx2)"),
-        ("auto", "cpu", "x86_64", AVX512, False, False, "auto: no native bf16 on this CPU (isa avx512_vnni)"),
-        ("auto", "cpu", "x86_64", AVX512_BF16, False, True, "auto: CPU has avx512_bf16"),
-        ("auto", "cpu", "x86_64", AMX, False, True, "auto: CPU has amx_bf16"),
-        ("auto", "cpu", "aarch64", frozenset({"asimd", "asimddp", "i8mm", "bf16"}), False, True, "auto: CPU has bf16"),
-        (
-            "auto",
-            "cpu",
-            "aarch64",
-            frozenset({"asimd", "asimddp"}),
-            False,
-            False,
-            "auto: no native bf16 on this CPU (isa arm64_dotprod)",
-        ),
-        ("auto", "cuda:0", "x86_64", AVX2, True, True, "auto: CUDA bf16"),
-        ("auto", "cuda:1", "x86_64", AMX, False, False, "auto: no bf16 on this GPU"),
-        ("fp32", "cpu", "x86_64", AMX, False, False, "given: fp32"),
-        ("bf16", "cpu", "x86_64", AVX2, False, True, "given: bf16"),
-        ("fp32", "cuda:0", "x86_64", AVX2, True, False, "given: fp32"),
-    ],
-)
-def test_precision_auto_is_bf16_only_where_the_hardware_has_it(asked, device, arch, flags, cuda_bf16, bf16, reason):
-    from edgeqa.bench.cpu import CPU
-
-    chosen = train_mod.choose_precision(asked, device, CPU("some cpu", arch, flags), cuda_bf16)
-    assert (chosen.bf16, chosen.reason) == (bf16, reason)
-    assert chosen.to_dict() == {"asked": asked, "chosen": "bf16" if bf16 else "fp32", "reason": reason}
-
-
-# --- students ----------------------------------------------------------------------------------------------------
-
-
-def test_distilbert_student_copies_the_chosen_teacher_layers(tmp_path):
-    teacher = load_torch_qa_model(make_tiny_qa_model(tmp_path / "t", layers=6))
-    assert teacher_layers(StudentSpec(num_hidden_layers=3), 6) == (0, 2, 4)  # every other one by default
-    student = build_student(StudentSpec(layers=(1, 5)), teacher)
-    assert student.config.num_hidden_layers == 2
-    s, t = student.state_dict(), teacher.state_dict()
-    for i, j in enumerate((1, 5)):
-        key = "bert.encoder.layer.{}.attention.self.query.weight"
-        assert torch.equal(s[key.format(i)], t[key.format(j)])
-    assert torch.equal(s["qa_outputs.weight"], t["qa_outputs.weight"])
-    assert torch.equal(s["bert.embeddings.word_embeddings.weight"], t["bert.embeddings.word_embeddings.weight"])
-
-
-def test_tinybert_student_copies_only_what_fits(tmp_path):
-    teacher = load_torch_qa_model(make_tiny_qa_model(tmp_path / "t", layers=4, hidden=32, heads=4))
-    narrow = build_student(StudentSpec(num_hidden_layers=2, intermediate_size=48), teacher)
-    s, t = narrow.state_dict(), teacher.state_dict()
-    assert s["bert.encoder.layer.0.intermediate.dense.weight"].shape == (48, 32)
-    assert torch.equal(
-        s["bert.encoder.layer.1.attention.self.key.weight"], t["bert.encoder.layer.1.attention.self.key.weight"]
-    )
-    thin = build_student(StudentSpec(num_hidden_layers=2, hidden_size=16, num_attention_heads=4), teacher)
-    assert thin.config.hidden_size == 16
-    assert default_layer_map(2, 4) == {0: 1, 1: 3} and default_layer_map(3, 6) == {0: 1, 1: 3, 2: 5}
-
-
-@pytest.mark.parametrize(
-    "spec, message",
-    [
-        (StudentSpec(layers=(0, 9)), "do not exist"),
-        (StudentSpec(num_hidden_layers=5), "only 4 to initialise"),
-        (StudentSpec(hidden_size=30, num_attention_heads=4), "not divisible"),
-    ],
-)
-def test_impossible_students_are_refused_from_the_config(tmp_path, spec, message):
-    teacher = load_torch_qa_model(make_tiny_qa_model(tmp_path / "t", layers=4))
-    with pytest.raises(EdgeQAError, match=message):
-        student_config(spec, teacher.config)
 
 
 # --- losses and labels ---------------------------------------------------------------------------------------------
@@ -354,52 +249,7 @@ def assert_same_up_to_rounding(a: dict, b: dict, last_layer: int) -> None:
     assert diff[worst] <= ROUNDING, f"{worst} differs by {diff[worst]:.2e}"
 
 
-# --- the loop ------------------------------------------------------------------------------------------------------
-
-
-def test_a_killed_distillation_resumes_to_the_same_weights(tmp_path, toy_train, toy_squad):
-    """`edgeqa distill` in a process that is SIGKILLed once its first checkpoint exists, started again: it says
-    from which step it resumes, runs only the rest, and ends with the weights and log of a run never stopped."""
-    teacher = make_tiny_qa_model(tmp_path / "teacher", layers=4)
-    block = """\
-    student: {layers: [0, 2]}
-    train: {data: TRAIN, batch_size: 8, precision: fp32, eval_every: 4, eval_limit: 3, checkpoint_every: 3,
-            log_every: 1}
-    stages:
-      - {loss: {hard: 0.5, soft: 0.5, temperature: 2.0}, epochs: 4, lr: 1.0e-3}
-    """
-    path = _recipe(tmp_path, teacher, toy_train, toy_squad, block)
-    whole, killed = tmp_path / "whole" / "d", tmp_path / "killed" / "d"
-    run_to_end(edgeqa_command("distill", str(path), "--out", str(whole.parent)), tmp_path / "whole.log", tmp_path)
-    checkpoint = killed / "work" / "student" / "checkpoint.pt"
-    argv = edgeqa_command("distill", str(path), "--out", str(killed.parent))
-    kill_when_written(argv, checkpoint, tmp_path / "first.log", tmp_path)
-    assert not (killed / "models" / "student").exists()  # killed before the end
-    state = torch.load(checkpoint, weights_only=False)
-    at = state["step"]
-    assert "dropout" not in state["config"]["train"]  # left at its default, it stays out: older checkpoints resume
-    log = run_to_end(argv, tmp_path / "second.log", tmp_path)
-    assert f"resuming from {checkpoint}: stage 0, step {at}" in log
-
-    total = json.loads((whole / "models" / "student" / "training.json").read_text())["steps"][0]
-    starts = json.loads((killed / "models" / "student" / "training.json").read_text())["starts"]
-    assert 0 < at < total
-    assert starts == [{"stage": 0, "step": 0, "steps_run": at}, {"stage": 0, "step": at, "steps_run": total - at}]
-
-    def last_and_best(root: Path) -> dict[str, torch.Tensor]:
-        last = torch.load(root / "work" / "student" / "checkpoint.pt", weights_only=False)["model"]
-        best = load_file(root / "models" / "student" / "model.safetensors")
-        return {**{f"last.{k}": v for k, v in last.items()}, **{f"best.{k}": v for k, v in best.items()}}
-
-    a, b = last_and_best(whole), last_and_best(killed)
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    log_a = (whole / "models" / "student" / "train_log.jsonl").read_text().splitlines()
-    log_b = (killed / "models" / "student" / "train_log.jsonl").read_text().splitlines()
-    strip = [{k: v for k, v in json.loads(x).items() if k != "windows_per_s"} for x in log_a]
-    assert strip == [{k: v for k, v in json.loads(x).items() if k != "windows_per_s"} for x in log_b]
-    # The student loads like any QA model, and the shared cache was filled once.
-    load_torch_qa_model(killed / "models" / "student")
-    assert len(list((killed.parent / "cache").iterdir())) == 1
+# --- the loop, in process ----------------------------------------------------------------------------------------
 
 
 def test_an_interrupted_run_resumes_in_process_to_the_same_weights(tmp_path, toy_train, toy_squad, monkeypatch, caplog):
@@ -415,7 +265,7 @@ def test_an_interrupted_run_resumes_in_process_to_the_same_weights(tmp_path, toy
     """
     path = _recipe(tmp_path, teacher, toy_train, toy_squad, block)
     whole = run_recipe(path, tmp_path / "whole")
-    real, calls = train_mod._micro_step, {"n": 0}
+    real, calls = train_loop.micro_step, {"n": 0}
 
     def dies_at_step_8(*args, **kwargs):
         calls["n"] += 1
@@ -423,10 +273,10 @@ def test_an_interrupted_run_resumes_in_process_to_the_same_weights(tmp_path, toy
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "_micro_step", dies_at_step_8)
+    monkeypatch.setattr(train_loop, "micro_step", dies_at_step_8)
     with pytest.raises(KeyboardInterrupt):
         run_recipe(path, tmp_path / "killed")
-    monkeypatch.setattr(train_mod, "_micro_step", real)
+    monkeypatch.setattr(train_loop, "micro_step", real)
     with caplog.at_level(logging.INFO, logger="edgeqa.compress.checkpoint"):
         resumed = run_recipe(path, tmp_path / "killed")
     checkpoint = tmp_path / "killed" / "d" / "work" / "student" / "checkpoint.pt"
@@ -458,51 +308,7 @@ def test_in_process_resume_refuses_a_checkpoint_of_other_settings_or_unreadable(
     two = {"model": trainee.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
            "rng": [{"cpu": torch.get_rng_state(), "cuda": None}] * 2}  # fmt: skip
     with pytest.raises(EdgeQAError, match="saved by 2 processes; resume it with as many"):
-        restore(two, trainee, optimizer, scheduler, train_mod.Dist())
-
-
-def test_two_processes_match_one_with_the_same_global_batch(tmp_path, toy_train, toy_squad):
-    teacher = make_tiny_qa_model(tmp_path / "teacher", layers=2, dropout=0.0)
-    block = """\
-    student: {layers: [0, 1]}
-    train: {data: TRAIN, batch_size: 8, precision: fp32, eval_limit: 3, checkpoint_every: 50, log_every: 1,
-            record_windows: true}
-    stages:
-      - {loss: {hard: 0.5, soft: 0.5, temperature: 2.0}, max_steps: 4, lr: 1.0e-3, warmup: 0}
-    """
-    path = _recipe(tmp_path, teacher, toy_train, toy_squad, block)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
-    cli = ["-m", "edgeqa.cli", "distill", str(path)]
-    for procs, out in ((1, "one"), (2, "two")):
-        done = subprocess.run(
-            [*launch, str(procs), *cli, "--out", str(tmp_path / out)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
-
-    def windows(out: str, rank: int) -> list[list[int]]:
-        lines = (tmp_path / out / "d" / "work" / "student" / f"windows-{rank}.jsonl").read_text().splitlines()
-        return [json.loads(line)["windows"] for line in lines]
-
-    # Each step, the two processes train on disjoint halves that together are the one process's batch.
-    whole, first, second = windows("one", 0), windows("two", 0), windows("two", 1)
-    assert len(whole) == len(first) == len(second) == 4
-    for w, a, b in zip(whole, first, second, strict=True):
-        assert len(w) == 8 and len(a) == len(b) == 4
-        assert not set(a) & set(b) and sorted(a + b) == w
-    one = load_file(tmp_path / "one" / "d" / "models" / "student" / "model.safetensors")
-    two = load_file(tmp_path / "two" / "d" / "models" / "student" / "model.safetensors")
-    start = load_torch_qa_model(teacher).state_dict()
-    moved = max(float((one[k] - start[k]).abs().max()) for k in one)
-    assert moved > 1e-3  # training changed the weights ...
-    assert_same_up_to_rounding(one, two, last_layer=1)  # ... and two processes changed them as one did
-    info = json.loads((tmp_path / "two" / "d" / "models" / "student" / "training.json").read_text())
-    assert info["processes"] == 2
-    assert info["bf16"] is False and info["precision"] == {"asked": "fp32", "chosen": "fp32", "reason": "given: fp32"}
+        restore(two, trainee, optimizer, scheduler, Dist())
 
 
 def test_gradient_accumulation_gives_the_updates_of_the_whole_batch(tmp_path, toy_train, toy_squad):
@@ -518,206 +324,3 @@ def test_gradient_accumulation_gives_the_updates_of_the_whole_batch(tmp_path, to
         root = run_recipe(_recipe(tmp_path, teacher, toy_train, toy_squad, block, name=f"m{micro}"), tmp_path / "r")
         weights.append(load_file(root / "models" / "student" / "model.safetensors"))
     assert_same_up_to_rounding(weights[0], weights[1], last_layer=1)
-
-
-def _dropout_rates(model: torch.nn.Module) -> frozenset[float]:
-    """Every dropout rate in `model`: nn.Dropout modules and the float rates attention modules pass to SDPA."""
-    rates = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
-    for m in model.modules():
-        rates |= {
-            getattr(m, n) for n in ("dropout_prob", "attention_dropout") if isinstance(getattr(m, n, None), float)
-        }
-    return frozenset(rates)
-
-
-def test_step_timer_times_every_dropout_setting_on_the_loops_own_step(tmp_path, toy_train, capsys, monkeypatch):
-    """Checked on the models the loop's step receives, not on profiler operator names: those depend on the kernels
-    a CPU gets (an AVX2-only EPYC showed no `bernoulli` among them), and timings on the machine's load."""
-    from edgeqa.compress import step_time
-
-    assert step_time._micro_step is train_mod._micro_step  # the training loop's own step is what is timed
-    seen: dict[int, list[tuple[bool, frozenset[float]]]] = {}
-
-    def watched(model, *args, **kwargs):
-        seen.setdefault(id(model), []).append((model.training, _dropout_rates(model)))
-        return train_mod._micro_step(model, *args, **kwargs)
-
-    monkeypatch.setattr(step_time, "_micro_step", watched)
-    model = make_tiny_qa_model(tmp_path / "m")  # BERT's default rates: 0.1 hidden and attention dropout
-    args = ["--model", str(model), "--data", str(toy_train), "--sparsity", "0.5", "--batch-size", "4"]
-    step_time.main([*args, "--steps", "2", "--rounds", "2", "--profile"])
-    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(out["seconds_per_step"]) == {"model's", "0.0"} and all(v > 0 for v in out["seconds_per_step"].values())
-    # One model per setting, each stepped in training mode 3 (burn-in) + 2 x 2 (rounds) + 2 (profiled) times, one
-    # at the model's own dropout everywhere, the other with every dropout at 0.
-    assert sorted(len(calls) for calls in seen.values()) == [9, 9]
-    assert all(len(set(calls)) == 1 for calls in seen.values())
-    assert {calls[0] for calls in seen.values()} == {(True, frozenset({0.1})), (True, frozenset({0.0}))}
-    # The profile: each setting's costliest operators (at most six), as shares of that setting's own time.
-    assert set(out["cpu_share"]) == {"model's", "0.0"}
-    for shares in out["cpu_share"].values():
-        assert 1 <= len(shares) <= 6 and all(isinstance(op, str) and op for op in shares)
-        assert all(0 <= v <= 1 for v in shares.values()) and 0 < sum(shares.values()) <= 1.01
-
-
-def test_finetuning_a_pretrained_encoder_without_teacher(tmp_path, toy_train, toy_squad):
-    encoder = make_tiny_qa_model(tmp_path / "encoder", qa_head=False)
-    block = f"""\
-    student: {{pretrained: {encoder}}}
-    train: {{data: TRAIN, batch_size: 8, precision: fp32, eval_limit: 3, checkpoint_every: 50, log_every: 1,
-             dropout: 0.0}}
-    stages:
-      - {{loss: {{hard: 1.0}}, epochs: 6, lr: 3.0e-3}}
-    """
-    root = run_recipe(_recipe(tmp_path, encoder, toy_train, toy_squad, block), tmp_path / "r")
-    folder = root / "models" / "student"
-    saved = load_torch_qa_model(folder)  # the new QA head is trained and saved
-    assert saved.config.hidden_dropout_prob == 0.1  # trained without dropout, saved with the model's own rates
-    losses = [e["hard"] for e in map(json.loads, (folder / "train_log.jsonl").read_text().splitlines()) if "hard" in e]
-    assert losses[-1] < 0.5 * losses[0]
-    assert json.loads((folder / "training.json").read_text())["teacher"] is None
-
-
-def test_tinybert_two_stage_with_projection_and_attention(tmp_path, toy_train, toy_squad):
-    teacher = make_tiny_qa_model(tmp_path / "teacher", layers=4, hidden=32, heads=4)
-    block = """\
-    student: {num_hidden_layers: 2, hidden_size: 16, num_attention_heads: 4, intermediate_size: 32, init: random}
-    train: {data: TRAIN, batch_size: 8, precision: fp32, eval_limit: 3, checkpoint_every: 50, log_every: 1}
-    stages:
-      - {loss: {hidden: 1.0, attention: 1.0, embedding: 1.0}, epochs: 4, lr: 3.0e-3}
-      - {loss: {soft: 1.0}, epochs: 1, lr: 1.0e-3}
-    """
-    root = run_recipe(_recipe(tmp_path, teacher, toy_train, toy_squad, block), tmp_path / "r")
-    entries = [json.loads(x) for x in (root / "models" / "student" / "train_log.jsonl").read_text().splitlines()]
-    first = [e for e in entries if e.get("stage") == 0 and "loss" in e]
-    assert {"hidden", "attention", "embedding"} <= set(first[0])
-    assert first[-1]["loss"] < first[0]["loss"]
-    assert any(e.get("stage") == 1 and "soft" in e for e in entries)
-    assert load_torch_qa_model(root / "models" / "student").config.hidden_size == 16
-
-
-# --- refusals before training --------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "student, loss, message",
-    [
-        ("{layers: [0, 7]}", "{hard: 1.0}", "do not exist"),
-        ("{num_hidden_layers: 6}", "{hard: 1.0}", "only 4 to initialise"),
-        ("{hidden_size: 30, num_attention_heads: 4, num_hidden_layers: 2}", "{hard: 1.0}", "not divisible"),
-        ("{layers: [0, 2]}", "{hidden: 1.0, layer_map: {0: 1, 2: 3}}", "student layer 2"),
-        ("{layers: [0, 2]}", "{hidden: 1.0, layer_map: {0: 1, 1: 8}}", "teacher layer 8"),
-        ("{num_hidden_layers: 2, num_attention_heads: 2}", "{attention: 1.0}", "as many heads"),
-    ],
-)
-def test_bad_distill_specs_fail_with_file_and_line_before_training(
-    tmp_path, toy_train, toy_squad, capsys, student, loss, message
-):
-    teacher = make_tiny_qa_model(tmp_path / "teacher", layers=4)
-    block = f"student: {student}\ntrain: {{data: TRAIN}}\nstages:\n  - {{loss: {loss}}}\n"
-    path = _recipe(tmp_path, teacher, toy_train, toy_squad, block)
-    assert main(["distill", str(path), "--out", str(tmp_path / "runs")]) == 2
-    err = capsys.readouterr().err
-    assert message in err and f"{path}:6" in err
-    assert not (tmp_path / "runs" / "d" / "work").exists()
-
-
-def test_teacher_without_qa_head_is_refused(tmp_path, toy_train, toy_squad, capsys):
-    encoder = make_tiny_qa_model(tmp_path / "encoder", qa_head=False)
-    path = _recipe(tmp_path, encoder, toy_train, toy_squad, "student: {layers: [0]}\ntrain: {data: TRAIN}\n")
-    assert main(["distill", str(path), "--out", str(tmp_path / "runs")]) == 2
-    assert "not a question-answering model" in capsys.readouterr().err
-
-
-def test_cache_of_other_tokenisation_is_refused_before_training(tmp_path, toy_train, toy_squad, capsys):
-    teacher = make_tiny_qa_model(tmp_path / "teacher", layers=2)
-    cache = tmp_path / "my-cache"
-    block = """\
-    student: {layers: [0]}
-    train: {data: TRAIN, batch_size: 8, precision: fp32, max_length: MAXLEN, doc_stride: 8, cache: CACHE,
-            checkpoint_every: 50}
-    stages:
-      - {loss: {soft: 1.0}, max_steps: 1}
-    """.replace("CACHE", str(cache))
-    first = _recipe(tmp_path, teacher, toy_train, toy_squad, block.replace("MAXLEN", "64"), name="a")
-    run_recipe(first, tmp_path / "runs")
-    assert (cache / "meta.json").exists()
-    second = _recipe(tmp_path, teacher, toy_train, toy_squad, block.replace("MAXLEN", "32"), name="b")
-    assert main(["distill", str(second), "--out", str(tmp_path / "runs")]) == 2
-    err = capsys.readouterr().err
-    assert "teacher cache was built with other settings" in err and "max_length" in err
-    assert not (tmp_path / "runs" / "b" / "work" / "student" / "checkpoint.pt").exists()
-
-
-# --- on the shared teacher and data --------------------------------------------------------------------------------
-
-
-def test_distilled_student_of_the_shared_teacher_learns(tmp_path, teacher):
-    from conftest import DEV
-    from edgeqa.compress.train import _evaluate
-
-    block = """\
-    student: {layers: [0, 2, 4]}
-    train: {data: TRAIN, limit: 320, batch_size: 16, eval_limit: 100, checkpoint_every: 50,
-            freeze_word_embeddings: true}
-    stages:
-      - {loss: {hard: 0.5, soft: 0.5, temperature: 2.0}, max_steps: 20, lr: 2.0e-4}
-    """
-    root = run_recipe(_recipe(tmp_path, teacher, TRAIN, DEV, block), tmp_path / "runs")
-    info = json.loads((root / "models" / "student" / "training.json").read_text())
-    untrained = build_student(StudentSpec(layers=(0, 2, 4)), load_torch_qa_model(teacher))
-    before = _evaluate(
-        untrained,
-        load_tokenizer(teacher),
-        load_squad(DEV, 100).examples,
-        ("input_ids", "attention_mask", "token_type_ids"),
-        train_mod.TrainConfig(data=str(TRAIN)),
-    )
-    assert info["best"]["f1"] > before["f1"] + 10, (before, info["best"])
-    assert info["parameters"] < 0.8 * sum(p.numel() for p in load_torch_qa_model(teacher).parameters())
-
-
-def test_finetuning_the_packaged_minilm_encoder(tmp_path, teacher):
-    from edgeqa.compress.recipe import load_recipe
-
-    recipe = load_recipe(REPO / "recipes" / "finetune-minilm-cpu.yaml")
-    encoder = recipe.steps[0].params["student"]["pretrained"]
-    assert Path(encoder, "model.safetensors").exists()
-    block = f"""\
-    student: {{pretrained: {encoder}}}
-    train: {{data: TRAIN, limit: 32, batch_size: 16, eval_limit: 10, checkpoint_every: 50}}
-    stages:
-      - {{loss: {{hard: 1.0}}, max_steps: 2}}
-    """
-    from conftest import DEV
-
-    root = run_recipe(_recipe(tmp_path, teacher, TRAIN, DEV, block), tmp_path / "runs")
-    student = load_torch_qa_model(root / "models" / "student")  # a QA model now, with its own head
-    assert student.config.num_hidden_layers == 6 and (root / "models" / "student" / "tokenizer.json").exists()
-
-
-# --- the GPU check's two halves, on the CPU ------------------------------------------------------------------------
-
-
-def test_gpu_check_prepares_what_travels_and_its_device_half_runs(tmp_path):
-    from edgeqa.compress import gpu_check
-
-    shared = tmp_path / "shared"
-    make_tiny_qa_model(shared / gpu_check.TEACHER, layers=6)  # the recipe's student copies layers 0, 2, 4
-    (shared / gpu_check.DEV).parent.mkdir(parents=True)
-    write_squad(shared / gpu_check.TRAIN, TOY_QAS * 16, gz=True)
-    write_squad(shared / gpu_check.DEV, TOY_QAS, gz=True)
-    manifest = gpu_check.prepare(shared, tmp_path / ".gpu")
-    weights = load_file(tmp_path / ".gpu" / "teacher" / "model.safetensors")
-    assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float16}
-    assert {"train.json.gz", "dev.json.gz", "teacher/vocab.txt", "teacher/config.json"} <= set(manifest["files"])
-
-    result = gpu_check.run_check(
-        tmp_path / ".gpu", tmp_path / "out", steps=(2, 3), limit=40, eval_questions=3, allow_cpu=True
-    )
-    assert json.loads((tmp_path / "out" / "gpu_check.json").read_text()) == result
-    assert result["status"] == "done" and result["training"]["device"] == "cpu"
-    assert [s["steps"] for s in result["stages"]] == [2, 3] and all(s["steps_per_s"] > 0 for s in result["stages"])
-    assert result["eval_questions"] == 3 and 0 <= result["f1"] <= 100
-    assert result["f1"] == result["in_training_eval"]["f1"]  # the saved student scores as it did in training
-    assert result["training"]["precision"]["asked"] == "auto"

@@ -7,8 +7,9 @@ import pytest
 
 from conftest import edgeqa_command, kill_when_written, run_to_end
 from edgeqa.bench.files import EdgeQAError
-from edgeqa.compress import recipe as recipe_mod
-from edgeqa.compress.recipe import load_recipe, run_recipe
+from edgeqa.pipeline import run as recipe_mod
+from edgeqa.pipeline.recipe import load_recipe
+from edgeqa.pipeline.run import run_recipe
 
 STEPS = """\
 steps:
@@ -198,7 +199,7 @@ def test_runs_recorded_before_a_setting_existed_stay_valid(tmp_path, tiny_qa_mod
     root = run_recipe(path, tmp_path / "runs")
     step_json = root / "models" / "sparse" / "step.json"
     record = json.loads(step_json.read_text())
-    for key in ("initial", "refit", "refit_batches", "refit_to"):  # as a run made before these settings existed
+    for key in ("version", "initial", "refit", "refit_batches", "refit_to"):  # a version 1 record, made before them
         del record[key]
     step_json.write_text(json.dumps(record))
     run_recipe(path, tmp_path / "runs")  # absent means the default: skipped, not refused and not made again
@@ -213,7 +214,7 @@ def test_runs_recorded_before_a_setting_existed_stay_valid(tmp_path, tiny_qa_mod
     run_recipe(_write(tmp_path, tiny_qa_model, toy_squad, refit), tmp_path / "runs")
     step_json = root / "models" / "refit" / "step.json"
     record = json.loads(step_json.read_text())
-    del record["refit_to"]
+    del record["refit_to"], record["version"]
     step_json.write_text(json.dumps(record))
     run_recipe(_write(tmp_path, tiny_qa_model, toy_squad, refit), tmp_path / "runs")
     assert json.loads(step_json.read_text())["made"] == record["made"]
@@ -222,6 +223,12 @@ def test_runs_recorded_before_a_setting_existed_stay_valid(tmp_path, tiny_qa_mod
             _write(tmp_path, tiny_qa_model, toy_squad, refit.replace("refit_to: matrix", "refit_to: model")),
             tmp_path / "runs",
         )
+
+    # A record from a newer edgeqa is refused rather than misread.
+    step_json.write_text(json.dumps({**record, "version": 99}))
+    with pytest.raises(EdgeQAError, match="version 99 is newer"):
+        run_recipe(_write(tmp_path, tiny_qa_model, toy_squad, refit), tmp_path / "runs")
+    step_json.write_text(json.dumps(record))
 
     # train.dropout left at its default stays out of the record, as it was before the setting existed.
     recovered = (

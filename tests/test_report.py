@@ -5,7 +5,8 @@ import json
 import pytest
 
 from edgeqa.bench.files import EdgeQAError
-from edgeqa.bench.report import build_report, make_row, pareto_front, plot_sparsity, to_markdown, write_report
+from edgeqa.bench.markdown import describe_pruning, to_markdown
+from edgeqa.bench.report import build_report, make_row, pareto_front, plot_sparsity, write_report
 
 
 def _bench(p50, model="m"):
@@ -117,22 +118,21 @@ def test_reference_must_be_a_row():
 
 
 def test_the_pruning_cell_says_how_the_zeros_were_made():
-    from edgeqa.bench.report import _describe_pruning
 
     settings = {"sparsity": 0.8, "scope": "global", "schedule": "cubic", "initial": 0.5, "refit": True}
-    assert _describe_pruning({"method": "magnitude", "settings": {**settings, "refit_to": "model"}}) == (
+    assert describe_pruning({"method": "magnitude", "settings": {**settings, "refit_to": "model"}}) == (
         "magnitude 80% (global, cubic from 50%, refit to model)"
     )
-    assert _describe_pruning({"method": "magnitude", "settings": settings}) == (  # recorded before refit_to
+    assert describe_pruning({"method": "magnitude", "settings": settings}) == (  # recorded before refit_to
         "magnitude 80% (global, cubic from 50%, refit to matrix)"
     )
-    assert _describe_pruning({"method": "magnitude", "settings": {**settings, "select": "obs"}}) == (
+    assert describe_pruning({"method": "magnitude", "settings": {**settings, "select": "obs"}}) == (
         "magnitude 80% (global, cubic from 50%, chosen by OBS saliency, refit to matrix)"
     )
     plain = {"sparsity": 0.5, "scope": "layer", "schedule": "oneshot"}
-    assert _describe_pruning({"method": "magnitude", "settings": plain}) == "magnitude 50% (layer, oneshot)"
+    assert describe_pruning({"method": "magnitude", "settings": plain}) == "magnitude 50% (layer, oneshot)"
     chosen = {**plain, "select": "input"}
-    assert _describe_pruning({"method": "magnitude", "settings": chosen}) == (
+    assert describe_pruning({"method": "magnitude", "settings": chosen}) == (
         "magnitude 50% (layer, oneshot, chosen by |w| x input RMS)"
     )
 

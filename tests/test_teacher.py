@@ -7,7 +7,8 @@ from edgeqa.cli import main
 
 
 def test_teacher_scores_on_dev_subset(teacher, tmp_path, capsys):
-    # The first 200 dev questions; the full dev set gives EM 72.65 / F1 82.12 (README), this subset is easier.
+    # The first 200 dev questions; the full dev set gives EM 72.65 / F1 82.12 (docs/results/deploy.md), this
+    # subset is easier.
     assert (
         main(
             [
@@ -60,7 +61,8 @@ def test_teacher_answers_past_max_length(teacher, capsys):
 def test_teacher_exports_with_parity_on_real_questions_and_int8_stays_close(teacher, tmp_path, capsys):
     """The export's default parity check (the first 200 dev questions) on the real teacher, then dynamic int8:
     on the first 300 dev questions, scored one window at a time as deployed, int8 must stay within 2 F1 of fp32
-    (on the full dev set it costs about 0.5 to 0.7, README; 300 questions move a score by about a point)."""
+    (on the full dev set it costs about 0.5 to 0.7, docs/results/deploy.md; 300 questions move a score by about a
+    point)."""
     onnx_dir, int8_dir = tmp_path / "onnx", tmp_path / "int8"
     assert main(["export", "--model", str(teacher), str(onnx_dir), "--parity-data", str(DEV)]) == 0
     parity = json.loads((onnx_dir / "parity.json").read_text())

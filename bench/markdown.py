@@ -1,0 +1,197 @@
+"""report.md: the report as Markdown, one function per section, in the order a reader meets them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgeqa.bench.report import LATENCY_TOLERANCE, has_unstructured_sparsity
+
+SELECTION_WORDS = {"input": "chosen by |w| x input RMS", "obs": "chosen by OBS saliency"}  # compress.prune's select
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    lines = _header(report)
+    if report.get("warnings"):
+        lines += ["**Warnings** (⚠ in the table):", ""] + [f"- {w}" for w in report["warnings"]] + [""]
+    lines += _main_table(report) + _main_table_notes(report) + _other_shapes(report) + _weights(report)
+    lines += _training(report) + _making(report)
+    if report["notes"]:
+        lines += ["", "Notes:", ""] + [f"- {n}" for n in report["notes"]]
+    lines += ["", f"Versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items())}.", ""]
+    return "\n".join(lines)
+
+
+def _header(report: dict[str, Any]) -> list[str]:
+    shape, m, ev = report["primary_shape"], report["machine"], report["eval"]
+    flags = m.get("flags") or [k for k in ("avx2", "avx512_vnni", "amx_int8") if m.get(k)]
+    return [
+        f"# Latency-accuracy report: {report['name']}",
+        "",
+        f"Machine: {m['cpu']}, {m['logical_cores']} logical cores, int8 class {m.get('isa', '?')} (flags: "
+        f"{', '.join(flags)}); {report['bench']['threads']} intra-op threads. Latency at batch {shape['batch_size']}, "
+        f"sequence {shape['seq_len']}; {report['bench']['repeats']} timed runs per shape after warm-up, in "
+        f"{report['bench'].get('rounds', 1)} interleaved passes over all variants.",
+        f"Accuracy: SQuAD {ev.get('data')} ({ev.get('questions')} questions"
+        + (f", first {ev['limit']}" if ev.get("limit") else ", all")
+        + f"). Reference row: {report['reference']}. Pareto: no other row is as fast (p50 within "
+        f"{LATENCY_TOLERANCE:.0%}) and more accurate.",
+        "",
+    ]
+
+
+def _main_table(report: dict[str, Any]) -> list[str]:
+    shape = report["primary_shape"]
+    lines = [
+        "| variant | backend | size MB | peak RSS MB | p50 ms | p90 ms | pass spread | speed-up | EM | F1 | ΔF1 "
+        "| scored at batch | Pareto |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: |",
+    ]
+    for r in report["rows"]:
+        s = next(x for x in r["latency"] if x["batch_size"] == shape["batch_size"] and x["seq_len"] == shape["seq_len"])
+        spread = f"{s['pass_spread']:.1%}" if s.get("pass_spread") is not None else "-"
+        flag = " ⚠" if r.get("timing_flags") else ""
+        batch = r.get("scored_batch_size") or "-"
+        lines.append(
+            f"| {r['name']} | {r['backend']} | {r['file_mb']:.1f} | {r['peak_rss_mb']:.0f} | {s['p50_ms']:.1f}{flag} | "
+            f"{s['p90_ms']:.1f} | {spread} | {r['speedup']:.2f}x{'†' if r.get('same_kernels_as') else ''} | "
+            f"{r['exact_match']:.2f} | {r['f1']:.2f} | {r['delta_f1']:+.2f} | "
+            f"{batch}{'*' if r.get('batch_dependent') else ''} | {'yes' if r['pareto'] else ''} |"
+        )
+    return lines
+
+
+def _preset(row: dict[str, Any]) -> dict | None:
+    return (row["extra"].get("quantization") or {}).get("preset")
+
+
+def _main_table_notes(report: dict[str, Any]) -> list[str]:
+    """The footnotes the table's marks (*, †) and its int8 rows call for."""
+    lines = []
+    if any(r.get("batch_dependent") for r in report["rows"]):
+        lines += [
+            "",
+            "\\* Answers depend on the batch (dynamic int8 scales activations per batch): scored at the batch size "
+            "shown, 1 unless the recipe says otherwise, as such a model is deployed.",
+        ]
+    presets = [(r["name"], _preset(r)) for r in report["rows"] if _preset(r)]
+    if presets:
+        lines += ["", "Int8 presets: " + "; ".join(
+            f"{n}: {p['chosen']} ({'chosen for' if p['asked'] == 'auto' else 'named, made on'} a CPU of class "
+            f"{p['cpu']['isa']}{'' if p['fits_cpu'] else ', does not fit it'})" for n, p in presets
+        ) + "."]  # fmt: skip
+    twinned = [r for r in report["rows"] if r.get("same_kernels_as")]
+    if twinned:
+        pairs = ", ".join(f"{r['name']} (as {r['same_kernels_as']})" for r in twinned)
+        lines += [
+            "",
+            f"† The same dense kernels as another row, zeros the only difference: {pairs}. The gap between their "
+            "timings is noise, not a speed-up, and the front places such a row at its twin's time.",
+        ]
+    return lines
+
+
+def _other_shapes(report: dict[str, Any]) -> list[str]:
+    primary = tuple(report["primary_shape"].values())
+    others = sorted({(s["batch_size"], s["seq_len"]) for r in report["rows"] for s in r["latency"]} - {primary})
+    if not others:
+        return []
+    lines = ["", "Other shapes (p50 ms / throughput in sequences per second):", ""]
+    header = " | ".join(f"b{b} x {n}" for b, n in others)
+    lines += [f"| variant | {header} |", "| --- |" + " ---: |" * len(others)]
+    for r in report["rows"]:
+        cells = []
+        for b, n in others:
+            s = next((x for x in r["latency"] if x["batch_size"] == b and x["seq_len"] == n), None)
+            cells.append(f"{s['p50_ms']:.1f} / {s['throughput']:.1f}" if s else "-")
+        lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _weights(report: dict[str, Any]) -> list[str]:
+    weighed = [r for r in report["rows"] if r["extra"].get("weights")]
+    if not weighed:
+        return []
+    lines = ["", "Weights, measured on each file:", ""]
+    lines += ["| variant | parameters | zeros in weight matrices | in encoder layers | file MB | gzip MB | pruning |"]
+    lines += ["| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in weighed:
+        w, p = r["extra"]["weights"], r["extra"].get("pruning")
+        params = f"{w['parameters'] / 1e6:.1f}M" if w.get("parameters") else "-"
+        sparsity, encoder = (
+            f"{w[k]:.1%}" if w.get(k) is not None else "-" for k in ("matrix_sparsity", "encoder_sparsity")
+        )
+        gz = f"{w['gzip_bytes'] / 2**20:.1f}" if w.get("gzip_bytes") else "-"
+        raw = f"{w['file_bytes'] / 2**20:.1f}" if w.get("file_bytes") else "-"
+        lines.append(f"| {r['name']} | {params} | {sparsity} | {encoder} | {raw} | {gz} | {describe_pruning(p)} |")
+    return lines + _layer_sparsity([r for r in weighed if has_unstructured_sparsity(r)])
+
+
+def _layer_sparsity(sparse: list[dict[str, Any]]) -> list[str]:
+    depth = max((len(r["extra"]["weights"].get("per_layer_sparsity") or {}) for r in sparse), default=0)
+    if not depth:
+        return []
+    lines = ["", "Zeros in each encoder layer's weight matrices, measured on each file:", ""]
+    lines += ["| variant | " + " | ".join(f"layer {i}" for i in range(depth)) + " |"]
+    lines += ["| --- |" + " ---: |" * depth]
+    for r in sparse:
+        per = r["extra"]["weights"].get("per_layer_sparsity") or {}
+        cells = [f"{per[str(i)]:.1%}" if str(i) in per else "-" for i in range(depth)]
+        lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _training(report: dict[str, Any]) -> list[str]:
+    trained = [r for r in report["rows"] if r["extra"].get("training")]
+    if not trained:
+        return []
+    lines = ["", "Trained here (distilled or fine-tuned):", ""]
+    lines += ["| variant | parameters | training questions | training minutes | processes |"]
+    lines += ["| --- | ---: | ---: | ---: | ---: |"]
+    for r in trained:
+        t = r["extra"]["training"]
+        lines.append(
+            f"| {r['name']} | {t['parameters'] / 1e6:.1f}M | {t['questions']} | {t['train_seconds'] / 60:.1f} | "
+            f"{t['processes']} |"
+        )
+    return lines
+
+
+def _making(report: dict[str, Any]) -> list[str]:
+    """How long each variant took to make, step by step along the chain of models it was made from."""
+    made = [r for r in report["rows"] if r["extra"].get("making")]
+    if not made:
+        return []
+    lines = ["", "Time to make each variant (minutes per step, from the first step to the variant itself):", ""]
+    lines += ["| variant | steps | total minutes |", "| --- | --- | ---: |"]
+    for r in made:
+        steps = r["extra"]["making"]
+        known = [s["seconds"] for s in steps if s.get("seconds") is not None]
+        cells = ", ".join(
+            f"{s['step']} {s['name']} " + (f"{s['seconds'] / 60:.1f}" if s.get("seconds") is not None else "?")
+            for s in steps
+        )
+        total = f"{sum(known) / 60:.1f}" + ("" if len(known) == len(steps) else " (some steps unrecorded)")
+        lines.append(f"| {r['name']} | {cells} | {total} |")
+    return lines
+
+
+def describe_pruning(p: dict[str, Any] | None) -> str:
+    """One cell: what the pruning step asked for (what the file holds is in the other columns)."""
+    if not p:
+        return ""
+    cfg = p.get("settings") or {}
+    if p.get("method") == "structured":
+        parts = [f"heads per layer {p['heads_per_layer']}" if p.get("heads_per_layer") else f"heads {cfg.get('heads')}"]
+        parts.append(f"FFN {p['intermediate_size']}" if p.get("intermediate_size") else f"FFN {cfg.get('ffn')}")
+        return f"structured ({cfg.get('importance', 'magnitude')}): " + ", ".join(parts)
+    pattern = cfg.get("pattern", "1x1")
+    shape = "" if pattern == "1x1" else f" {pattern}"
+    how = [cfg.get("scope"), cfg.get("schedule")]
+    if cfg.get("initial"):
+        how[-1] += f" from {cfg['initial']:.0%}"
+    select = cfg.get("select", "magnitude")
+    if select != "magnitude":
+        how.append(SELECTION_WORDS.get(select, f"chosen by {select}"))
+    if cfg.get("refit"):
+        how.append(f"refit to {cfg.get('refit_to', 'matrix')}")  # records from before refit_to: per matrix
+    return f"magnitude{shape} {cfg.get('sparsity', 0):.0%} ({', '.join(str(h) for h in how)})"

@@ -1,0 +1,55 @@
+"""What a running recipe knows: its settings, its folder, and the variants made so far."""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgeqa.pipeline.recipe import BASE_VARIANT, Recipe
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    path: Path
+    torch_int8: bool = False  # PyTorch dynamic int8 applied at load: a variant without an artefact of its own
+
+
+@dataclass
+class Run:
+    recipe: Recipe
+    root: Path
+    variants: dict[str, Variant] = field(default_factory=dict)
+    benched: list[str] = field(default_factory=list)
+    retime: bool = False  # time the bench steps again though their timings are cached (a busy machine's)
+
+    def model_dir(self, name: str) -> Path:
+        return self.root / "models" / name
+
+    def source(self, name: str) -> Variant:
+        return self.variants[name]
+
+    def add(self, name: str, torch_int8: bool = False, path: Path | None = None) -> None:
+        self.variants[name] = Variant(name, path or self.model_dir(name), torch_int8)
+
+    @property
+    def cache_root(self) -> Path:
+        """Teacher outputs shared by every recipe run under the same parent folder."""
+        return self.root.parent / "cache"
+
+    @functools.cached_property
+    def parity_examples(self):
+        """The questions every model-making step checks parity on, read once per run."""
+        from edgeqa.bench.squad import load_squad
+
+        return load_squad(self.recipe.eval.data, self.recipe.parity.limit).examples
+
+
+def is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def base_variant(recipe: Recipe) -> Variant:
+    return Variant(BASE_VARIANT, Path(recipe.model))

@@ -1,0 +1,110 @@
+"""Report assembly, one for both ways in: a recipe's report step and `edgeqa report` build their rows here, from
+each model's scores, timings and the records its folder (or the folders it was made from) carries."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from edgeqa.bench.files import EdgeQAError, read_json, write_json
+from edgeqa.bench.report import build_report, has_unstructured_sparsity, make_row, write_report
+from edgeqa.pipeline.context import Run
+from edgeqa.pipeline.recipe import BASE_VARIANT, ReportStep
+from edgeqa.pipeline.records import inherited_record, made_id, making_times
+
+log = logging.getLogger(__name__)
+
+WEIGHT_PRESERVING_STEPS = ("export", "fuse", "quantize", "mobile")
+PRUNING_KEYS = ("method", "settings", "pruned_matrices_sparsity", "per_layer", "heads_per_layer", "intermediate_size")
+TRAINING_KEYS = ("teacher", "parameters", "questions", "windows", "train_seconds", "processes", "device", "best")
+NOTES = [
+    "Latency: p50/p90/p99 of timed runs on synthetic full-length inputs after warm-up, gathered in passes "
+    "over all variants (each pass a fresh process per variant; peak_rss_mb is the largest such process's "
+    "peak). A rerun keeps a bench step's timings while all its variants are unchanged; if one is new or made "
+    "again, all of them are timed again, side by side.",
+    "Size: the weights file that ships (model.onnx, model.ort or model.safetensors); gzip MB is that file "
+    "compressed, and sparsity the share of zeros in its weight matrices, both measured on the file.",
+]
+DENSE_KERNELS_NOTE = (
+    "ONNX Runtime's CPU kernels are dense: zeros from unstructured pruning are multiplied like any other "
+    "weight, so such sparsity shrinks the compressed file, not the latency. Structured pruning (fewer heads, "
+    "narrower feed-forward layers) is what makes a model faster."
+)
+
+
+def model_records(path: Path, torch_int8: bool = False) -> dict[str, Any]:
+    """What a model's folder says about how it was made: parity, quantization, fusion, pruning and training."""
+    extra: dict[str, Any] = {}
+    if not torch_int8:  # these describe the folder's own model, not the int8 one made from it at load
+        for record in ("parity.json", "fusion.json"):
+            if (path / record).exists():
+                extra[record.removesuffix(".json")] = read_json(path / record)
+        quantization = inherited_record(path, "quantization.json", ("mobile",))
+        if quantization:
+            extra["quantization"] = quantization
+    pruning = inherited_record(path, "prune.json", WEIGHT_PRESERVING_STEPS)
+    if pruning:
+        extra["pruning"] = {k: pruning[k] for k in PRUNING_KEYS if k in pruning}
+    if (path / "training.json").exists():
+        t = read_json(path / "training.json", "training record")
+        extra["training"] = {k: t.get(k) for k in TRAINING_KEYS}
+    making = making_times(path)
+    if making:
+        extra["making"] = making
+    return extra
+
+
+def weight_stats_cached(path: Path, cache: Path | None) -> dict:
+    """Zeros, parameters, raw and gzip size of a model's file; cached while the file is unchanged."""
+    from edgeqa.bench.latency import model_file_size
+    from edgeqa.bench.weights import weight_stats
+
+    # version 2 added ONNX parameter counts, 3 the encoder layers' share of zeros
+    key = {"path": str(path), "bytes": model_file_size(path), "version": 3, "made": made_id(path)}
+    if cache is not None and cache.exists() and read_json(cache).get("key") == key:
+        return read_json(cache)["stats"]
+    stats = weight_stats(path)
+    if cache is not None:
+        write_json(cache, {"key": key, "stats": stats})
+    return stats
+
+
+def report_row(name: str, path: Path, torch_int8: bool, metrics: dict, bench: dict, weights: dict) -> dict:
+    """One row: scores, timings, the file's weight statistics and what the folder records about its making."""
+    extra = {"overhead_share": metrics.get("overhead_share"), "timings": metrics.get("timings"),
+             **model_records(path, torch_int8), "weights": weights}  # fmt: skip
+    return make_row(name, bench, metrics, extra)
+
+
+def assemble_report(name: str, rows: list[dict], reference: str, eval_info: dict, bench: dict) -> dict[str, Any]:
+    """The report of rows timed together: `bench` is one row's timing result, whose settings and machine all share."""
+    notes = NOTES + ([DENSE_KERNELS_NOTE] if any(has_unstructured_sparsity(r) for r in rows) else [])
+    bench_info = {k: v for k, v in bench["settings"].items() if k != "torch_int8"}
+    return build_report(name, rows, reference, eval_info, bench_info, bench["machine"], bench["versions"], notes)
+
+
+def eval_info(data: str, limit: int | None, metrics: dict) -> dict[str, Any]:
+    return {"data": data, "limit": limit, "questions": metrics["total"], "settings": metrics["settings"]}
+
+
+def step_report(run: Run, step: ReportStep) -> None:
+    names = list(step.variants) or run.benched
+    missing = [n for n in names if not (run.root / "bench" / f"{n}.json").exists()]
+    if missing:
+        raise EdgeQAError(f"{run.recipe.path}:{step.line}: report needs a bench step for {', '.join(missing)} first")
+    rows, bench = [], {}
+    for name in names:
+        v = run.variants[name]
+        metrics = read_json(run.root / "eval" / name / "metrics.json")
+        bench[name] = read_json(run.root / "bench" / f"{name}.json")
+        weights = weight_stats_cached(v.path, run.root / "bench" / f"{name}.weights.json")
+        rows.append(report_row(name, v.path, v.torch_int8, metrics, bench[name], weights))
+    first_metrics = read_json(run.root / "eval" / names[0] / "metrics.json")
+    reference = step.reference or (BASE_VARIANT if BASE_VARIANT in names else names[0])
+    info = eval_info(run.recipe.eval.data, run.recipe.eval.limit, first_metrics)
+    report = assemble_report(run.recipe.name, rows, reference, info, bench[names[0]])
+    for path in write_report(report, run.root):
+        log.info("wrote %s", path)
+    for warning in report["warnings"]:
+        log.warning("report %s: %s", run.recipe.name, warning)

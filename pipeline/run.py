@@ -1,0 +1,99 @@
+"""`run_recipe`: execute a recipe's steps in order into runs/<name>/, resuming whatever an earlier run completed."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from edgeqa.bench.files import EdgeQAError, check_writable_dir, write_json
+from edgeqa.pipeline.context import Run, base_variant, is_main_process
+from edgeqa.pipeline.make import step_export, step_fuse, step_mobile, step_quantize, step_torch_int8
+from edgeqa.pipeline.measure import step_bench
+from edgeqa.pipeline.recipe import PruneStep, Recipe, Step, load_recipe
+from edgeqa.pipeline.report import step_report
+from edgeqa.pipeline.train import check_distill, check_prune, step_distill, step_prune
+
+log = logging.getLogger(__name__)
+
+STEPS: dict[str, Callable[[Run, object], None]] = {
+    "export": step_export,
+    "fuse": step_fuse,
+    "quantize": step_quantize,
+    "torch_int8": step_torch_int8,
+    "mobile": step_mobile,
+    "bench": step_bench,
+    "report": step_report,
+    "distill": step_distill,
+    "prune": step_prune,
+}
+CHECKS = {"distill": check_distill, "prune": check_prune}
+
+
+def _check_inputs(recipe: Recipe) -> None:
+    from edgeqa.bench.engines import resolve_model
+
+    backend, _, _ = resolve_model(recipe.model)
+    if backend != "torch":
+        raise EdgeQAError(f"{recipe.model}: a recipe's model is a transformers PyTorch QA folder")
+    for data in filter(None, (recipe.eval.data, recipe.calibration_data)):
+        if not Path(data).exists():
+            raise EdgeQAError(f"{recipe.path}: data file {data} does not exist")
+
+
+def steps_making(recipe: Recipe, names: tuple[str, ...]) -> tuple[Step, ...]:
+    """The steps that make the named variants and everything they are made from (sources and teachers), in recipe
+    order: one part of a recipe, runnable on its own and reused by the whole run later."""
+    by_name = {s.name: s for s in recipe.steps if s.name}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise EdgeQAError(f"{recipe.path}: no step makes {', '.join(unknown)} (it makes {', '.join(by_name)})")
+    needed, todo = set(), list(names)
+    while todo:
+        name = todo.pop()
+        if name in by_name and name not in needed:
+            needed.add(name)
+            todo += [by_name[name].source] + ([by_name[name].teacher] if isinstance(by_name[name], PruneStep) else [])
+    return tuple(s for s in recipe.steps if s.name in needed)
+
+
+def run_recipe(
+    path: str | Path,
+    out_root: str | Path = "runs",
+    shared: str | Path | None = None,
+    until: str | None = None,
+    retime: bool = False,
+    only: tuple[str, ...] = (),
+) -> Path:
+    """Execute a recipe into out_root/<name>/, resuming whatever an earlier run of it completed.
+
+    `until="distill"` stops after the last distill step (`edgeqa distill`). `only` makes just the named variants
+    and what they are made from, without bench or report steps. `retime` times every bench step again, for a
+    report whose timings were flagged. Under torchrun every process runs the distill steps together; all other
+    steps run in the first process only.
+    """
+    recipe = load_recipe(path, shared)
+    _check_inputs(recipe)
+    steps = steps_making(recipe, tuple(only)) if only else recipe.steps
+    if until is not None:
+        last = max((i for i, s in enumerate(steps) if s.kind == until), default=None)
+        if last is None:
+            raise EdgeQAError(f"{recipe.path}: the recipe has no {until} step")
+        steps = steps[: last + 1]
+    root = check_writable_dir(Path(out_root) / recipe.name)
+    base = base_variant(recipe)
+    run = Run(recipe, root, {base.name: base}, retime=retime)
+    for step in steps:  # every check before any work; later checks see the variants earlier steps will make
+        if step.kind in CHECKS:
+            CHECKS[step.kind](run, step)
+        if step.name and step.name not in run.variants:
+            run.add(step.name)
+    run.variants = {base.name: base}
+    if is_main_process():
+        write_json(root / "recipe.json", {"path": str(recipe.path), "text": recipe.path.read_text(encoding="utf-8")})
+    for i, step in enumerate(steps, 1):
+        if step.kind != "distill" and not is_main_process():
+            continue
+        log.info("step %d/%d: %s %s", i, len(steps), step.kind, step.name or "")
+        STEPS[step.kind](run, step)
+    return root
