@@ -297,9 +297,9 @@ def load_qa_model(path: str | Path, threads: int | None = None, torch_int8: bool
         model = load_torch_qa_model(model_path)
         vocab = model.config.vocab_size
         if torch_int8:
-            import torch
+            from edgeqa.bench.torch_int8 import quantize_linear_int8
 
-            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+            model = quantize_linear_int8(model)
         names = model_input_names(model)
         engine: Engine = TorchEngine(model, names, threads, backend="torch-int8" if torch_int8 else "torch")
     else:

@@ -1,10 +1,11 @@
 """PyTorch QA folder -> ONNX folder (model.onnx + config + tokenizer), always followed by a parity check.
 
-Exporter choice: `torch.onnx.export(..., dynamo=False)`, the TorchScript exporter. Its BERT graphs are the ones
-onnxruntime.transformers' fusion rules (Attention, SkipLayerNormalization, BiasGelu, EmbedLayerNormalization)
-were written against, so the fused and int8 variants get the fast kernels; it also needs no onnxscript at run
-time and exports a 22M-parameter model in seconds. optimum-onnx's `main_export` wraps the same exporter behind
-several layers of task/config classes; we keep it only as the comparison baseline (bench/compare_optimum.py).
+Exporter choice: `torch.onnx.export(..., dynamo=False)`, the TorchScript exporter, although torch warns that it is
+legacy. Its BERT graphs are the ones onnxruntime.transformers' fusion rules were written against: from the dynamo
+exporter's graph they fuse no Attention (so int8 gets no QAttention) nor EmbedLayerNormalization, and at opset 17
+the dynamo exporter writes a graph ONNX Runtime refuses. docs/exporter.md has the comparison and its commands.
+optimum-onnx's `main_export` wraps the same exporter behind several layers of task/config classes; we keep it only
+as the comparison baseline (bench/compare_optimum.py).
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def export_onnx(
                 dynamic_axes=axes,
                 opset_version=opset,
                 do_constant_folding=True,
-                dynamo=False,
+                dynamo=False,  # dynamo's graph loses the Attention fusion and int8 speed: docs/exporter.md
             )
         copy_model_metadata(model_dir, tmp)
         if parity_examples:
