@@ -170,7 +170,10 @@ def _making(report: dict[str, Any]) -> list[str]:
             f"{s['step']} {s['name']} " + (f"{s['seconds'] / 60:.1f}" if s.get("seconds") is not None else "?")
             for s in steps
         )
-        total = f"{sum(known) / 60:.1f}" + ("" if len(known) == len(steps) else " (some steps unrecorded)")
+        if not known:
+            total = "not recorded"  # made before step.json kept times
+        else:
+            total = f"{sum(known) / 60:.1f}" + ("" if len(known) == len(steps) else " (some steps not recorded)")
         lines.append(f"| {r['name']} | {cells} | {total} |")
     return lines
 
