@@ -79,14 +79,19 @@ def make_once(
 
 def making_times(path: Path) -> list[dict[str, Any]]:
     """The steps that made a model, first to last, with the seconds each took: its own and its sources'. A step
-    that was skipped because its folder existed keeps the time of the run that made it."""
+    that was skipped because its folder existed keeps the time of the run that made it. A training step's time is
+    its training's, which counts every start of a killed and resumed run (step.json times the last start only)."""
     chain = []
     for _ in range(32):  # a chain of steps, never a cycle
         step = path / "step.json" if path.is_dir() else path.parent / "step.json"
         if not step.exists():
             break
         record = read_json(step, "step record")
-        chain.append({"step": record.get("step"), "name": step.parent.name, "seconds": record.get("seconds")})
+        seconds = record.get("seconds")
+        training = step.parent / "training.json"
+        if seconds is not None and training.exists():
+            seconds = max(seconds, read_json(training, "training record").get("train_seconds") or 0.0)
+        chain.append({"step": record.get("step"), "name": step.parent.name, "seconds": seconds})
         if "from" not in record:
             break
         path = Path(record["from"])

@@ -25,6 +25,7 @@ from conftest import (
 from edgeqa.bench.engines import load_torch_qa_model
 from edgeqa.compress.prune import REFIT_MIN_RISE
 from edgeqa.compress.prune_magnitude import cubic_sparsity, sparsity_report
+from edgeqa.pipeline.records import making_times
 from edgeqa.pipeline.run import run_recipe
 
 
@@ -67,6 +68,10 @@ def test_a_killed_pruning_recovery_resumes_with_its_masks(tmp_path, toy_squad):
     assert f"resuming from {checkpoint}: stage 0, step {at}" in log
     starts = json.loads((killed / "models" / "sparse" / "training.json").read_text())["starts"]
     assert starts == [{"stage": 0, "step": 0, "steps_run": at}, {"stage": 0, "step": at, "steps_run": 24 - at}]
+    # The model's making time counts both starts, as its training record does, not the last start alone.
+    trained = json.loads((killed / "models" / "sparse" / "training.json").read_text())["train_seconds"]
+    last_start = json.loads((killed / "models" / "sparse" / "step.json").read_text())["seconds"]
+    assert making_times(killed / "models" / "sparse")[-1]["seconds"] == max(trained, last_start) == trained
 
     last = [torch.load(r / "work" / "sparse" / "checkpoint.pt", weights_only=False)["model"] for r in (whole, killed)]
     masks = [k for k in last[0] if k.endswith("weight_mask")]
