@@ -13,7 +13,8 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines = _header(report)
     if report.get("warnings"):
         lines += ["**Warnings** (⚠ in the table):", ""] + [f"- {w}" for w in report["warnings"]] + [""]
-    lines += _main_table(report) + _main_table_notes(report) + _other_shapes(report) + _weights(report)
+    lines += _main_table(report) + _main_table_notes(report) + _targets(report) + _other_shapes(report)
+    lines += _weights(report)
     lines += _training(report) + _making(report)
     if report["notes"]:
         lines += ["", "Notes:", ""] + [f"- {n}" for n in report["notes"]]
@@ -57,6 +58,40 @@ def _main_table(report: dict[str, Any]) -> list[str]:
             f"{r['exact_match']:.2f} | {r['f1']:.2f} | {r['delta_f1']:+.2f} | "
             f"{batch}{'*' if r.get('batch_dependent') else ''} | {'yes' if r['pareto'] else ''} |"
         )
+    return lines
+
+
+def _targets(report: dict[str, Any]) -> list[str]:
+    """Each target met or missed, and by how much: the F1 the fastest-enough model lacks, the speed the
+    accurate-enough model lacks; then what the recipe says was tried."""
+    if not report.get("targets") and not report.get("recipe_notes"):
+        return []
+    ref = next(r for r in report["rows"] if r["name"] == report["reference"])
+    lines = ["", "## Targets", ""]
+    if report.get("targets"):
+        lines += [
+            f"Against the reference ({report['reference']}, F1 {ref['f1']:.2f}): a target is met when a model at "
+            "least that fast reaches that F1.",
+            "",
+            "| target | F1 needed | met | most accurate model at that speed | fastest model at that F1 |",
+            "| --- | ---: | --- | --- | --- |",
+        ]
+    for t in report.get("targets", []):
+        best, fastest = t["best_at_speed"], t["fastest_at_f1"]
+        if t["met"]:
+            verdict = "yes"
+        elif best is None:
+            verdict = "**no**: no model is that fast"
+        else:
+            verdict = f"**no**: {t['f1_short']:.2f} F1 short"
+        at_speed = f"{best['name']}: {best['speedup']:.2f}x, F1 {best['f1']:.2f}" if best else "-"
+        at_f1 = f"{fastest['name']}: {fastest['speedup']:.2f}x, F1 {fastest['f1']:.2f}" if fastest else "none"
+        lines.append(
+            f"| >= {t['speedup']:g}x at >= {t['f1_share']:.0%} | {t['f1_needed']:.2f} | {verdict} | {at_speed} | "
+            f"{at_f1} |"
+        )
+    if report.get("recipe_notes"):
+        lines += ["", "From the recipe:", ""] + [f"- {n}" for n in report["recipe_notes"]]
     return lines
 
 

@@ -10,14 +10,18 @@ report.json, schema "edgeqa.report/1":
   delta_em and delta_f1 (against the reference), pareto (on the F1-latency front, latencies within 3% counting
   as equal), same_kernels_as (only on a row whose unstructured zeros are its one difference from another row; it
   stands on the front at that row's time), extra {free-form details such as parity, quantization settings,
-  fusion, time shares, weights}.
+  fusion, time shares, weights}; targets [{speedup, f1_share, f1_needed, met, best_at_speed, f1_short,
+  fastest_at_f1}] when the report was asked to check any (`Target`); recipe_notes [str], what the recipe's author
+  says about them (what was tried).
 All rows are timed in one run, in interleaved passes, so their ratios hold even on a noisy shared machine.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,51 @@ from edgeqa.bench.files import EdgeQAError, atomic_file, write_json
 log = logging.getLogger(__name__)
 
 SCHEMA = "edgeqa.report/1"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A point the front must reach: `speedup` times the reference's speed or more, at `f1_share` of its F1 or more."""
+
+    speedup: float
+    f1_share: float
+
+    def __post_init__(self) -> None:
+        def number(x: Any) -> bool:
+            return isinstance(x, int | float) and not isinstance(x, bool)
+
+        if not (number(self.speedup) and self.speedup > 0):
+            raise EdgeQAError(f"a target's speedup must be a positive number, got {self.speedup!r}")
+        if not (number(self.f1_share) and 0 < self.f1_share <= 1):
+            raise EdgeQAError(f"a target's f1_share must be in (0, 1], got {self.f1_share!r}")
+
+    @classmethod
+    def parse(cls, text: str) -> Target:
+        """`3:0.98` (3x at 98% of the reference's F1), as the CLI takes it."""
+        speedup, _, share = text.partition(":")
+        try:
+            return cls(float(speedup), float(share))
+        except ValueError:
+            raise EdgeQAError(f"a target is SPEEDUP:F1_SHARE such as 3:0.98, got {text!r}") from None
+
+
+def check_targets(rows: list[dict], reference: dict, targets: tuple[Target, ...]) -> list[dict[str, Any]]:
+    """For each target: is it met, the most accurate row at its speed (and how much F1 it lacks), and the fastest row
+    at its F1, so that a miss says by how much, both ways. Rows need `speedup` already."""
+
+    def brief(row: dict | None) -> dict | None:
+        return None if row is None else {"name": row["name"], "speedup": row["speedup"], "f1": row["f1"]}
+
+    out = []
+    for t in targets:
+        needed = round(t.f1_share * reference["f1"], 2)
+        best = max((r for r in rows if r["speedup"] >= t.speedup), key=lambda r: r["f1"], default=None)
+        fastest = max((r for r in rows if r["f1"] >= needed), key=lambda r: r["speedup"], default=None)
+        met = best is not None and best["f1"] >= needed
+        short = None if met or best is None else round(needed - best["f1"], 2)
+        out.append({**dataclasses.asdict(t), "f1_needed": needed, "met": met, "best_at_speed": brief(best),
+                    "f1_short": short, "fastest_at_f1": brief(fastest)})  # fmt: skip
+    return out
 
 
 def make_row(name: str, bench: dict[str, Any], metrics: dict[str, Any], extra: dict[str, Any] | None = None) -> dict:
@@ -117,6 +166,8 @@ def build_report(
     machine: dict[str, Any],
     versions: dict[str, str],
     notes: list[str] | None = None,
+    targets: tuple[Target, ...] = (),
+    recipe_notes: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     if not rows:
         raise EdgeQAError("a report needs at least one variant")
@@ -159,6 +210,8 @@ def build_report(
         "reference": reference,
         "notes": notes or [],
         "warnings": report_warnings(rows, machine),
+        "targets": check_targets(rows, ref, targets),
+        "recipe_notes": list(recipe_notes),
         "rows": rows,
     }
 

@@ -189,6 +189,9 @@ def _add_deploy_commands(sub) -> None:
     )
     p.add_argument("--name", default="report")
     p.add_argument("--out", required=True)
+    p.add_argument("--target", action="append", default=[], metavar="SPEEDUP:F1_SHARE",
+                   help="report whether a model reaches this speed-up at this share of the reference's F1, "
+                   "such as 3:0.98 (repeatable)")  # fmt: skip
     _add_bench_options(p)
     p.set_defaults(func=cmd_report)
 

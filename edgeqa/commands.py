@@ -177,10 +177,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     from edgeqa.bench.evaluate import evaluate
     from edgeqa.bench.files import check_writable_dir
     from edgeqa.bench.latency import LatencyConfig, benchmark_interleaved
-    from edgeqa.bench.report import write_report
+    from edgeqa.bench.report import Target, write_report
     from edgeqa.bench.squad import load_squad
     from edgeqa.pipeline.report import assemble_report, eval_info, report_row, weight_stats_cached
 
+    targets = tuple(Target.parse(t) for t in args.target)  # a bad target is refused before any work
     models = {}
     for item in args.variant:
         name, sep, path = item.partition("=")
@@ -204,7 +205,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     ]
     first = next(iter(models))
     info = eval_info(args.data, args.limit, metrics[first])
-    report = assemble_report(args.name, rows, args.reference or first, info, timings[first])
+    report = assemble_report(args.name, rows, args.reference or first, info, timings[first], targets)
     for path in write_report(report, out):
         print(f"wrote {path}")
     return 0

@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 from edgeqa.bench.files import EdgeQAError, check_field_types, known_fields
 from edgeqa.bench.latency import LatencyConfig
 from edgeqa.bench.qa import QAConfig
+from edgeqa.bench.report import Target
 from edgeqa.compress.prune import PruneConfig
 from edgeqa.export.onnx import MIN_OPSET
 from edgeqa.export.optimize import FUSIONS
@@ -145,6 +146,8 @@ class ReportStep:
     line: int
     reference: str | None = None
     variants: tuple[str, ...] = ()  # empty: every variant benched so far
+    targets: tuple[Target, ...] = ()  # speed-ups at shares of the reference's F1, each reported met or missed
+    notes: tuple[str, ...] = ()  # the author's word in the report: what was tried for a missed target
 
 
 STEP_TYPES = (ExportStep, FuseStep, QuantizeStep, TorchInt8Step, MobileStep, BenchStep, ReportStep, DistillStep,
@@ -158,7 +161,7 @@ STEP_KEYS: dict[str, set[str]] = {
     "torch_int8": {"name", "from"},
     "mobile": {"name", "from"},
     "bench": {"variants"},
-    "report": {"reference", "variants"},
+    "report": {"reference", "variants", "targets", "notes"},
     "distill": {"name", "from", "student", "train", "loss", "stages"},
     "prune": {"name", "from", "teacher", "train", "stages"} | PRUNE_KEYS,
 }
@@ -229,12 +232,24 @@ def _prune_step(raw: dict[str, Any], line: int, qa: QAConfig) -> PruneStep:
                      teacher=raw.get("teacher", BASE_VARIANT), prune=pcfg, recovery=recovery, data=data)  # fmt: skip
 
 
+def _report_step(raw: dict[str, Any], line: int) -> ReportStep:
+    targets = raw.get("targets") or []
+    notes = raw.get("notes") or []
+    if not isinstance(targets, list) or not all(isinstance(t, dict) and set(t) == {"speedup", "f1_share"}
+                                                for t in targets):  # fmt: skip
+        raise EdgeQAError("report targets must be a list of {speedup: X, f1_share: Y}")
+    if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+        raise EdgeQAError("report notes must be a list of strings")
+    return ReportStep(line=line, reference=raw.get("reference"), variants=tuple(raw.get("variants", ())),
+                      targets=tuple(Target(**t) for t in targets), notes=tuple(notes))  # fmt: skip
+
+
 def parse_step(kind: str, raw: dict[str, Any], line: int, qa: QAConfig) -> Step:
     """One step's settings as its typed config; a setting that is wrong in itself fails here."""
     if kind == "bench":
         return BenchStep(line=line, variants=tuple(raw.get("variants", ())))
     if kind == "report":
-        return ReportStep(line=line, reference=raw.get("reference"), variants=tuple(raw.get("variants", ())))
+        return _report_step(raw, line)
     if kind == "prune":
         return _prune_step(raw, line, qa)
     made = {"line": line, "name": raw.get("name"), "source": raw.get("from", BASE_VARIANT)}

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeqa.bench.files import EdgeQAError, read_json, write_json
-from edgeqa.bench.report import build_report, has_unstructured_sparsity, make_row, write_report
+from edgeqa.bench.report import Target, build_report, has_unstructured_sparsity, make_row, write_report
 from edgeqa.pipeline.context import Run
 from edgeqa.pipeline.recipe import BASE_VARIANT, ReportStep
 from edgeqa.pipeline.records import inherited_record, made_id, making_times
@@ -77,11 +77,20 @@ def report_row(name: str, path: Path, torch_int8: bool, metrics: dict, bench: di
     return make_row(name, bench, metrics, extra)
 
 
-def assemble_report(name: str, rows: list[dict], reference: str, eval_info: dict, bench: dict) -> dict[str, Any]:
+def assemble_report(
+    name: str,
+    rows: list[dict],
+    reference: str,
+    eval_info: dict,
+    bench: dict,
+    targets: tuple[Target, ...] = (),
+    recipe_notes: tuple[str, ...] = (),
+) -> dict[str, Any]:
     """The report of rows timed together: `bench` is one row's timing result, whose settings and machine all share."""
     notes = NOTES + ([DENSE_KERNELS_NOTE] if any(has_unstructured_sparsity(r) for r in rows) else [])
     bench_info = {k: v for k, v in bench["settings"].items() if k != "torch_int8"}
-    return build_report(name, rows, reference, eval_info, bench_info, bench["machine"], bench["versions"], notes)
+    return build_report(name, rows, reference, eval_info, bench_info, bench["machine"], bench["versions"], notes,
+                        targets, recipe_notes)  # fmt: skip
 
 
 def eval_info(data: str, limit: int | None, metrics: dict) -> dict[str, Any]:
@@ -103,7 +112,7 @@ def step_report(run: Run, step: ReportStep) -> None:
     first_metrics = read_json(run.root / "eval" / names[0] / "metrics.json")
     reference = step.reference or (BASE_VARIANT if BASE_VARIANT in names else names[0])
     info = eval_info(run.recipe.eval.data, run.recipe.eval.limit, first_metrics)
-    report = assemble_report(run.recipe.name, rows, reference, info, bench[names[0]])
+    report = assemble_report(run.recipe.name, rows, reference, info, bench[names[0]], step.targets, step.notes)
     for path in write_report(report, run.root):
         log.info("wrote %s", path)
     for warning in report["warnings"]:

@@ -115,15 +115,20 @@ def test_deployment_subcommands_chain(tiny_qa_model, toy_squad, tmp_path, capsys
                 str(toy_squad),
                 "--out",
                 str(out),
+                "--target",
+                "0.01:0.01",
                 *common,
             ]
         )
         == 0
     )
     report = json.loads((out / "report.json").read_text())
+    assert report["targets"][0]["met"] and report["targets"][0]["speedup"] == 0.01
     assert [r["name"] for r in report["rows"]] == ["fp32", "int8"] and report["reference"] == "fp32"
     # Rows are assembled as a recipe's are: the int8 row carries its folder's quantization and parity records.
     int8_row = report["rows"][1]["extra"]
     assert int8_row["quantization"]["per_channel"] is True and "parity" in int8_row
     assert "quantization" not in report["rows"][0]["extra"]
     assert main(["report", "--variant", "no-equals-sign", "--out", str(out)]) == 2
+    assert main(["report", "--variant", f"fp32={tiny_qa_model}", "--target", "3:98", "--out", str(tmp_path / "t")]) == 2
+    assert "f1_share must be in (0, 1]" in capsys.readouterr().err and not (tmp_path / "t").exists()

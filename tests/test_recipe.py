@@ -257,6 +257,12 @@ def test_runs_recorded_before_a_setting_existed_stay_valid(tmp_path, tiny_qa_mod
         ),
         ("steps:\n  - report: {reference: nope}\n", "", r"recipe.yaml:8: unknown variant 'nope'"),
         ("steps:\n  - export: {name: a}\n  - report: {}\n", "", r"recipe.yaml:9: a report needs a bench step"),
+        ("steps:\n  - report: {targets: [{speedup: 3}]}\n", "", r"recipe.yaml:8: report targets must be a list"),
+        (
+            "steps:\n  - report: {targets: [{speedup: 3, f1_share: 98}]}\n",
+            "",
+            r"recipe.yaml:8: a target's f1_share must be in \(0, 1\]",
+        ),
         ("steps: [\n", "", r"recipe.yaml:\d+: not valid YAML"),
         ("steps:\n  - quantize: {name: q, mode: fast}\n", "", r"recipe.yaml:8: quantize mode must be one of"),
         ("steps:\n  - quantize: {name: q, preset: avx9}\n", "", r"recipe.yaml:8: unknown hardware preset"),

@@ -16,7 +16,7 @@ STEPS = """\
 - quantize: {name: int8, from: onnx}
 - export: {name: other, opset: 18}
 - bench: {}
-- report: {}
+- report: {targets: [{speedup: 0.01, f1_share: 0.01}], notes: [a note from the recipe]}
 """
 
 
@@ -42,7 +42,9 @@ def test_only_makes_the_named_variant_and_its_sources_and_the_whole_run_reuses_t
     assert [(s["step"], s["name"]) for s in making] == [("export", "onnx"), ("quantize", "int8")]
     assert [s["seconds"] for s in making] == [made["onnx"]["seconds"], made["int8"]["seconds"]]
     assert "making" not in rows["pytorch-fp32"]["extra"]  # the recipe's model was not made here
-    assert "Time to make each variant" in (runs / "parts" / "report.md").read_text()
+    markdown = (runs / "parts" / "report.md").read_text()
+    assert "Time to make each variant" in markdown
+    assert "| >= 0.01x at >= 1% |" in markdown and "- a note from the recipe" in markdown  # the report step's own
 
 
 def test_only_refuses_a_name_no_step_makes(tmp_path, tiny_qa_model, toy_squad, capsys):

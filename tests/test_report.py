@@ -6,7 +6,7 @@ import pytest
 
 from edgeqa.bench.files import EdgeQAError
 from edgeqa.bench.markdown import describe_pruning, to_markdown
-from edgeqa.bench.report import build_report, make_row, pareto_front, plot_sparsity, write_report
+from edgeqa.bench.report import Target, build_report, make_row, pareto_front, plot_sparsity, write_report
 
 
 def _bench(p50, model="m"):
@@ -35,7 +35,7 @@ def _rows():
     ]
 
 
-def _report(rows, reference="fp32"):
+def _report(rows, reference="fp32", **kwargs):
     return build_report(
         "t",
         rows,
@@ -44,6 +44,7 @@ def _report(rows, reference="fp32"):
         {"threads": 2, "warmup": 1, "repeats": 10, "batch_sizes": [1], "seq_lens": [384]},
         {"cpu": "x", "logical_cores": 2, "avx2": True, "avx512_vnni": True},
         {"numpy": "1"},
+        **kwargs,
     )
 
 
@@ -174,3 +175,28 @@ def test_rows_say_at_which_batch_they_were_scored_and_which_preset_they_fit():
     md = to_markdown(report)
     assert "| 32 |" in md and "| 1* |" in md and "Answers depend on the batch" in md
     assert "int8: avx512_vnni (named, made on a CPU of class avx2, does not fit it)" in md
+
+
+def test_targets_say_met_or_by_how_much_they_are_missed():
+    # The reference (fp32) has F1 82.0; int8 is 2.0x at 81.0, fast-bad 2.5x at 70.0, slow-bad 0.83x at 80.0.
+    targets = (Target(2, 0.98), Target(2.5, 0.9), Target(3, 0.5))
+    report = _report(_rows(), targets=targets, recipe_notes=("tried a 2-layer student",))
+    met, short, none_fast = report["targets"]
+    assert met["f1_needed"] == 80.36 and met["met"] and met["best_at_speed"]["name"] == "int8"
+    # 90% of 82 is 73.8; the one row that fast has 70.0: 3.8 short, and the fastest row at 73.8 is int8.
+    assert short["f1_needed"] == 73.8 and not short["met"] and short["f1_short"] == 3.8
+    assert short["best_at_speed"]["name"] == "fast-bad" and short["fastest_at_f1"]["name"] == "int8"
+    assert not none_fast["met"] and none_fast["best_at_speed"] is None and none_fast["f1_short"] is None
+    assert none_fast["fastest_at_f1"] == {"name": "fast-bad", "speedup": 2.5, "f1": 70.0}
+    md = to_markdown(report)
+    assert "| >= 2x at >= 98% | 80.36 | yes | int8: 2.00x, F1 81.00 | int8: 2.00x, F1 81.00 |" in md
+    assert "| >= 2.5x at >= 90% | 73.80 | **no**: 3.80 F1 short | fast-bad: 2.50x, F1 70.00 |" in md
+    assert "| >= 3x at >= 50% | 41.00 | **no**: no model is that fast | - |" in md
+    assert "- tried a 2-layer student" in md
+    assert "## Targets" not in to_markdown(_report(_rows()))
+
+
+@pytest.mark.parametrize("text", ["3", "3:x", "0:0.9", "3:98"])
+def test_a_bad_target_is_refused(text):
+    with pytest.raises(EdgeQAError, match="target"):
+        Target.parse(text)
