@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeqa.bench.files import EdgeQAError, atomic_file, write_json
+from edgeqa.bench.files import EdgeQAError, atomic_file, check_field_types, write_json
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +40,10 @@ class Target:
     f1_share: float
 
     def __post_init__(self) -> None:
-        def number(x: Any) -> bool:
-            return isinstance(x, int | float) and not isinstance(x, bool)
-
-        if not (number(self.speedup) and self.speedup > 0):
+        check_field_types(self, "report target")
+        if not self.speedup > 0:
             raise EdgeQAError(f"a target's speedup must be a positive number, got {self.speedup!r}")
-        if not (number(self.f1_share) and 0 < self.f1_share <= 1):
+        if not 0 < self.f1_share <= 1:
             raise EdgeQAError(f"a target's f1_share must be in (0, 1], got {self.f1_share!r}")
 
     @classmethod
@@ -67,12 +65,12 @@ def check_targets(rows: list[dict], reference: dict, targets: tuple[Target, ...]
 
     out = []
     for t in targets:
-        needed = round(t.f1_share * reference["f1"], 2)
+        needed = t.f1_share * reference["f1"]  # compared unrounded; rounded only where it is shown
         best = max((r for r in rows if r["speedup"] >= t.speedup), key=lambda r: r["f1"], default=None)
         fastest = max((r for r in rows if r["f1"] >= needed), key=lambda r: r["speedup"], default=None)
         met = best is not None and best["f1"] >= needed
         short = None if met or best is None else round(needed - best["f1"], 2)
-        out.append({**dataclasses.asdict(t), "f1_needed": needed, "met": met, "best_at_speed": brief(best),
+        out.append({**dataclasses.asdict(t), "f1_needed": round(needed, 2), "met": met, "best_at_speed": brief(best),
                     "f1_short": short, "fastest_at_f1": brief(fastest)})  # fmt: skip
     return out
 

@@ -194,6 +194,10 @@ def test_targets_say_met_or_by_how_much_they_are_missed():
     assert "| >= 3x at >= 50% | 41.00 | **no**: no model is that fast | - |" in md
     assert "- tried a 2-layer student" in md
     assert "## Targets" not in to_markdown(_report(_rows()))
+    # Compared unrounded: 0.9812793 x 82.0 = 80.4649, which shows as 80.46, and a row at 80.463 falls short of it.
+    close = [_rows()[0], make_row("close", _bench(25.0), {"exact_match": 71.0, "f1": 80.463})]
+    (near,) = _report(close, targets=(Target(2, 0.9812793),))["targets"]
+    assert near["f1_needed"] == 80.46 and not near["met"] and near["f1_short"] == 0.0
 
 
 @pytest.mark.parametrize("text", ["3", "3:x", "0:0.9", "3:98"])

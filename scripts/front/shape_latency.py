@@ -17,7 +17,7 @@ from transformers import AutoTokenizer, BertForQuestionAnswering
 
 import edgeqa
 from edgeqa.bench.latency import LatencyConfig, benchmark_interleaved
-from edgeqa.export.optimize import fuse
+from edgeqa.export.optimize import FUSIONS, fuse
 
 SHAPES = {  # name: (layers, heads kept in each layer, FFN neurons kept in each layer)
     "l6-h6-f384": (6, 6, 384),
@@ -40,7 +40,7 @@ SHAPES = {  # name: (layers, heads kept in each layer, FFN neurons kept in each 
 }
 
 
-def make_shape(teacher: str, out: Path, layers: int, heads: int, ffn: int) -> Path:
+def make_shape(teacher: str, out: Path, layers: int, heads: int, ffn: int, fusions: tuple[str, ...]) -> Path:
     model = BertForQuestionAnswering.from_pretrained(teacher)
     n_heads = model.config.num_attention_heads
     model.bert.encoder.layer = model.bert.encoder.layer[:layers]
@@ -55,7 +55,7 @@ def make_shape(teacher: str, out: Path, layers: int, heads: int, ffn: int) -> Pa
     model.save_pretrained(out / "pt")
     AutoTokenizer.from_pretrained(teacher).save_pretrained(out / "pt")
     onnx = edgeqa.to_onnx(out / "pt", out / "onnx", edgeqa.ExportConfig(fuse=False))
-    fuse(onnx, out / "fused", fusions=("attention",))  # as the front recipe's fuse steps: attention alone before int8
+    fuse(onnx, out / "fused", fusions=fusions)
     return edgeqa.quantize(out / "fused", out / "int8")
 
 
@@ -66,6 +66,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--shapes", nargs="*", default=list(SHAPES), choices=list(SHAPES))
     ap.add_argument("--pytorch", action="store_true", help="time the PyTorch fp32 teacher too")
+    ap.add_argument("--fusions", nargs="+", default=["attention"], choices=FUSIONS,
+                    help="fused before int8 (default: attention alone, as the front recipe's fuse steps)")  # fmt: skip
     ap.add_argument("--also", nargs="*", default=[], metavar="NAME=FOLDER", help="made models to time beside them")
     args = ap.parse_args()
     models = {"teacher-int8": (args.teacher_int8, False)}
@@ -75,7 +77,7 @@ def main() -> None:
     for name in args.shapes:
         int8 = args.out / name / "int8"
         if not (int8 / "model.onnx").exists():
-            make_shape(args.teacher, args.out / name, *SHAPES[name])
+            make_shape(args.teacher, args.out / name, *SHAPES[name], tuple(args.fusions))
         models[name] = (str(int8), False)
     cfg = LatencyConfig(seq_lens=(384,), repeats=40, rounds=2, threads=2)
     results = benchmark_interleaved(models, cfg)
