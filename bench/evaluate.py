@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
 from edgeqa.bench.engines import answers_depend_on_batch, load_qa_model, predict
-from edgeqa.bench.files import EdgeQAError, check_writable_dir, write_json
+from edgeqa.bench.files import EdgeQAError, check_writable_dir, removed_on_failure, write_json
 from edgeqa.bench.metric import score
 from edgeqa.bench.qa import QAConfig
 from edgeqa.bench.squad import load_squad
@@ -34,8 +35,24 @@ def evaluate(
     `batch_size` None: 1 for a model whose answers depend on its batch (dynamic int8), as it is deployed, and
     DEFAULT_BATCH_SIZE for the rest. metrics.json records the batch size used and whether answers depend on it.
     """
-    if out_dir is not None:
-        check_writable_dir(out_dir)
+    with removed_on_failure(out_dir) if out_dir is not None else contextlib.nullcontext():
+        if out_dir is not None:
+            check_writable_dir(out_dir)
+        return _evaluate(model, data, limit, torch_int8, cfg, batch_size, threads, out_dir, progress)
+
+
+def _evaluate(
+    model: str | Path,
+    data: str | Path,
+    limit: int | None,
+    torch_int8: bool,
+    cfg: QAConfig,
+    batch_size: int | None,
+    threads: int | None,
+    out_dir: str | Path | None,
+    progress: bool,
+) -> dict[str, Any]:
+    """`evaluate` once its output folder exists: whatever fails in here removes the folder again, if it was new."""
     depends = answers_depend_on_batch(model, torch_int8)
     if batch_size is None:
         batch_size = 1 if depends else DEFAULT_BATCH_SIZE

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import gzip
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
 import types
@@ -18,6 +21,8 @@ import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 class EdgeQAError(Exception):
@@ -87,42 +92,130 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
         raise EdgeQAError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
 
 
+# A temporary name carries its writer's process id, so that a later run can tell one left by a killed writer (its
+# process gone) from one that another live process is still writing: `.TARGET.PID.RANDOM.tmp` beside its target.
+TEMPORARY = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)\.[A-Za-z0-9_]{8}\.tmp$")
+# Errors that mean the output cannot be written where it was asked for, whatever wrote it.
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _temporary_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | Path, recursive: bool = True) -> list[Path]:
+    """Delete the temporary files and folders under `folder` whose writer is gone (a killed run's): a resumed run
+    starts from finished artefacts only. Those of live processes are left to finish."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in list(folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp")):
+        match = TEMPORARY.match(entry.name)
+        if match is None or _alive(int(match["pid"])) or not entry.exists():
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    if removed:
+        log.info("removed %d temporaries left by killed runs under %s", len(removed), folder)
+    return removed
+
+
+def _write_error(error: Exception, target: Path, tmp: Path) -> EdgeQAError | None:
+    """An error from writing `target` (through `tmp`) as one line, or None for an error of another kind."""
+    if not isinstance(error, OSError):
+        return None
+    written = str(error.filename or "").startswith(str(tmp))
+    if error.errno in FULL_DISK or (error.errno in NOT_WRITABLE and written):
+        return EdgeQAError(f"{target}: cannot write: {error.strerror or error}")
+    return None
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success rename it onto `path`, on failure delete it."""
+    """Yield a temporary path beside `path`; on success rename it onto `path`, on failure delete it, so `path`
+    holds either its previous content or the new one in full. A full disk or a read-only target is one error."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path.parent, recursive=False)
+        fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise EdgeQAError(f"{path}: cannot write: {e.strerror or e}") from e
     os.close(fd)
     tmp_path = Path(tmp)
     tmp_path.chmod(0o644)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except Exception as e:
+        error = _write_error(e, path, tmp_path)
+        if error is None:
+            raise
+        raise error from e
     finally:
         tmp_path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder beside `path`; on success it replaces `path`, on failure it is removed."""
+    """Yield a temporary folder beside `path`; on success it replaces `path`, on failure it is removed and `path`
+    keeps what it held. A full disk or a read-only target is one error naming `path`."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise EdgeQAError(f"{path}: output path exists and is not a folder")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        remove_stale_temporaries(path.parent, recursive=False)
+        tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent))
     except OSError as e:
         raise EdgeQAError(f"{path}: cannot create output folder: {e.strerror or e}") from e
     tmp.chmod(0o755)  # mkdtemp makes it private; the finished folder should read like any other
     try:
         yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        if path.exists():  # the old folder moves aside first: a kill now leaves a temporary, never a mix
+            old = Path(tempfile.mkdtemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent))
+            os.replace(path, old / path.name)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except Exception as e:
+        error = _write_error(e, path, tmp)
+        if error is None:
+            raise
+        raise error from e
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def removed_on_failure(path: str | Path) -> Iterator[None]:
+    """On failure inside the block, remove what of `path` did not exist before it (the folder and the parents that
+    check_writable_dir created), so a command that fails leaves no empty or half-filled output folder behind."""
+    path = Path(path).absolute()
+    missing = [p for p in (path, *path.parents) if not p.exists()]  # deepest first; the last is the topmost made
+    try:
+        yield
+    except BaseException:
+        if missing:
+            shutil.rmtree(missing[-1], ignore_errors=True)
+        raise
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -84,7 +84,15 @@ def choose_precision(precision: str, device: str, cpu: CPU, cuda_bf16: bool = Fa
     return Precision("auto", False, f"auto: no native bf16 on this CPU (isa {cpu.isa})")
 
 
+def cuda_native_bf16() -> bool:
+    """Whether the current CUDA device runs bf16 in hardware (compute capability 8.0 or later, or ROCm).
+
+    torch's `is_bf16_supported()` also answers True where bf16 tensors merely work, emulated through fp32 (T4,
+    V100): slower than fp32 itself, the trap "auto" exists to avoid, so only native support is asked for."""
+    return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def precision_for(precision: str, device: str) -> Precision:
-    """`choose_precision` on this machine: its CPU's flags (bench.cpu) and, on CUDA, the device's bf16 support."""
-    cuda_bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
+    """`choose_precision` on this machine: its CPU's flags (bench.cpu) and, on CUDA, the device's native bf16."""
+    cuda_bf16 = device.startswith("cuda") and cuda_native_bf16()
     return choose_precision(precision, device, this_cpu(), cuda_bf16)

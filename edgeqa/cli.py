@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
-from edgeqa.bench.files import EdgeQAError
+from edgeqa.bench.files import FULL_DISK, NOT_WRITABLE, EdgeQAError
 from edgeqa.commands import (
     cmd_answer,
     cmd_bench,
@@ -255,6 +255,11 @@ def main(argv: list[str] | None = None) -> int:
             f"pip install 'edgeqa[{extra}]' installs it",
             file=sys.stderr,
         )
+        return 2
+    except OSError as e:  # a write that no atomic writer saw (a library's own cache, say): still one line
+        if e.errno not in FULL_DISK + NOT_WRITABLE:
+            raise
+        print(f"edgeqa: error: {e.filename or 'output'}: cannot write: {e.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("edgeqa: interrupted", file=sys.stderr)

@@ -4,6 +4,7 @@ so that `edgeqa answer` on an ONNX model loads neither torch nor transformers.""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -174,12 +175,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     """A report for named models: each scored and timed here, side by side, assembled as a recipe's report is."""
     from edgeqa.bench.engines import resolve_model
-    from edgeqa.bench.evaluate import evaluate
-    from edgeqa.bench.files import check_writable_dir
-    from edgeqa.bench.latency import LatencyConfig, benchmark_interleaved
-    from edgeqa.bench.report import Target, write_report
+    from edgeqa.bench.files import check_writable_dir, removed_on_failure
+    from edgeqa.bench.report import Target
     from edgeqa.bench.squad import load_squad
-    from edgeqa.pipeline.report import assemble_report, eval_info, report_row, weight_stats_cached
 
     targets = tuple(Target.parse(t) for t in args.target)  # a bad target is refused before any work
     models = {}
@@ -189,7 +187,24 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise EdgeQAError(f"--variant takes NAME=PATH, got {item!r}")
         models[name] = (Path(path), resolve_model(path)[2])  # the model, and the folder that holds its records
     load_squad(args.data, args.limit)  # a bad data file is refused before the output folder exists
-    out = check_writable_dir(args.out)
+    # A model that fails to load or run fails the command only after the output folder exists: whatever of it this
+    # command made (the folder itself, eval/ and the other models' scores) is removed again.
+    with removed_on_failure(args.out):
+        out = check_writable_dir(args.out)
+        with contextlib.ExitStack() as made:
+            for name in models:
+                made.enter_context(removed_on_failure(out / "eval" / name))
+            _report(args, out, models, targets)
+    return 0
+
+
+def _report(args: argparse.Namespace, out: Path, models: dict[str, tuple[Path, Path]], targets: tuple) -> None:
+    """`edgeqa report` once its arguments are checked: score and time each model, and write the report to `out`."""
+    from edgeqa.bench.evaluate import evaluate
+    from edgeqa.bench.latency import LatencyConfig, benchmark_interleaved
+    from edgeqa.bench.report import write_report
+    from edgeqa.pipeline.report import assemble_report, eval_info, report_row, weight_stats_cached
+
     cfg = LatencyConfig(
         tuple(args.batch_sizes), tuple(args.seq_lens), args.warmup, args.repeats, args.threads, args.rounds
     )
@@ -208,7 +223,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     report = assemble_report(args.name, rows, args.reference or first, info, timings[first], targets)
     for path in write_report(report, out):
         print(f"wrote {path}")
-    return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:

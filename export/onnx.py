@@ -37,6 +37,8 @@ class ParityResult:
     questions: int
     tolerance: float
     min_same_answer_share: float
+    windows: int = 0  # token windows compared: the questions cut by the QA window below
+    qa: dict | None = None  # the QA window (QAConfig.to_dict()) the windows and answers were made with
 
     @property
     def ok(self) -> bool:
@@ -128,7 +130,8 @@ def check_parity(
     ref_answers = best_spans(ref_start, ref_end, features, contexts, cfg)
     cand_answers = best_spans(cand_start, cand_end, features, contexts, cfg)
     same = sum(a.text == b.text for a, b in zip(ref_answers, cand_answers, strict=True)) / len(examples)
-    result = ParityResult(diff, same, len(examples), tolerance, min_same_answer_share)
+    windows = len(features.input_ids)
+    result = ParityResult(diff, same, len(examples), tolerance, min_same_answer_share, windows, cfg.to_dict())
     log.info("parity %s vs %s: max |logit diff| %.2e, same answers %.2f%%", candidate, reference, diff, 100 * same)
     if raise_on_failure and not result.ok:
         raise EdgeQAError(

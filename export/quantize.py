@@ -151,6 +151,7 @@ def quantize(
     backend, model_path, folder = resolve_model(onnx_dir)
     if backend != "onnxruntime":
         raise EdgeQAError(f"{onnx_dir}: ONNX Runtime quantization needs an ONNX model; export it first")
+    check_float_model(model_path, folder)
     excluded = excluded_nodes(model_path, cfg.exclude)
     if preset_info and preset_info.get("warning"):
         log.warning("%s: %s", out_dir, preset_info["warning"])
@@ -182,10 +183,50 @@ def quantize(
         if cfg.runtime_disabled_optimizers:
             write_json(tmp / SESSION_FILE, {"disabled_optimizers": list(cfg.runtime_disabled_optimizers)})
         if parity_examples:
-            result = check_parity(onnx_dir, tmp, parity_examples, raise_on_failure=False)
+            result = check_parity(onnx_dir, tmp, parity_examples, cfg=qa_cfg, raise_on_failure=False)
             write_parity(tmp, result, onnx_dir)
     log.info("quantized %s -> %s (%s, %d nodes kept in float)", onnx_dir, out_dir, cfg.mode, len(excluded))
     return Path(out_dir)
+
+
+# Op types found only in quantized graphs: dynamic int8 (DynamicQuantizeLinear, MatMulInteger, ...), static QDQ
+# (QuantizeLinear / DequantizeLinear) and ONNX Runtime's fused int8 ops; QLinear* (QLinearMatMul, ...) by prefix.
+INT8_OPS = frozenset(
+    {
+        "DynamicQuantizeLinear",
+        "DynamicQuantizeMatMul",
+        "MatMulInteger",
+        "MatMulIntegerToFloat",
+        "ConvInteger",
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "QAttention",
+        "QGemm",
+        "QEmbedLayerNormalization",
+    }
+)
+
+
+def check_float_model(model_path: Path, folder: Path) -> None:
+    """Refuse a model that is already int8: quantizing it again would write a copy that looks like a new int8 model
+    while its scores and timings are those of the old one (or worse, int8 of int8)."""
+    import onnx
+
+    if (folder / "quantization.json").exists():
+        raise EdgeQAError(
+            f"{model_path}: is already int8 ({folder / 'quantization.json'} records its quantization); "
+            "quantize the float model it was made from"
+        )
+    try:
+        graph = onnx.load(str(model_path), load_external_data=False).graph
+    except Exception as e:  # a truncated or foreign file: onnx raises DecodeError, ValueError, OSError
+        raise EdgeQAError(f"{model_path}: cannot read this ONNX model: {e}") from e
+    found = sorted({n.op_type for n in graph.node if n.op_type in INT8_OPS or n.op_type.startswith("QLinear")})
+    if found:
+        raise EdgeQAError(
+            f"{model_path}: is already int8 (its graph holds {', '.join(found)}); quantize the float model it was "
+            "made from"
+        )
 
 
 def excluded_nodes(model_path: Path, patterns: tuple[str, ...]) -> list[str]:

@@ -1,10 +1,10 @@
 """Made-model identity: what makes a step's output folder reusable, and the history of its step.json record.
 
-Every step that makes a model writes a folder under runs/<name>/models/ atomically, with the step's settings in
-step.json; a rerun skips a step whose folder exists with the same settings and refuses one made with other settings,
-so a killed run resumes with the same command and ends with the same report. Each made folder gets an identity
-(`made`): a folder made from a source that was made again since is made again, and scores and timings are cached per
-identity, so a remade model never inherits the numbers of the one it replaced.
+Every step that makes a model writes a folder under runs/<name>/models/ atomically, its settings in step.json
+landing in the same rename; a rerun skips a step whose folder exists with the same settings and refuses one made
+with other settings, so a killed run resumes with the same command and ends with the same report. Each made folder
+gets an identity (`made`): a folder made from a source that was made again since is made again, and scores and
+timings are cached per identity, so a remade model never inherits the numbers of the one it replaced.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edgeqa.bench.files import EdgeQAError, read_json, write_json
+from edgeqa.bench.files import EdgeQAError, atomic_dir, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +69,14 @@ def make_once(
         else:
             log.info("step %s %s: its source %s was made again since; making it again", kind, out.name,
                      settings["from"])  # fmt: skip
-    started = time.perf_counter()
-    make(out)
-    seconds = round(time.perf_counter() - started, 1)
-    write_json(out / "step.json", {"version": RECORD_VERSION, **record, "source_made": source_made,
-                                   "made": uuid.uuid4().hex, "seconds": seconds})  # fmt: skip
+    # The output and its record land in one rename: a folder under models/ without step.json is never seen, and a
+    # step that fails (a full disk, say) leaves the folder it was to replace as it was.
+    with atomic_dir(out) as stage:
+        started = time.perf_counter()
+        make(stage)
+        seconds = round(time.perf_counter() - started, 1)
+        write_json(stage / "step.json", {"version": RECORD_VERSION, **record, "source_made": source_made,
+                                         "made": uuid.uuid4().hex, "seconds": seconds})  # fmt: skip
     return out
 
 

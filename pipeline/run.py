@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from edgeqa.bench.files import EdgeQAError, check_writable_dir, write_json
+from edgeqa.bench.files import EdgeQAError, check_writable_dir, remove_stale_temporaries, write_json
 from edgeqa.pipeline.context import Run, base_variant, is_main_process
 from edgeqa.pipeline.make import step_export, step_fuse, step_mobile, step_quantize, step_torch_int8
 from edgeqa.pipeline.measure import step_bench
@@ -90,6 +90,8 @@ def run_recipe(
             run.add(step.name)
     run.variants = {base.name: base}
     if is_main_process():
+        for folder in (root, run.cache_root):  # what killed runs were writing: this run writes it anew
+            remove_stale_temporaries(folder)
         write_json(root / "recipe.json", {"path": str(recipe.path), "text": recipe.path.read_text(encoding="utf-8")})
     for i, step in enumerate(steps, 1):
         if step.kind != "distill" and not is_main_process():

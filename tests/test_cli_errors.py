@@ -4,9 +4,11 @@ model files, `{data}` a toy SQuAD file, `{recipe}` a valid recipe, `{tmp}` the t
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
-from conftest import make_tiny_qa_model, write_squad
+from conftest import make_tiny_qa_model, write_recipe, write_squad
 from edgeqa.cli import main
 
 M = ["--model", "{model}"]
@@ -128,3 +130,73 @@ def test_a_bad_argument_is_one_error_line_exit_2_and_nothing_written(args, messa
     assert len(errors) == 1, err
     assert message in errors[0]
     assert {"tmp": _listing(tmp_path), "assets": _listing(assets["data"].parent)} == before
+
+
+# --- models that fail only once loaded: nothing the command made is left ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def broken(tiny_onnx_model, tmp_path_factory):
+    """A good ONNX folder, and a copy whose model.onnx is cut in half (tokenizer and config intact)."""
+    good = tiny_onnx_model[1]
+    folder = tmp_path_factory.mktemp("broken") / "onnx"
+    shutil.copytree(good, folder)
+    data = (folder / "model.onnx").read_bytes()
+    (folder / "model.onnx").write_bytes(data[: len(data) // 2])
+    return {"good": good, "broken": folder / "model.onnx"}
+
+
+GOOD_THEN_BROKEN = ["--variant", "good={good}", "--variant", "bad={broken}"]
+BROKEN_CASES = {
+    "eval, new --out": ["eval", "--model", "{broken}", "--data", "{data}", "--out", "{tmp}/out"],
+    "eval, nested new --out": ["eval", "--model", "{broken}", "--data", "{data}", "--out", "{tmp}/a/b/out"],
+    "eval, existing --out": ["eval", "--model", "{broken}", "--data", "{data}", "--out", "{tmp}/kept"],
+    "report, new --out": ["report", "--variant", "a={broken}", "--data", "{data}", "--out", "{tmp}/out"],
+    "report, existing --out": ["report", "--variant", "a={broken}", "--data", "{data}", "--out", "{tmp}/kept"],
+    # the good model is scored (eval/good written) before the broken one fails: its scores go too
+    "report, a good model first": ["report", *GOOD_THEN_BROKEN, "--data", "{data}", "--out", "{tmp}/kept"],
+}
+
+
+@pytest.mark.parametrize("args", BROKEN_CASES.values(), ids=BROKEN_CASES.keys())
+def test_a_model_that_cannot_be_loaded_leaves_nothing_behind(args, assets, broken, tmp_path, capsys):
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "notes.txt").write_text("mine")
+    argv = [a.format(tmp=tmp_path, data=assets["data"], **broken) for a in args]
+    before = _listing(tmp_path)
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    errors = [line for line in err.splitlines() if line.startswith("edgeqa: error:")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert errors[0].startswith(f"edgeqa: error: {broken['broken']}: ONNX Runtime cannot load this model")
+    assert _listing(tmp_path) == before
+    assert (tmp_path / "kept" / "notes.txt").read_text() == "mine"
+
+
+def test_an_int8_model_is_not_quantized_again_from_the_command_line(tiny_onnx_model, tmp_path, capsys):
+    int8 = tmp_path / "int8"
+    assert main(["quantize", "--model", str(tiny_onnx_model[1]), str(int8), "--parity-limit", "0"]) == 0
+    capsys.readouterr()
+    before = _listing(tmp_path)
+    code = main(["quantize", "--model", str(int8), str(tmp_path / "again"), "--parity-limit", "0"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.splitlines() == [
+        f"edgeqa: error: {int8 / 'model.onnx'}: is already int8 ({int8 / 'quantization.json'} records its "
+        "quantization); quantize the float model it was made from"
+    ]
+    assert _listing(tmp_path) == before
+
+
+def test_a_recipe_that_quantizes_an_int8_model_is_refused(assets, tmp_path, capsys):
+    steps = "- export: {name: onnx}\n- quantize: {name: int8, from: onnx}\n- quantize: {name: again, from: int8}\n"
+    recipe = write_recipe(tmp_path / "r.yaml", assets["model"], assets["data"], steps, name="r")
+    code = main(["run", str(recipe), "--out", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("edgeqa: error:")]
+    assert code == 2 and len(errors) == 1, err
+    int8 = tmp_path / "runs" / "r" / "models" / "int8"
+    assert f"{int8 / 'model.onnx'}: is already int8" in errors[0]
+    assert (int8 / "model.onnx").exists() and not (tmp_path / "runs" / "r" / "models" / "again").exists()
+    assert not list((tmp_path / "runs" / "r" / "models").glob(".*"))  # no temporary folder either

@@ -35,10 +35,11 @@ def test_export_matches_pytorch_and_records_parity(tiny_qa_model, exported, toy_
     assert predict(onnx_model, ds.examples, progress=False) == torch_preds
 
 
-def test_parity_failure_is_loud_and_leaves_nothing(tiny_qa_model, toy_squad, tmp_path):
-    other = tmp_path / "other"
+def test_parity_failure_is_loud_and_leaves_nothing(tiny_qa_model, toy_squad, tmp_path, monkeypatch):
+    import edgeqa.export.onnx as export_module
     from conftest import make_tiny_qa_model
 
+    other = tmp_path / "other"
     make_tiny_qa_model(other, seed=1)
     exported = export_onnx(other, tmp_path / "other-onnx")
     examples = load_squad(toy_squad).examples
@@ -46,6 +47,16 @@ def test_parity_failure_is_loud_and_leaves_nothing(tiny_qa_model, toy_squad, tmp
         check_parity(tiny_qa_model, exported, examples)
     result = check_parity(tiny_qa_model, exported, examples, raise_on_failure=False)
     assert not result.ok and result.max_abs_diff > 1e-3
+    # An exporter that writes another graph than the model it was given: its parity check fails inside the export,
+    # and neither the output folder nor the temporary folder beside it is left.
+    load = export_module.load_torch_qa_model
+    monkeypatch.setattr(export_module, "load_torch_qa_model", lambda _: load(other))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(EdgeQAError, match="parity check failed"):
+        export_onnx(tiny_qa_model, tmp_path / "drifted", parity_examples=examples)
+    assert not (tmp_path / "drifted").exists()
+    assert not list(tmp_path.glob(".drifted.*.tmp"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
 def test_fuse_keeps_answers(exported, toy_squad, tmp_path):
@@ -210,3 +221,80 @@ def test_dynamic_int8_answers_depend_on_the_batch_and_are_scored_alone(exported,
     assert evaluate(dynamic, toy_squad, batch_size=4, progress=False)["batch_size"] == 4
     with pytest.raises(EdgeQAError, match="batch size must be positive"):
         evaluate(dynamic, toy_squad, batch_size=0, progress=False)
+
+
+def test_parity_compares_the_windows_of_the_qa_setting(tiny_qa_model, exported, tmp_path):
+    """Parity runs on the windows a recipe's `qa:` section cuts. By hand, with the toy tokenizer: the question
+    "what is the capital of france?" is 7 tokens and its context 14 (words and punctuation), so a 16-token window
+    holds 16 - 7 - 3 special tokens = 6 context tokens; with doc_stride 2 the windows start at context tokens 0, 4
+    and 8: three windows, where the default 384-token window holds the whole question in one."""
+    from edgeqa.bench.qa import QAConfig
+    from edgeqa.bench.squad import SquadExample
+
+    example = SquadExample(
+        "q0",
+        "what is the capital of france?",
+        "paris is the capital of france. berlin is the capital of germany.",
+        ("paris",),
+        (0,),
+    )
+    small = QAConfig(max_length=16, doc_stride=2)
+    outs = {
+        "export": export_onnx(tiny_qa_model, tmp_path / "e", parity_examples=[example], qa_cfg=small),
+        "fuse": tmp_path / "f",
+        "quantize": quantize(exported, tmp_path / "q", QuantizeConfig(), qa_cfg=small, parity_examples=[example]),
+    }
+    fuse(exported, outs["fuse"], parity_examples=[example], qa_cfg=small)
+    for step, out in outs.items():
+        parity = json.loads((out / "parity.json").read_text())
+        assert (parity["questions"], parity["windows"]) == (1, 3), step
+        assert (parity["qa"]["max_length"], parity["qa"]["doc_stride"]) == (16, 2), step
+    default = quantize(exported, tmp_path / "q384", QuantizeConfig(), parity_examples=[example])
+    parity = json.loads((default / "parity.json").read_text())
+    assert (parity["windows"], parity["qa"]["max_length"]) == (1, 384)
+
+
+def _graph_of(op_type: str, folder, tiny_qa_model):
+    """A model folder (tokenizer and config of the tiny model) whose graph is one node of `op_type`."""
+    from onnx import TensorProto, helper
+
+    node = helper.make_node(op_type, ["input_ids"], ["start_logits"], name="n")
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"])],
+        [helper.make_tensor_value_info("start_logits", TensorProto.FLOAT, ["batch", "sequence"])],
+    )
+    folder.mkdir()
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(folder / "model.onnx"))
+    for f in tiny_qa_model.iterdir():
+        if f.name.startswith(("tokenizer", "vocab", "special", "config")):
+            (folder / f.name).write_bytes(f.read_bytes())
+    return folder
+
+
+@pytest.mark.parametrize(
+    "op_type", ["DynamicQuantizeLinear", "MatMulInteger", "QuantizeLinear", "QLinearMatMul", "ConvInteger"]
+)
+def test_a_graph_with_int8_ops_is_not_quantized_again(op_type, tiny_qa_model, tmp_path):
+    folder = _graph_of(op_type, tmp_path / "int8", tiny_qa_model)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(EdgeQAError, match=rf"model.onnx: is already int8 \(its graph holds {op_type}\)"):
+        quantize(folder, tmp_path / "again", QuantizeConfig())
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no output, no temporary folder
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_an_int8_model_is_not_quantized_again(mode, exported, toy_squad, tmp_path):
+    int8 = quantize(exported, tmp_path / "int8", QuantizeConfig(mode=mode, calibration_samples=3), toy_squad)
+    cfg = QuantizeConfig(mode=mode, calibration_samples=3)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(EdgeQAError, match=r"int8/model.onnx: is already int8 \(.*int8/quantization.json records"):
+        quantize(int8, tmp_path / "again", cfg, toy_squad)
+    # Without its record, the graph still says so: MatMulInteger for dynamic, QuantizeLinear for static (QDQ) int8,
+    # and DequantizeLinear for the int8 weights of both (dynamic int8 stores the embeddings' tables in int8).
+    (int8 / "quantization.json").unlink()
+    held = "DynamicQuantizeLinear, MatMulInteger" if mode == "dynamic" else "QuantizeLinear"
+    with pytest.raises(EdgeQAError, match=rf"is already int8 \(its graph holds DequantizeLinear, {held}\)"):
+        quantize(int8 / "model.onnx", tmp_path / "again", cfg, toy_squad)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
