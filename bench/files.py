@@ -98,6 +98,7 @@ TEMPORARY = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)\.[A-Za-z0-9_]{8}\.tmp$"
 # Errors that mean the output cannot be written where it was asked for, whatever wrote it.
 FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+NEARLY_FULL = 256 * 1024  # bytes free below which a failed write is put down to a full disk
 
 
 def _temporary_prefix(path: Path) -> str:
@@ -135,13 +136,36 @@ def remove_stale_temporaries(folder: str | Path, recursive: bool = True) -> list
     return removed
 
 
+def _final(path: Path) -> Path:
+    """What a path is the temporary of, for messages: a step's folder is written inside its staging folder."""
+    while match := TEMPORARY.match(path.name):
+        path = path.parent / match["target"]
+    return path
+
+
+def _out_of_space(folder: Path) -> bool:
+    """Whether the file system holding `folder` is (all but) full."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < NEARLY_FULL
+
+
 def _write_error(error: Exception, target: Path, tmp: Path) -> EdgeQAError | None:
-    """An error from writing `target` (through `tmp`) as one line, or None for an error of another kind."""
-    if not isinstance(error, OSError):
+    """An error from writing `target` (through `tmp`) as one line, or None for an error of another kind. Some writers
+    do not say that the disk is full (onnx's C++ serialiser truncates the file and the next reader fails on it), so
+    any failure while the target's file system is full is told as a full disk, with what failed after it."""
+    if isinstance(error, EdgeQAError):
         return None
-    written = str(error.filename or "").startswith(str(tmp))
-    if error.errno in FULL_DISK or (error.errno in NOT_WRITABLE and written):
-        return EdgeQAError(f"{target}: cannot write: {error.strerror or error}")
+    if isinstance(error, OSError):
+        written = str(error.filename or "").startswith(str(tmp))
+        if error.errno in FULL_DISK or (error.errno in NOT_WRITABLE and written):
+            return EdgeQAError(f"{_final(target)}: cannot write: {error.strerror or error}")
+    if _out_of_space(tmp.parent):
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        return EdgeQAError(f"{_final(target)}: cannot write: No space left on device ({type(error).__name__}: "
+                           f"{first_line})")  # fmt: skip
     return None
 
 
@@ -155,7 +179,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
         remove_stale_temporaries(path.parent, recursive=False)
         fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent)
     except OSError as e:
-        raise EdgeQAError(f"{path}: cannot write: {e.strerror or e}") from e
+        raise EdgeQAError(f"{_final(path)}: cannot write: {e.strerror or e}") from e
     os.close(fd)
     tmp_path = Path(tmp)
     tmp_path.chmod(0o644)
@@ -183,7 +207,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         remove_stale_temporaries(path.parent, recursive=False)
         tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent))
     except OSError as e:
-        raise EdgeQAError(f"{path}: cannot create output folder: {e.strerror or e}") from e
+        raise EdgeQAError(f"{_final(path)}: cannot create output folder: {e.strerror or e}") from e
     tmp.chmod(0o755)  # mkdtemp makes it private; the finished folder should read like any other
     try:
         yield tmp
@@ -236,5 +260,6 @@ def check_writable_dir(path: str | Path) -> Path:
     if not path.is_dir():
         raise EdgeQAError(f"{path}: output path exists and is not a folder")
     if not os.access(path, os.W_OK | os.X_OK):
-        raise EdgeQAError(f"{path}: output folder is not writable")
+        why = "read-only file system" if os.statvfs(path).f_flag & os.ST_RDONLY else "permission denied"
+        raise EdgeQAError(f"{path}: output folder is not writable ({why})")
     return path

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,8 +159,13 @@ def quantize(
     with atomic_dir(out_dir) as tmp:
         target = tmp / ONNX_NAME
         if cfg.mode == "dynamic":
+            # ONNX Runtime writes a shape-inferred copy beside the model it quantizes: beside a link in the staging
+            # folder, not in the source model's folder, where a kill would leave it.
+            source = tmp / "source" / model_path.name
+            source.parent.mkdir()
+            source.symlink_to(model_path.absolute())
             quantize_dynamic(
-                str(model_path),
+                str(source),
                 str(target),
                 op_types_to_quantize=list(cfg.op_types) or None,
                 per_channel=cfg.per_channel,
@@ -171,6 +177,7 @@ def quantize(
                     "DefaultTensorType": onnx.TensorProto.FLOAT,
                 },
             )
+            shutil.rmtree(source.parent)
         else:
             if calibration_data is None:
                 raise EdgeQAError("static quantization needs calibration data (a SQuAD file)")
