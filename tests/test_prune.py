@@ -303,3 +303,53 @@ def test_structured_pruning_refuses_an_unknown_model_type(tmp_path):
     model = load_torch_qa_model(make_tiny_qa_model(tmp_path / "d", family="distilbert"))
     with pytest.raises(EdgeQAError, match="knows bert models; this one is 'distilbert'"):
         ffn_scores_by_magnitude(model)
+
+
+def test_the_schedule_by_default_reaches_its_target_at_70_percent_of_the_steps():
+    # ramp 0.7 of 100 steps: step 35 is half way, 0.8 - 0.8 * 0.5^3 = 0.7; at step 70 the target itself.
+    assert cubic_sparsity(35, 100, 0.8) == pytest.approx(0.7)
+    assert cubic_sparsity(70, 100, 0.8) == pytest.approx(0.8)
+    assert cubic_sparsity(0, 100, 0.8) == 0.0  # from no sparsity by default
+
+
+def test_a_schedule_shorter_than_two_steps_ends_at_its_first_step():
+    # round(1 x 1.0) = 1 step of ramp: the target at step 1. With round(3 x 0.4) = 1 too, masks are at target at 1.
+    assert cubic_sparsity(1, 1, 0.5, ramp=1.0) == pytest.approx(0.5)
+    one = PruneConfig(sparsity=0.5, schedule="cubic", ramp=0.4, update_every=1)
+    assert at_target(one, 1, 3) and not at_target(one, 0, 3)
+
+
+def test_the_target_is_reached_at_the_first_mask_update_after_the_ramp():
+    # Ramp ends at step round(2200 x 0.6) = 1320; masks change every 100 steps, so at step 1400, not 1320.
+    cubic = PruneConfig(sparsity=0.5, schedule="cubic", ramp=0.6, update_every=100)
+    assert not at_target(cubic, 1320, 2200) and not at_target(cubic, 1399, 2200) and at_target(cubic, 1400, 2200)
+    short = PruneConfig(sparsity=0.5, schedule="cubic", ramp=0.99, update_every=100)  # 1980 -> 2000, past 1990 steps
+    assert at_target(short, 1990, 1990) and not at_target(short, 1989, 1990)
+
+
+def test_the_sparsity_report_counts_zeros_per_matrix_and_overall(tiny):
+    with torch.no_grad():
+        for p in tiny.parameters():
+            p.add_(1.0 - p.min())  # no zeros anywhere to start with: every weight at least 1
+        tiny.bert.encoder.layer[0].attention.self.query.weight[0, 0] = 0.0  # 1 of 32 x 32
+    report = sparsity_report(tiny)
+    params = sum(p.numel() for p in tiny.parameters())
+    assert report["per_layer"]["bert.encoder.layer.0.attention.self.query"] == 0.001  # 1 / 1024 = 0.000977
+    assert report["per_layer"]["bert.encoder.layer.1.attention.self.query"] == 0.0
+    total = sum(m.weight.numel() for m in prunable_linears(tiny).values())
+    assert report["pruned_matrices_sparsity"] == round(1 / total, 4) and report["parameters"] == params
+    assert report["nonzero_parameters"] == params - 1 and report["model_sparsity"] == round(1 / params, 4) == 0.0
+    assert len(report["per_layer"]) == len(prunable_linears(tiny))
+    only_ffn = sparsity_report(tiny, exclude=("*attention*",))
+    assert only_ffn["pruned_matrices_sparsity"] == 0.0 and not any("attention" in n for n in only_ffn["per_layer"])
+
+
+def test_input_rms_is_over_every_real_token_of_every_batch(tiny):
+    layers = prunable_linears(tiny)
+    a, b = _inputs(tiny, n=2, length=8), _inputs(tiny, n=3, length=8)
+    b["input_ids"] = b["input_ids"].flip(0)
+    both = {k: torch.cat([a[k], b[k]]) for k in a}
+    split = input_rms(tiny, layers, [a, b])
+    whole = input_rms(tiny, layers, [both])
+    for name in layers:
+        torch.testing.assert_close(split[name], whole[name])  # two batches count as one of all their tokens
