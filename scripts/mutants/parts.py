@@ -1,0 +1,197 @@
+"""The parts of `make mutants`: each part a set of mutmut mutant-name globs and the fast tests that cover them.
+
+mutmut names a mutant after its file's path (bench/metric.py: bench.metric.x_f1__mutmut_3) but finds which tests
+reach it under the module's import name (edgeqa.bench.metric), and in a checkout the two differ. So mutmut runs in a
+copy of the tree laid out as in the wheel, mutants/tree/ (edgeqa/bench/..., tests/, recipes/, pyproject.toml),
+refreshed from the checkout before each run (files whose bytes are unchanged keep their times, so mutmut keeps their
+mutants and results).
+
+mutmut 3 reads its settings only from pyproject.toml, and a change to the test selection there resets every recorded
+result, so the selection holds the union of the parts' tests (checked here) and a part is chosen by the mutant-name
+globs on the command line. Named globs make mutmut test every mutant of the part again, so a part's score is always
+that of the tests as they are now. Each mutant runs only the selected tests that cover its function (mutmut traces
+them once), fastest first, so only in-process tests count: code run in a subprocess is the unmutated checkout.
+
+    python scripts/mutants/parts.py run PART...   # mutate and test the parts named (all of them, in order, if none)
+    python scripts/mutants/parts.py retest PART...  # test again only the part's mutants not killed last time
+    python scripts/mutants/parts.py summary       # killed/total per part from the recorded results, and survivors
+
+`retest` is the quick way after adding tests for survivors: a killed mutant stays killed when tests are added, and
+mutmut itself remakes (and so tests again) the mutants of every function whose source changed.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+TREE = ROOT / "mutants" / "tree"
+PACKAGES = ("bench", "compress", "export", "pipeline")  # top-level in a checkout, inside edgeqa/ in the wheel
+MUTMUT = Path(sys.executable).parent / "mutmut"
+
+
+@dataclass(frozen=True)
+class Part:
+    globs: tuple[str, ...]  # mutmut mutant names: module.x_function__mutmut_N, module.xǁClassǁmethod__mutmut_N
+    tests: tuple[str, ...]  # the test files that cover it (all in pyproject's pytest_add_cli_args_test_selection)
+
+
+# The first five are the ones whose mistakes would silently change a result; they run first, in this order.
+PARTS: dict[str, Part] = {
+    "metric": Part(("edgeqa.bench.metric.*",), ("tests/test_metric.py",)),
+    "qa": Part(("edgeqa.bench.qa.*",), ("tests/test_qa.py", "tests/test_spans.py")),
+    "records": Part(
+        (
+            "edgeqa.pipeline.records.*",
+            "edgeqa.pipeline.measure.*",
+            "edgeqa.compress.checkpoint.*",
+            "edgeqa.compress.trainset.x__file_digest*",
+            "edgeqa.compress.trainset.x__folder_digest*",
+            "edgeqa.compress.trainset.x_cache_*",
+            "edgeqa.compress.trainset.x_check_cache*",
+            "edgeqa.compress.trainset.x_build_cache*",
+        ),
+        ("tests/test_records.py", "tests/test_checkpoints.py", "tests/test_distill.py"),
+    ),
+    "prune": Part(
+        ("edgeqa.compress.prune_structured.*", "edgeqa.compress.prune_magnitude.*"), ("tests/test_prune.py", "tests/test_prune_choice.py")
+    ),
+    "quantize": Part(
+        (
+            "edgeqa.export.quantize.xǁQuantizeConfigǁ*",
+            "edgeqa.export.quantize.x_preset*",
+            "edgeqa.export.quantize.x_excluded_nodes*",
+        ),
+        ("tests/test_quantize_config.py",),
+    ),
+    # The rest of the library, as time allows: the distillation losses and the data-parallel batch order.
+    "losses": Part(("edgeqa.compress.losses.*",), ("tests/test_distill.py",)),
+    "trainset": Part(
+        ("edgeqa.compress.trainset.x_epoch_batches*", "edgeqa.compress.trainset.xǁStepSamplerǁ*"),
+        ("tests/test_distill.py",),
+    ),
+}
+
+
+def _selection() -> set[str]:
+    import tomllib  # Python 3.11+, as mutmut 3 reads pyproject.toml
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]
+    return set(config["pytest_add_cli_args_test_selection"])
+
+
+def check_selection() -> None:
+    """Every part's tests must be in pyproject's selection, or mutmut never runs them."""
+    missing = sorted({t for p in PARTS.values() for t in p.tests} - _selection())
+    if missing:
+        sys.exit(f"mutants: add {', '.join(missing)} to [tool.mutmut] pytest_add_cli_args_test_selection")
+
+
+def _copy(src: Path, dst: Path) -> None:
+    """Copy a file unless `dst` already holds its bytes (mutmut remakes a file's mutants when its time changes)."""
+    if not dst.exists() or dst.read_bytes() != src.read_bytes():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst)
+
+
+def _sync(src: Path, dst: Path, keep: tuple[str, ...] = ()) -> None:
+    """Make `dst` a copy of `src`; the subfolders named in `keep` are left alone."""
+    files = {p.relative_to(src) for p in src.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    for rel in files:
+        _copy(src / rel, dst / rel)
+    for path in list(dst.rglob("*")) if dst.exists() else []:
+        rel = path.relative_to(dst)
+        if path.is_file() and "__pycache__" not in rel.parts and rel.parts[0] not in keep and rel not in files:
+            path.unlink()
+
+
+def stage() -> None:
+    """mutants/tree/: the checkout in the wheel's layout, the library's packages inside edgeqa/."""
+    _sync(ROOT / "edgeqa", TREE / "edgeqa", keep=PACKAGES)
+    for package in PACKAGES:
+        _sync(ROOT / package, TREE / "edgeqa" / package)
+    for folder in ("tests", "recipes"):
+        _sync(ROOT / folder, TREE / folder)
+    _copy(ROOT / "pyproject.toml", TREE / "pyproject.toml")
+
+
+def run(names: list[str], children: int) -> None:
+    unknown = [n for n in names if n not in PARTS]
+    if unknown:
+        sys.exit(f"mutants: unknown part {', '.join(unknown)}; the parts are {', '.join(PARTS)}")
+    check_selection()
+    stage()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for name in names or list(PARTS):
+        print(f"== part {name}: {' '.join(PARTS[name].globs)}", flush=True)
+        cmd = [str(MUTMUT), "run", "--max-children", str(children), *PARTS[name].globs]
+        subprocess.run(cmd, cwd=TREE, env=env, check=True)
+    summary(names or list(PARTS))
+
+
+def retest(names: list[str], children: int) -> None:
+    """Run mutmut again on the parts' mutants that were not killed (survived, timed out, not checked, no tests)."""
+    check_selection()
+    stage()
+    found = results()
+    todo = sorted(
+        m for n in names or list(PARTS) for m, s in _of_part(found, n).items() if s not in ("killed", "timeout")
+    )
+    if todo:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        subprocess.run([str(MUTMUT), "run", "--max-children", str(children), *todo], cwd=TREE, env=env, check=True)
+    summary(names or list(PARTS))
+
+
+def _of_part(found: dict[str, str], name: str) -> dict[str, str]:
+    return {m: s for m, s in found.items() if any(fnmatch.fnmatchcase(m, g) for g in PARTS[name].globs)}
+
+
+def results() -> dict[str, str]:
+    """Every recorded mutant and its status (killed, survived, no tests, timeout, ...)."""
+    out = subprocess.run([str(MUTMUT), "results", "--all", "true"], cwd=TREE, capture_output=True, text=True,
+                         check=True).stdout  # fmt: skip
+    found = {}
+    for line in out.splitlines():
+        name, _, status = line.strip().rpartition(": ")
+        if name:
+            found[name] = status
+    return found
+
+
+def summary(names: list[str]) -> None:
+    """Killed/total per part (a timeout counts as killed: the mutant was caught), then every other mutant."""
+    found = results()
+    killed = total = 0
+    for name in names:
+        mine = _of_part(found, name)
+        k = sum(s in ("killed", "timeout") for s in mine.values())
+        killed, total = killed + k, total + len(mine)
+        print(f"{name}: {k}/{len(mine)} killed" + (f" ({100 * k / len(mine):.1f}%)" if mine else ""))
+        for m, s in sorted(mine.items()):
+            if s not in ("killed", "timeout"):
+                print(f"    {s}: {m}")
+    if total:
+        print(f"all: {killed}/{total} killed ({100 * killed / total:.1f}%)")
+
+
+def main(argv: list[str]) -> None:
+    command, names = (argv[0], argv[1:]) if argv else ("run", [])
+    if command == "run":
+        run(names, int(os.environ.get("MUTANT_CHILDREN", "1")))
+    elif command == "retest":
+        retest(names, int(os.environ.get("MUTANT_CHILDREN", "1")))
+    elif command == "summary":
+        summary(names or list(PARTS))
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
