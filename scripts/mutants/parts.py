@@ -60,7 +60,8 @@ PARTS: dict[str, Part] = {
         ("tests/test_records.py", "tests/test_checkpoints.py", "tests/test_distill.py"),
     ),
     "prune": Part(
-        ("edgeqa.compress.prune_structured.*", "edgeqa.compress.prune_magnitude.*"), ("tests/test_prune.py", "tests/test_prune_choice.py")
+        ("edgeqa.compress.prune_structured.*", "edgeqa.compress.prune_magnitude.*"),
+        ("tests/test_prune.py", "tests/test_prune_choice.py"),
     ),
     "quantize": Part(
         (
