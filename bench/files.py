@@ -170,6 +170,18 @@ def _write_error(error: Exception, target: Path, tmp: Path) -> EdgeQAError | Non
 
 
 @contextlib.contextmanager
+def _told_as_write_errors(target: Path, tmp: Path) -> Iterator[None]:
+    """Re-raise a failure to write `target` through `tmp` as its one-line EdgeQAError; others pass as they are."""
+    try:
+        yield
+    except Exception as e:
+        error = _write_error(e, target, tmp)
+        if error is None:
+            raise
+        raise error from e
+
+
+@contextlib.contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it onto `path`, on failure delete it, so `path`
     holds either its previous content or the new one in full. A full disk or a read-only target is one error."""
@@ -184,13 +196,9 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     tmp_path.chmod(0o644)
     try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    except Exception as e:
-        error = _write_error(e, path, tmp_path)
-        if error is None:
-            raise
-        raise error from e
+        with _told_as_write_errors(path, tmp_path):
+            yield tmp_path
+            os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -210,19 +218,15 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise EdgeQAError(f"{_final(path)}: cannot create output folder: {e.strerror or e}") from e
     tmp.chmod(0o755)  # mkdtemp makes it private; the finished folder should read like any other
     try:
-        yield tmp
-        if path.exists():  # the old folder moves aside first: a kill now leaves a temporary, never a mix
-            old = Path(tempfile.mkdtemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent))
-            os.replace(path, old / path.name)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except Exception as e:
-        error = _write_error(e, path, tmp)
-        if error is None:
-            raise
-        raise error from e
+        with _told_as_write_errors(path, tmp):
+            yield tmp
+            if path.exists():  # the old folder moves aside first: a kill now leaves a temporary, never a mix
+                old = Path(tempfile.mkdtemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent))
+                os.replace(path, old / path.name)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -205,6 +205,14 @@ def tiny_qa_model(tmp_path) -> Path:
     return make_tiny_qa_model(tmp_path / "tiny-bert-qa")
 
 
+@pytest.fixture
+def tiny(tmp_path):
+    """A tiny BERT QA model loaded in PyTorch, without dropout: what the in-process pruning tests prune."""
+    from edgeqa.bench.engines import load_torch_qa_model
+
+    return load_torch_qa_model(make_tiny_qa_model(tmp_path / "m", layers=2, hidden=32, heads=4, dropout=0.0))
+
+
 def write_squad(path: Path, qas: list[tuple[str, str, list[str]]], version: str = "1.1", gz: bool = False) -> Path:
     """Write a SQuAD-layout file from (context, question, answers) triples; answers [] means unanswerable."""
     paragraphs = []

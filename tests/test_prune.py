@@ -32,11 +32,6 @@ from edgeqa.compress.prune_structured import (
 )
 
 
-@pytest.fixture
-def tiny(tmp_path):
-    return load_torch_qa_model(make_tiny_qa_model(tmp_path / "m", layers=2, hidden=32, heads=4, dropout=0.0))
-
-
 def _inputs(model, n=3, length=12):
     torch.manual_seed(1)
     ids = torch.randint(5, model.config.vocab_size, (n, length))

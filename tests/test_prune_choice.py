@@ -29,11 +29,6 @@ from edgeqa.compress.prune_structured import (
 )
 
 
-@pytest.fixture
-def tiny(tmp_path):
-    return load_torch_qa_model(make_tiny_qa_model(tmp_path / "m", layers=2, hidden=32, heads=4, dropout=0.0))
-
-
 def test_the_lowest_scoring_heads_go_ranked_over_all_layers():
     scores = torch.tensor([[0.5, 0.1, 0.9, 0.3], [0.2, 0.8, 0.05, 0.7]])
     assert heads_to_remove(scores, 0.25) == {0: [1], 1: [2]}  # 2 of 8: 0.05 and 0.1
