@@ -71,7 +71,7 @@ class Features:
 
     @property
     def lengths(self) -> np.ndarray:
-        return np.fromiter((len(ids) for ids in self.input_ids), dtype=np.int64, count=len(self.input_ids))
+        return np.fromiter((len(ids) for ids in self.input_ids), dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ def tokenize(tokenizer, questions: Sequence[str], contexts: Sequence[str], cfg: 
             strategy="only_second" if tok.question_first else "only_first",
             direction=tok.truncation_side,
         )
-        encodings = backend.encode_batch(pairs, add_special_tokens=True)
+        encodings = backend.encode_batch(pairs)
     except Exception as e:  # the Rust tokenizer raises plain exceptions for impossible truncation
         raise EdgeQAError(
             f"cannot fit question and context windows into max_length={cfg.max_length} with "
@@ -115,14 +115,13 @@ def tokenize(tokenizer, questions: Sequence[str], contexts: Sequence[str], cfg: 
     cls_index = np.zeros(len(windows), dtype=np.int64)
     cls_id = tok.cls_token_id
     for i, (_, w) in enumerate(windows):
-        in_context = np.fromiter((s == context_seq for s in w.sequence_ids), dtype=bool, count=len(w.ids))
-        spans = np.asarray(w.offsets, dtype=np.int32).reshape(-1, 2)
-        offsets[i, : len(w.ids)][in_context] = spans[in_context]
+        in_context = np.fromiter((s == context_seq for s in w.sequence_ids), dtype=bool)
+        offsets[i, : len(w.ids)][in_context] = np.array(w.offsets)[in_context]
         cls_index[i] = w.ids.index(cls_id) if cls_id in w.ids else 0
     return Features(
         input_ids=[w.ids for _, w in windows],
         token_type_ids=[w.type_ids for _, w in windows] if tok.type_ids else None,
-        example_index=np.fromiter((q for q, _ in windows), dtype=np.int64, count=len(windows)),
+        example_index=np.fromiter((q for q, _ in windows), dtype=np.int64),
         offsets=offsets,
         cls_index=cls_index,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from types import SimpleNamespace
 
 import numpy as np
@@ -276,3 +277,18 @@ def test_a_cache_folder_is_made_with_its_parents_and_stray_progress_is_ignored(t
     (broken / "progress.json").write_bytes(b"\xff\xfe")
     with pytest.raises(EdgeQAError, match="broken/progress.json: teacher cache progress is not UTF-8 text"):
         build_cache(broken, key, trainset, _fake_teacher(calls), pad_id=0, batch_size=2, progress=False)
+
+
+def test_the_cache_pass_shows_a_bar_that_resumes_where_the_last_pass_stopped(tmp_path, capfd, caplog):
+    trainset, folder = _trainset(tmp_path), tmp_path / "c"
+    key = {"max_length": 8, "windows": 4, "precision": "fp32"}
+    folder.mkdir()
+    np.save(folder / "logits.partial.npy", np.zeros((4, 2, 8), dtype=np.float16))
+    (folder / "progress.json").write_text(json.dumps({"key": key, "done": 1}))
+    logits = build_cache(folder, key, trainset, _fake_teacher([]), pad_id=0, batch_size=2)  # a bar by default
+    bar = capfd.readouterr().err
+    assert "teacher logits:" in bar and " 1/2 " in bar and " 2/2 " in bar and "batch/s" in bar, bar
+    assert isinstance(logits, np.memmap)  # read from disk as needed, also when just made
+    with caplog.at_level(logging.INFO):
+        build_cache(folder, key, trainset, _fake_teacher([]), pad_id=0, batch_size=2)
+    assert f"teacher logits: reusing {folder}" in caplog.text

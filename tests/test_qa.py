@@ -264,3 +264,33 @@ def test_only_the_context_is_cut_even_beside_a_long_question(tokenizer):
                     return_overflowing_tokens=True)  # fmt: skip
     assert f.input_ids == ref["input_ids"] and len(f) > 3
     assert all(ids[1:19] == ref["input_ids"][0][1:19] for ids in f.input_ids)  # the whole question in every window
+
+
+def test_the_classifier_token_is_found_wherever_the_tokenizer_puts_it(tokenizer):
+    from tokenizers.processors import TemplateProcessing
+
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("[CLS]", "[SEP]")}
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(  # XLNet's order: the classifier token last
+        single="$A [SEP] [CLS]", pair="$A [SEP] $B:1 [SEP]:1 [CLS]:2", special_tokens=list(ids.items())
+    )
+    f = tokenize(tokenizer, ["who?"], [" ".join(["the river"] * 20)], QAConfig(max_length=32, doc_stride=8))
+    assert len(f) > 1
+    assert f.cls_index.tolist() == [len(ids) - 1 for ids in f.input_ids]
+
+
+def test_without_a_classifier_token_the_first_position_stands_for_no_answer(tokenizer):
+    tokenizer.cls_token = None
+    f = tokenize(tokenizer, ["who?"], [" ".join(["the river"] * 20)], QAConfig(max_length=32, doc_stride=8))
+    assert len(f) > 1 and f.cls_index.tolist() == [0] * len(f)
+
+
+def test_a_left_truncating_tokenizer_windows_as_transformers_does(tokenizer):
+    tokenizer.truncation_side = "left"
+    cfg = QAConfig(max_length=32, doc_stride=8)
+    question, context = "who?", " ".join(f"w{i}" for i in range(40))
+    f = tokenize(tokenizer, [question], [context], cfg)
+    ref = tokenizer([question], [context], truncation="only_second", max_length=32, stride=8,
+                    return_overflowing_tokens=True)  # fmt: skip
+    assert len(f) > 1 and f.input_ids == ref["input_ids"]
+    tokenizer.truncation_side = "right"
+    assert tokenize(tokenizer, [question], [context], cfg).input_ids != ref["input_ids"]

@@ -337,3 +337,10 @@ def test_broken_cache_and_identity_records_are_named(tmp_path):
     (folder / "step.json").write_bytes(b"\xff\xfe")
     with pytest.raises(EdgeQAError, match="c/step.json: step record is not UTF-8 text"):
         made_id(folder)
+
+
+def test_a_step_records_its_making_seconds_to_a_tenth(tmp_path, monkeypatch):
+    clock = iter([100.0, 112.37])  # the step starts at 100 s and ends at 112.37 s on a fake clock
+    monkeypatch.setattr("edgeqa.pipeline.records.time.perf_counter", lambda: next(clock))
+    make_once(tmp_path / "m", "export", {"x": 1}, lambda f: None)
+    assert json.loads((tmp_path / "m" / "step.json").read_text())["seconds"] == 12.4

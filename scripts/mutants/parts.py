@@ -15,6 +15,8 @@ them once), fastest first, so only in-process tests count: code run in a subproc
     python scripts/mutants/parts.py run PART...   # mutate and test the parts named (all of them, in order, if none)
     python scripts/mutants/parts.py retest PART...  # test again only the part's mutants not killed last time
     python scripts/mutants/parts.py summary       # killed/total per part from the recorded results, and survivors
+    python scripts/mutants/parts.py sample N [SEED]  # test N mutants drawn at random from outside the parts
+    python scripts/mutants/parts.py estimate      # the library's score: the parts counted, the rest estimated
 
 `retest` is the quick way after adding tests for survivors: a killed mutant stays killed when tests are added, and
 mutmut itself remakes (and so tests again) the mutants of every function whose source changed.
@@ -23,7 +25,10 @@ mutmut itself remakes (and so tests again) the mutants of every function whose s
 from __future__ import annotations
 
 import fnmatch
+import json
+import math
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -182,6 +187,67 @@ def summary(names: list[str]) -> None:
         print(f"all: {killed}/{total} killed ({100 * killed / total:.1f}%)")
 
 
+def _outside_parts(found: dict[str, str]) -> list[str]:
+    return sorted(m for m in found if not any(_of_part({m: ""}, n) for n in PARTS))
+
+
+def sample(size: int, seed: int, children: int) -> None:
+    """Test `size` mutants drawn uniformly (seeded) from those outside the parts: the whole library runs for many
+    hours on one worker, a sample of a few hundred estimates its score to a few points in well under one."""
+    if not results():  # mutmut makes every mutant on its first run; the metric part is the quickest to run
+        run(["metric"], children)
+    check_selection()
+    stage()
+    rest = _outside_parts(results())
+    drawn = random.Random(seed).sample(rest, min(size, len(rest)))
+    (TREE / "sample.json").write_text(json.dumps({"seed": seed, "of": len(rest), "mutants": sorted(drawn)}, indent=1))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for lo in range(0, len(drawn), 200):  # a bounded command line
+        subprocess.run([str(MUTMUT), "run", "--max-children", str(children), *sorted(drawn)[lo : lo + 200]],
+                       cwd=TREE, env=env, check=True)  # fmt: skip
+    estimate()
+
+
+def _wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of a proportion k/n (Wilson 1927), sound near 0 and 1 where k/n +- 2se is not."""
+    p, z2 = k / n, z * z
+    centre, half = (p + z2 / (2 * n)) / (1 + z2 / n), z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return centre - half, centre + half
+
+
+def estimate() -> None:
+    """Killed/total of the parts (every mutant run), of the drawn sample per package, and of the whole library: the
+    parts' kills plus the sample's rate times the mutants outside the parts."""
+    found = results()
+    drawn = json.loads((TREE / "sample.json").read_text())["mutants"] if (TREE / "sample.json").exists() else []
+    done = {m: found[m] for m in drawn if found.get(m) not in (None, "not checked")}
+    rest = _outside_parts(found)
+    parts = {m: s for n in PARTS for m, s in _of_part(found, n).items()}
+    caught = ("killed", "timeout")
+    k_parts = sum(s in caught for s in parts.values())
+    print(f"parts: {k_parts}/{len(parts)} killed")
+    for package in (*PACKAGES, ""):
+        mine = {m: s for m, s in done.items() if m.startswith(f"edgeqa.{package}")}
+        if mine:
+            k = sum(s in caught for s in mine.values())
+            lo, hi = _wilson(k, len(mine))
+            print(
+                f"sample {package or 'all'}: {k}/{len(mine)} killed ({100 * k / len(mine):.1f}%, 95% interval "
+                f"{100 * lo:.1f}-{100 * hi:.1f}%) of {sum(m.startswith(f'edgeqa.{package}') for m in rest)}"
+            )
+    if done:
+        k = sum(s in caught for s in done.values())
+        rate, (lo, hi) = k / len(done), _wilson(k, len(done))
+        total = len(parts) + len(rest)
+        print(
+            f"library: {(k_parts + rate * len(rest)) / total:.1%} killed (95% interval "
+            f"{(k_parts + lo * len(rest)) / total:.1%}-{(k_parts + hi * len(rest)) / total:.1%}) of {total}"
+        )
+        for m, s in sorted(done.items()):
+            if s not in caught:
+                print(f"    {s}: {m}")
+
+
 def main(argv: list[str]) -> None:
     command, names = (argv[0], argv[1:]) if argv else ("run", [])
     if command == "run":
@@ -190,6 +256,10 @@ def main(argv: list[str]) -> None:
         retest(names, int(os.environ.get("MUTANT_CHILDREN", "1")))
     elif command == "summary":
         summary(names or list(PARTS))
+    elif command == "sample":
+        sample(int(names[0]), int(names[1]) if len(names) > 1 else 0, int(os.environ.get("MUTANT_CHILDREN", "1")))
+    elif command == "estimate":
+        estimate()
     else:
         sys.exit(__doc__)
 
