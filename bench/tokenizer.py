@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
+from edgeqa.bench.families import family
 from edgeqa.bench.files import EdgeQAError, read_json
 
 
@@ -63,10 +64,6 @@ VOCAB_FILE = "vocab.txt"
 SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 BERT_SPECIALS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
                  "mask_token": "[MASK]"}  # fmt: skip
-# Families whose transformers tokenizer is built from vocab.txt by its BertConverter (WordPiece, [CLS] A [SEP] B).
-WORDPIECE_FAMILIES = frozenset({"bert", "distilbert", "electra", "mobilebert"})
-# Families whose transformers tokenizer class has no token_type_ids among its model_input_names.
-NO_TYPE_IDS = frozenset({"distilbert", "roberta", "xlmroberta", "camembert", "longformer", "mpnet", "bart", "gpt2"})
 
 
 def _settings(folder: Path, name: str) -> dict:
@@ -83,14 +80,13 @@ def load_qa_tokenizer(folder: Path) -> QATokenizer:
     when there is one, else BERT's WordPiece pipeline from vocab.txt (transformers converts the rest)."""
     folder = Path(folder)
     opts = {**_settings(folder, "tokenizer_config.json"), **_settings(folder, "special_tokens_map.json")}
-    family = str(opts.get("tokenizer_class") or "").lower().removesuffix("fast").removesuffix("tokenizer")
-    family = (family or str(_settings(folder, "config.json").get("model_type", ""))).replace("-", "").replace("_", "")
+    kind = family(str(opts.get("tokenizer_class") or _settings(folder, "config.json").get("model_type", "")))
     if (folder / TOKENIZER_FILE).exists():
         try:
             backend = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
         except Exception as e:  # the Rust loader raises plain exceptions
             raise EdgeQAError(f"{folder / TOKENIZER_FILE}: not a tokenizers file: {e}") from e
-    elif (folder / VOCAB_FILE).exists() and family.lower() in WORDPIECE_FAMILIES:
+    elif (folder / VOCAB_FILE).exists() and kind is not None and kind.wordpiece:
         opts = {**BERT_SPECIALS, **opts}
         backend = _wordpiece(folder / VOCAB_FILE, opts)
     else:
@@ -104,7 +100,7 @@ def load_qa_tokenizer(folder: Path) -> QATokenizer:
         question_first=opts.get("padding_side", "right") == "right",
         truncation_side=opts.get("truncation_side", "right"),
         type_ids="token_type_ids" in opts.get("model_input_names", ["token_type_ids"])
-        and family.lower() not in NO_TYPE_IDS,
+        and (kind is None or kind.type_ids),
     )
 
 

@@ -16,7 +16,6 @@ from typing import Any
 from edgeqa.bench.files import EdgeQAError, known_fields
 
 METHODS = ("magnitude", "structured")
-STRUCTURED_TYPES = ("bert",)  # encoder layout: layer.N.attention.self.{query,key,value}, intermediate, output
 DEFAULT_INCLUDE = ("*encoder.layer.*",)  # every nn.Linear inside the encoder: QA head and embeddings stay dense
 SELECTIONS = ("magnitude", "input", "obs")  # which weights go inside a matrix: prune_magnitude, prune_refit
 REFIT_TARGETS = ("model", "matrix")  # what a refitted matrix reproduces: see refit_kept_weights

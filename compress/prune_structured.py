@@ -11,17 +11,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from edgeqa.bench.families import families_with, has
 from edgeqa.bench.files import EdgeQAError
-from edgeqa.compress.prune_config import STRUCTURED_TYPES
 
 if TYPE_CHECKING:
     import torch
 
 
 def check_structured(model) -> None:
-    if model.config.model_type not in STRUCTURED_TYPES:
+    if not has(model.config.model_type, "bert_layout"):
         raise EdgeQAError(
-            f"structured pruning knows {', '.join(STRUCTURED_TYPES)} models; this one is {model.config.model_type!r}"
+            f"structured pruning knows {', '.join(families_with('bert_layout'))} models; "
+            f"this one is {model.config.model_type!r}"
         )
 
 

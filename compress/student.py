@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgeqa.bench.families import families_with, has
 from edgeqa.bench.files import EdgeQAError, known_fields
 
 log = logging.getLogger(__name__)
@@ -78,9 +79,10 @@ def student_config(spec: StudentSpec, teacher_config):
             raise EdgeQAError(f"{spec.pretrained}: cannot read the pretrained student's config: {e}") from e
     if teacher_config is None:
         raise EdgeQAError("a student built from a teacher needs the teacher; give `from` or a `pretrained` folder")
-    if teacher_config.model_type != "bert":
+    if not has(teacher_config.model_type, "bert_layout"):
         raise EdgeQAError(
-            f"students are built from BERT teachers; this teacher is {teacher_config.model_type!r} "
+            f"students are built from {', '.join(families_with('bert_layout'))} teachers; this teacher is "
+            f"{teacher_config.model_type!r} "
             "(give a `pretrained` student instead)"
         )
     n_teacher = teacher_config.num_hidden_layers

@@ -13,23 +13,13 @@ from collections import Counter
 from pathlib import Path
 
 from edgeqa.bench.engines import ONNX_NAME, resolve_model
+from edgeqa.bench.families import family
 from edgeqa.bench.files import EdgeQAError, atomic_dir, write_json
 from edgeqa.bench.qa import QAConfig
 from edgeqa.bench.squad import SquadExample
 from edgeqa.export.onnx import check_parity, copy_model_metadata, write_parity
 
 log = logging.getLogger(__name__)
-
-# Families whose attention blocks follow BERT's layout closely enough for the "bert" fusion rules.
-FUSION_MODEL_TYPE = {
-    "bert": "bert",
-    "distilbert": "bert",
-    "roberta": "bert",
-    "electra": "bert",
-    "albert": "bert",
-    "mobilebert": "bert",
-    "xlm-roberta": "bert",
-}
 
 
 FUSIONS = ("attention", "skip_layer_norm", "gelu", "embed_layer_norm")
@@ -62,7 +52,8 @@ def fuse(
     if backend != "onnxruntime":
         raise EdgeQAError(f"{onnx_dir}: fusion needs an ONNX model; export it first")
     config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
-    model_type = FUSION_MODEL_TYPE.get(config.get("model_type", "bert"))
+    kind = family(config.get("model_type", "bert"))
+    model_type = kind.fusion if kind else None
     if model_type is None:
         raise EdgeQAError(f"{folder}: no fusion rules for model type {config.get('model_type')!r}")
     options = FusionOptions(model_type)

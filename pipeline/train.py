@@ -8,6 +8,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from edgeqa.bench.families import families_with, has
 from edgeqa.bench.files import EdgeQAError, atomic_dir, write_json
 from edgeqa.pipeline.context import Run, is_main_process
 from edgeqa.pipeline.make import window_identity
@@ -68,8 +69,9 @@ def check_prune(run: Run, step: PruneStep) -> None:
     except Exception as e:
         raise EdgeQAError(f"{src.path}: cannot read the model config: {e}") from e
     where = f"{run.recipe.path}:{step.line}"
-    if pcfg.method == "structured" and config.model_type != "bert":
-        raise EdgeQAError(f"{where}: structured pruning knows bert models; {src.path} is {config.model_type!r}")
+    if pcfg.method == "structured" and not has(config.model_type, "bert_layout"):
+        raise EdgeQAError(f"{where}: structured pruning knows {', '.join(families_with('bert_layout'))} models; "
+                          f"{src.path} is {config.model_type!r}")  # fmt: skip
     if pcfg.method == "structured" and pcfg.heads:
         if config.pruned_heads:
             raise EdgeQAError(
