@@ -203,7 +203,7 @@ def _report(args: argparse.Namespace, out: Path, models: dict[str, tuple[Path, P
     from edgeqa.bench.evaluate import evaluate
     from edgeqa.bench.latency import LatencyConfig, benchmark_interleaved
     from edgeqa.bench.report import write_report
-    from edgeqa.pipeline.report import assemble_report, eval_info, report_row, weight_stats_cached
+    from edgeqa.pipeline.rows import assemble_report, eval_info, report_row, weight_stats_cached
 
     cfg = LatencyConfig(
         tuple(args.batch_sizes), tuple(args.seq_lens), args.warmup, args.repeats, args.threads, args.rounds

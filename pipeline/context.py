@@ -6,8 +6,12 @@ import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from edgeqa.pipeline.recipe import BASE_VARIANT, Recipe
+from edgeqa.pipeline.step import BASE_VARIANT
+
+if TYPE_CHECKING:
+    from edgeqa.pipeline.recipe import Recipe
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,12 @@ class Run:
     def cache_root(self) -> Path:
         """Teacher outputs shared by every recipe run under the same parent folder."""
         return self.root.parent / "cache"
+
+    def parity(self) -> dict[str, Any]:
+        """The parity settings every model-making step passes to its exporter or quantizer."""
+        p = self.recipe.parity
+        return {"parity_examples": self.parity_examples, "tolerance": p.tolerance,
+                "min_same_answer_share": p.min_same_answer_share, "qa_cfg": self.recipe.qa}  # fmt: skip
 
     @functools.cached_property
     def parity_examples(self):

@@ -3,31 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 from edgeqa.bench.files import EdgeQAError, check_writable_dir, remove_stale_temporaries, write_json
 from edgeqa.pipeline.context import Run, base_variant, is_main_process
-from edgeqa.pipeline.make import step_export, step_fuse, step_mobile, step_quantize, step_torch_int8
-from edgeqa.pipeline.measure import step_bench
-from edgeqa.pipeline.recipe import PruneStep, Recipe, Step, load_recipe
-from edgeqa.pipeline.report import step_report
-from edgeqa.pipeline.train import check_distill, check_prune, step_distill, step_prune
+from edgeqa.pipeline.recipe import Recipe, load_recipe
+from edgeqa.pipeline.step import MadeStep, Step
 
 log = logging.getLogger(__name__)
-
-STEPS: dict[str, Callable[[Run, object], None]] = {
-    "export": step_export,
-    "fuse": step_fuse,
-    "quantize": step_quantize,
-    "torch_int8": step_torch_int8,
-    "mobile": step_mobile,
-    "bench": step_bench,
-    "report": step_report,
-    "distill": step_distill,
-    "prune": step_prune,
-}
-CHECKS = {"distill": check_distill, "prune": check_prune}
 
 
 def _check_inputs(recipe: Recipe) -> None:
@@ -44,7 +27,7 @@ def _check_inputs(recipe: Recipe) -> None:
 def steps_making(recipe: Recipe, names: tuple[str, ...]) -> tuple[Step, ...]:
     """The steps that make the named variants and everything they are made from (sources and teachers), in recipe
     order: one part of a recipe, runnable on its own and reused by the whole run later."""
-    by_name = {s.name: s for s in recipe.steps if s.name}
+    by_name = {s.name: s for s in recipe.steps if isinstance(s, MadeStep)}
     unknown = [n for n in names if n not in by_name]
     if unknown:
         raise EdgeQAError(f"{recipe.path}: no step makes {', '.join(unknown)} (it makes {', '.join(by_name)})")
@@ -53,8 +36,8 @@ def steps_making(recipe: Recipe, names: tuple[str, ...]) -> tuple[Step, ...]:
         name = todo.pop()
         if name in by_name and name not in needed:
             needed.add(name)
-            todo += [by_name[name].source] + ([by_name[name].teacher] if isinstance(by_name[name], PruneStep) else [])
-    return tuple(s for s in recipe.steps if s.name in needed)
+            todo += [by_name[name].source, *by_name[name].references()]
+    return tuple(s for s in recipe.steps if isinstance(s, MadeStep) and s.name in needed)
 
 
 def run_recipe(
@@ -84,9 +67,8 @@ def run_recipe(
     base = base_variant(recipe)
     run = Run(recipe, root, {base.name: base}, retime=retime)
     for step in steps:  # every check before any work; later checks see the variants earlier steps will make
-        if step.kind in CHECKS:
-            CHECKS[step.kind](run, step)
-        if step.name and step.name not in run.variants:
+        step.check(run)
+        if isinstance(step, MadeStep) and step.name not in run.variants:
             run.add(step.name)
     run.variants = {base.name: base}
     if is_main_process():
@@ -96,6 +78,6 @@ def run_recipe(
     for i, step in enumerate(steps, 1):
         if step.kind != "distill" and not is_main_process():
             continue
-        log.info("step %d/%d: %s %s", i, len(steps), step.kind, step.name or "")
-        STEPS[step.kind](run, step)
+        log.info("step %d/%d: %s %s", i, len(steps), step.kind, getattr(step, "name", ""))
+        step.run(run)
     return root

@@ -7,9 +7,9 @@ import pytest
 
 from conftest import edgeqa_command, kill_when_written, run_to_end
 from edgeqa.bench.files import EdgeQAError
-from edgeqa.pipeline import run as recipe_mod
 from edgeqa.pipeline.recipe import load_recipe
 from edgeqa.pipeline.run import run_recipe
+from edgeqa.pipeline.steps.quantize import QuantizeStep
 
 STEPS = """\
 steps:
@@ -44,21 +44,21 @@ def _write(tmp_path, model, data, steps=STEPS, extra=""):
 def test_full_pipeline_then_resume_gives_the_same_report(tmp_path, tiny_qa_model, toy_squad, monkeypatch):
     path = _write(tmp_path, tiny_qa_model, toy_squad)
     # First run dies in the middle of the static quantization step.
-    real = recipe_mod.step_quantize
+    real = QuantizeStep.run
 
-    def dying(run, step):
+    def dying(step, run):
         if step.name == "int8-static":
             raise KeyboardInterrupt
-        real(run, step)
+        real(step, run)
 
-    monkeypatch.setattr(recipe_mod, "STEPS", {**recipe_mod.STEPS, "quantize": dying})
+    monkeypatch.setattr(QuantizeStep, "run", dying)
     with pytest.raises(KeyboardInterrupt):
         run_recipe(path, tmp_path / "runs")
     root = tmp_path / "runs" / "tiny"
     assert (root / "models" / "int8-dyn" / "step.json").exists()
     assert not (root / "models" / "int8-static").exists()
     assert not list((root / "models").glob(".*tmp"))  # nothing half-written
-    monkeypatch.setattr(recipe_mod, "STEPS", {**recipe_mod.STEPS, "quantize": real})
+    monkeypatch.undo()
 
     run_recipe(path, tmp_path / "runs")
     report = json.loads((root / "report.json").read_text())

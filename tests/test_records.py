@@ -1,5 +1,5 @@
 """Caches and records: step.json identity and history (pipeline.records) and the bench step's score and timing
-caches (pipeline.measure); training checkpoints and the teacher-logit cache: test_checkpoints.py."""
+caches (pipeline.steps.bench); training checkpoints and the teacher-logit cache: test_checkpoints.py."""
 
 from __future__ import annotations
 
@@ -19,8 +19,7 @@ from edgeqa.compress.trainset import (
     check_cache,
 )
 from edgeqa.pipeline.context import Run
-from edgeqa.pipeline.measure import bench_path, step_bench
-from edgeqa.pipeline.recipe import BenchStep, EvalSettings, Recipe
+from edgeqa.pipeline.recipe import EvalSettings, Recipe
 from edgeqa.pipeline.records import (
     PRUNE_ADDED_IN_2,
     RECORD_VERSION,
@@ -30,6 +29,7 @@ from edgeqa.pipeline.records import (
     making_times,
     upgrade,
 )
+from edgeqa.pipeline.steps.bench import BenchStep, bench_path
 
 
 def test_a_version_1_prune_record_gets_what_those_runs_did():
@@ -187,9 +187,10 @@ class _Bench:
 
     def __init__(self, monkeypatch, dynamic=()):
         self.scored, self.timed = [], []
-        monkeypatch.setattr("edgeqa.bench.evaluate.evaluate", self.evaluate)
-        monkeypatch.setattr("edgeqa.bench.latency.benchmark_interleaved", self.benchmark)
-        monkeypatch.setattr("edgeqa.bench.engines.answers_depend_on_batch", lambda path, t8: Path(path).name in dynamic)
+        monkeypatch.setattr("edgeqa.pipeline.steps.bench.evaluate", self.evaluate)
+        monkeypatch.setattr("edgeqa.pipeline.steps.bench.benchmark_interleaved", self.benchmark)
+        monkeypatch.setattr("edgeqa.pipeline.steps.bench.answers_depend_on_batch",
+                            lambda path, t8: Path(path).name in dynamic)  # fmt: skip
 
     def evaluate(self, model, data, limit, torch_int8, cfg, batch_size, threads, out_dir):
         self.scored.append((Path(model).name, data, limit, torch_int8, cfg, batch_size, threads, out_dir))
@@ -216,7 +217,7 @@ def _run(tmp_path, **eval_settings):
 def test_scores_are_cached_per_model_identity_data_and_settings(tmp_path, monkeypatch):
     bench = _Bench(monkeypatch, dynamic=("int8",))
     run = _run(tmp_path, limit=5, batch_size=8, dynamic_int8_batch_size=2)
-    step_bench(run, BenchStep(line=1, variants=("fp32", "int8")))
+    BenchStep(line=1, variants=("fp32", "int8")).run(run)
     eval_dir = run.root / "eval"
     assert bench.scored == [
         ("fp32", "dev.json", 5, False, run.recipe.qa, 8, 3, eval_dir / "fp32"),
@@ -224,44 +225,44 @@ def test_scores_are_cached_per_model_identity_data_and_settings(tmp_path, monkey
     ]
     saved = json.loads((eval_dir / "int8" / "metrics.json").read_text())
     assert saved["made"] == "int8-1" and saved["f1"] == 50.0
-    step_bench(run, BenchStep(line=1, variants=("fp32", "int8")))
+    BenchStep(line=1, variants=("fp32", "int8")).run(run)
     assert len(bench.scored) == 2  # nothing changed: both cached
     _step(run.model_dir("int8"), step="export", made="int8-2")  # int8 made again
-    step_bench(run, BenchStep(line=1, variants=("fp32", "int8")))
+    BenchStep(line=1, variants=("fp32", "int8")).run(run)
     assert [s[0] for s in bench.scored[2:]] == ["int8"]
     for change in ({"limit": 6}, {"batch_size": 4}):  # other eval settings: scored again
         other = _run(tmp_path, **{"limit": 5, "batch_size": 8, "dynamic_int8_batch_size": 2, **change})
-        step_bench(other, BenchStep(line=1, variants=("fp32",)))
+        BenchStep(line=1, variants=("fp32",)).run(other)
     assert [s[0] for s in bench.scored[3:]] == ["fp32", "fp32"]
     metrics = eval_dir / "fp32" / "metrics.json"
     for key, value in (("data", "other.json"), ("model", "elsewhere"), ("settings", {}), ("made", "x")):
         count = len(bench.scored)
         metrics.write_text(json.dumps({**json.loads(metrics.read_text()), key: value}))
-        step_bench(other, BenchStep(line=1, variants=("fp32",)))
+        BenchStep(line=1, variants=("fp32",)).run(other)
         assert len(bench.scored) == count + 1, key  # a cached score of other data, model or settings is not used
 
 
 def test_timings_are_taken_again_side_by_side_when_any_model_needs_them(tmp_path, monkeypatch):
     bench = _Bench(monkeypatch)
     run = _run(tmp_path)
-    step_bench(run, BenchStep(line=1))  # no variants named: every variant so far
+    BenchStep(line=1).run(run)  # no variants named: every variant so far
     assert bench.timed == [["fp32", "int8", "torch-int8"]]
     assert run.benched == ["fp32", "int8", "torch-int8"]
     saved = json.loads(bench_path(run, "torch-int8").read_text())
     assert saved["made"] == "fp32-1" and saved["settings"]["torch_int8"] is True
     assert bench_path(run, "int8") == run.root / "bench" / "int8.json"
-    step_bench(run, BenchStep(line=1))
+    BenchStep(line=1).run(run)
     assert len(bench.timed) == 1 and run.benched == ["fp32", "int8", "torch-int8"]  # cached; listed once
     _step(run.model_dir("int8"), step="export", made="int8-2")
-    step_bench(run, BenchStep(line=1, variants=("fp32", "int8")))
+    BenchStep(line=1, variants=("fp32", "int8")).run(run)
     assert bench.timed[1:] == [["fp32", "int8"]]  # one remade: both timed again, together
     run.retime = True
-    step_bench(run, BenchStep(line=1, variants=("int8",)))
+    BenchStep(line=1, variants=("int8",)).run(run)
     assert bench.timed[2:] == [["int8"]]
     run.retime = False
     other = _run(tmp_path)
     other.recipe = dataclasses.replace(other.recipe, bench=LatencyConfig(threads=1))  # other timing settings
-    step_bench(other, BenchStep(line=1, variants=("fp32",)))
+    BenchStep(line=1, variants=("fp32",)).run(other)
     assert bench.timed[3:] == [["fp32"]]
 
 
@@ -312,7 +313,7 @@ def test_loading_a_checkpoint_and_scoring_say_so(tmp_path, monkeypatch, caplog):
     load_checkpoint(tmp_path / "c.pt", {})
     bench = _Bench(monkeypatch)
     run = _run(tmp_path, batch_size=8)
-    step_bench(run, BenchStep(line=1, variants=("fp32",)))
+    BenchStep(line=1, variants=("fp32",)).run(run)
     assert [m for m in caplog.messages if m.startswith(("resuming", "scoring"))] == [
         f"resuming from {tmp_path / 'c.pt'}: stage 1, step 5",
         "scoring fp32 on dev.json at batch 8",
@@ -322,9 +323,9 @@ def test_loading_a_checkpoint_and_scoring_say_so(tmp_path, monkeypatch, caplog):
 
 def test_a_torch_int8_variant_is_scored_at_the_dynamic_int8_batch_size(tmp_path, monkeypatch):
     bench = _Bench(monkeypatch)
-    monkeypatch.setattr("edgeqa.bench.engines.answers_depend_on_batch", lambda path, torch_int8: torch_int8)
+    monkeypatch.setattr("edgeqa.pipeline.steps.bench.answers_depend_on_batch", lambda path, torch_int8: torch_int8)
     run = _run(tmp_path, batch_size=8, dynamic_int8_batch_size=2)
-    step_bench(run, BenchStep(line=1, variants=("fp32", "torch-int8")))
+    BenchStep(line=1, variants=("fp32", "torch-int8")).run(run)
     assert [(s[0], s[3], s[5]) for s in bench.scored] == [("fp32", False, 8), ("fp32", True, 2)]
 
 

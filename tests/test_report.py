@@ -241,7 +241,6 @@ def test_a_recipe_report_is_against_the_reference_it_names(tiny_onnx_model, tmp_
     from conftest import write_recipe, write_squad
     from edgeqa.pipeline.context import Run, Variant
     from edgeqa.pipeline.recipe import load_recipe
-    from edgeqa.pipeline.report import step_report
 
     onnx_dir = tiny_onnx_model[1]
     data = write_squad(tmp_path / "dev.json", [("Ann wrote the book.", "Who wrote the book?", ["Ann"])])
@@ -257,7 +256,7 @@ def test_a_recipe_report_is_against_the_reference_it_names(tiny_onnx_model, tmp_
         (run.root / "eval" / name / "metrics.json").write_text(json.dumps(metrics))
         (run.root / "bench").mkdir(exist_ok=True)
         (run.root / "bench" / f"{name}.json").write_text(json.dumps(_timing(name, onnx_dir)))
-    step_report(run, report_step)
+    report_step.run(run)
     assert _speedups(run.root / "report.json") == ("named", EXPECTED_SPEEDUPS, EXPECTED_DELTA_F1)
 
 
@@ -297,7 +296,7 @@ def test_making_times_follow_the_chain_and_count_every_training_start(tmp_path):
     distillation was killed and resumed: its step.json times the last start (30 s), its training.json both (95.5 s),
     and the larger counts. The pruning's recovery trained 8 s of a 12 s step: the step's own time counts."""
     from edgeqa.pipeline.records import making_times
-    from edgeqa.pipeline.report import model_records
+    from edgeqa.pipeline.rows import model_records
 
     def made(name, step, source, seconds, train_seconds=None):
         folder = tmp_path / name

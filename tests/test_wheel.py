@@ -30,8 +30,8 @@ def _source_copy(dst: Path) -> Path:
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     folders = {"edgeqa", *pyproject["tool"]["setuptools"].get("package-dir", {}).values()}
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in folders:
-        shutil.copytree(REPO / name, dst / name, ignore=ignore)
+    for name in folders:  # a subpackage's folder is copied with its parent's
+        shutil.copytree(REPO / name, dst / name, ignore=ignore, dirs_exist_ok=True)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, dst / name)
     return dst
@@ -97,8 +97,11 @@ def _run(venv: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_wheel_has_one_top_level_name_and_the_mapped_packages(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/")[0] for n in names} == {"edgeqa", "edgeqa-0.1.0.dist-info"}
-    for module in ("cli.py", "bench/engines.py", "bench/qa.py", "export/onnx.py", "compress/__init__.py"):
-        assert f"edgeqa/{module}" in names
+    modules = [p.relative_to(REPO).as_posix() for folder in ("bench", "export", "compress", "pipeline")
+               for p in (REPO / folder).rglob("*.py")]  # fmt: skip
+    assert "pipeline/steps/export.py" in modules  # subpackages included
+    missing = [m for m in ["cli.py", *modules] if f"edgeqa/{m}" not in names]
+    assert not missing, f"not in the wheel: {missing}"
 
 
 def test_base_install_runs_onnx_models_without_torch(base_venv, tiny_onnx_model, tmp_path):

@@ -54,7 +54,7 @@ PARTS: dict[str, Part] = {
     "records": Part(
         (
             "edgeqa.pipeline.records.*",
-            "edgeqa.pipeline.measure.*",
+            "edgeqa.pipeline.steps.bench.*",
             "edgeqa.compress.checkpoint.*",
             "edgeqa.compress.trainset.x__file_digest*",
             "edgeqa.compress.trainset.x__folder_digest*",

@@ -1,4 +1,4 @@
-"""Report assembly, one for both ways in: a recipe's report step and `edgeqa report` build their rows here, from
+"""Report rows, one way for both ways in: a recipe's report step and `edgeqa report` build their rows here, from
 each model's scores, timings and the records its folder (or the folders it was made from) carries."""
 
 from __future__ import annotations
@@ -7,10 +7,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from edgeqa.bench.files import EdgeQAError, read_json, write_json
-from edgeqa.bench.report import Target, build_report, has_unstructured_sparsity, make_row, write_report
-from edgeqa.pipeline.context import Run
-from edgeqa.pipeline.recipe import BASE_VARIANT, ReportStep
+from edgeqa.bench.files import read_json, write_json
+from edgeqa.bench.report import Target, build_report, has_unstructured_sparsity, make_row
 from edgeqa.pipeline.records import inherited_record, made_id, making_times
 
 log = logging.getLogger(__name__)
@@ -95,25 +93,3 @@ def assemble_report(
 
 def eval_info(data: str, limit: int | None, metrics: dict) -> dict[str, Any]:
     return {"data": data, "limit": limit, "questions": metrics["total"], "settings": metrics["settings"]}
-
-
-def step_report(run: Run, step: ReportStep) -> None:
-    names = list(step.variants) or run.benched
-    missing = [n for n in names if not (run.root / "bench" / f"{n}.json").exists()]
-    if missing:
-        raise EdgeQAError(f"{run.recipe.path}:{step.line}: report needs a bench step for {', '.join(missing)} first")
-    rows, bench = [], {}
-    for name in names:
-        v = run.variants[name]
-        metrics = read_json(run.root / "eval" / name / "metrics.json")
-        bench[name] = read_json(run.root / "bench" / f"{name}.json")
-        weights = weight_stats_cached(v.path, run.root / "bench" / f"{name}.weights.json")
-        rows.append(report_row(name, v.path, v.torch_int8, metrics, bench[name], weights))
-    first_metrics = read_json(run.root / "eval" / names[0] / "metrics.json")
-    reference = step.reference or (BASE_VARIANT if BASE_VARIANT in names else names[0])
-    info = eval_info(run.recipe.eval.data, run.recipe.eval.limit, first_metrics)
-    report = assemble_report(run.recipe.name, rows, reference, info, bench[names[0]], step.targets, step.notes)
-    for path in write_report(report, run.root):
-        log.info("wrote %s", path)
-    for warning in report["warnings"]:
-        log.warning("report %s: %s", run.recipe.name, warning)

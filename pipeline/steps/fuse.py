@@ -1,0 +1,33 @@
+"""`fuse`: ONNX Runtime's transformer fusions (attention, skip layer norm, GELU), checked against the unfused graph."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from edgeqa.bench.files import EdgeQAError
+from edgeqa.bench.qa import QAConfig
+from edgeqa.export.optimize import FUSIONS, fuse
+from edgeqa.pipeline.context import Run
+from edgeqa.pipeline.step import MadeStep, register_step
+
+
+@register_step
+@dataclass(frozen=True, kw_only=True)
+class FuseStep(MadeStep):
+    kind: ClassVar[str] = "fuse"
+    fusions: tuple[str, ...] = FUSIONS
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any], line: int, qa: QAConfig) -> FuseStep:
+        step = super().parse(raw, line, qa)
+        if set(step.fusions) - set(FUSIONS):
+            raise EdgeQAError(f"unknown fusion(s) in {list(step.fusions)}; choose from {', '.join(FUSIONS)}")
+        return step
+
+    def identity(self, run: Run) -> dict[str, Any]:
+        return {**super().identity(run), "fusions": list(self.fusions)}
+
+    def make(self, run: Run, out: Path) -> None:
+        fuse(run.source(self.source).path, out, fusions=self.fusions, **run.parity())
