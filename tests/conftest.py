@@ -70,7 +70,7 @@ def _wordpiece_vocab() -> list[str]:
 
 
 # The families _tokenizer and _config below make tiny models of: every family the table says edgeqa fuses.
-FAMILIES = ("bert", "distilbert", "roberta", "xlm-roberta", "electra", "albert", "mobilebert")
+FAMILIES = ("bert", "distilbert", "roberta", "xlm-roberta", "camembert", "electra", "albert", "mobilebert")
 CORPUS = [
     "paris is the capital of france. berlin is the capital of germany.",
     "the king lived in the city on the river. the war began in 1914 and ended in 1918.",
@@ -89,7 +89,7 @@ def _tokenizer(family: str, folder: Path):
         bpe.train_from_iterator(CORPUS * 5, vocab_size=400, min_frequency=1, special_tokens=specials)
         bpe.save_model(str(folder))
         return tf.RobertaTokenizerFast(vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt"))
-    if family == "xlm-roberta":  # SentencePiece Unigram with RoBERTa's <s> A </s></s> B </s>
+    if family in ("xlm-roberta", "camembert"):  # SentencePiece Unigram with RoBERTa's <s> A </s></s> B </s>
         unigram = SentencePieceUnigramTokenizer()
         specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
         unigram.train_from_iterator(CORPUS * 5, vocab_size=120, special_tokens=specials, unk_token="<unk>")
@@ -97,9 +97,9 @@ def _tokenizer(family: str, folder: Path):
         unigram._tokenizer.post_processor = processors.TemplateProcessing(
             single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=ids
         )
-        return tf.XLMRobertaTokenizerFast(tokenizer_object=unigram._tokenizer, bos_token="<s>", eos_token="</s>",
-                                          sep_token="</s>", cls_token="<s>", unk_token="<unk>", pad_token="<pad>",
-                                          mask_token="<mask>")  # fmt: skip
+        cls = tf.CamembertTokenizerFast if family == "camembert" else tf.XLMRobertaTokenizerFast
+        return cls(tokenizer_object=unigram._tokenizer, bos_token="<s>", eos_token="</s>", sep_token="</s>",
+                   cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")  # fmt: skip
     if family == "albert":
         unigram = SentencePieceUnigramTokenizer()
         specials = ["<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"]
@@ -132,8 +132,8 @@ def _config(family: str, vocab: int, layers: int, hidden: int, heads: int):
     common = {"vocab_size": vocab, "max_position_embeddings": 512}
     if family == "distilbert":
         return tf.DistilBertConfig(n_layers=layers, dim=hidden, n_heads=heads, hidden_dim=hidden * 4, **common)
-    if family in ("roberta", "xlm-roberta"):
-        return (tf.XLMRobertaConfig if family == "xlm-roberta" else tf.RobertaConfig)(
+    if family in ("roberta", "xlm-roberta", "camembert"):
+        return {"xlm-roberta": tf.XLMRobertaConfig, "camembert": tf.CamembertConfig}.get(family, tf.RobertaConfig)(
             num_hidden_layers=layers,
             hidden_size=hidden,
             num_attention_heads=heads,
