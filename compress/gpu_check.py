@@ -239,12 +239,12 @@ def _final_eval(best: Path, cfg, dev: Path, device: str) -> dict[str, Any]:
     """The saved student, loaded again and scored on the device: the folder holds what was trained."""
     from edgeqa.bench.engines import load_tokenizer, load_torch_qa_model, model_input_names
     from edgeqa.bench.squad import load_squad
-    from edgeqa.compress.train_eval import evaluate
+    from edgeqa.compress.train_eval import score_student
 
     student = load_torch_qa_model(best).to(device)
     examples = load_squad(dev, cfg.train.eval_limit).examples
     t = time.perf_counter()
-    metrics = evaluate(student, load_tokenizer(best), examples, model_input_names(student), cfg.train, device)
+    metrics = score_student(student, load_tokenizer(best), examples, model_input_names(student), cfg.train, device)
     seconds = time.perf_counter() - t
     return {
         "f1": metrics["f1"],

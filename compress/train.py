@@ -37,7 +37,7 @@ from edgeqa.compress.devices import Dist, barrier, precision_for, setup_distribu
 from edgeqa.compress.forward import ScoreTaps, Trainee, set_dropout, teacher_fn
 from edgeqa.compress.student import build_student, check_layer_map, default_layer_map, student_config
 from edgeqa.compress.train_config import DistillConfig, Hooks, Stage
-from edgeqa.compress.train_loop import Run, run_stage, save_model, write_log
+from edgeqa.compress.train_loop import Distillation, run_stage, save_model, write_log
 from edgeqa.compress.trainset import build_cache, cache_folder, cache_key, check_cache, load_trainset
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ def distill(
     )
     trainee, teacher_taps = _build_trainee(cfg, teacher, s_cfg, layer_maps, trainset, hooks, dist.device)
     work.mkdir(parents=True, exist_ok=True)
-    run = Run(
+    run = Distillation(
         cfg=cfg,
         dist=dist,
         precision=precision,
@@ -191,7 +191,7 @@ def _build_trainee(
     return trainee, taps
 
 
-def _finish(run: Run, teacher_dir: Path | None) -> None:
+def _finish(run: Distillation, teacher_dir: Path | None) -> None:
     """The result (the last weights when nothing was evaluated), training.json and the log."""
     seconds = time.perf_counter() - run.t_begin
     dist = run.dist

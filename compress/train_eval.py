@@ -29,7 +29,7 @@ class DeviceEngine:
         return out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
 
 
-def evaluate(student, tokenizer, examples, names, tc: TrainConfig, device: str = "cpu") -> dict[str, float]:
+def score_student(student, tokenizer, examples, names, tc: TrainConfig, device: str = "cpu") -> dict[str, float]:
     """EM/F1 on `examples`, tokenised and post-processed by bench.qa as at inference, the model run on `device`."""
     from edgeqa.bench.squad import SquadDataset
 

@@ -1,5 +1,5 @@
 """The training loop proper: one stage from a given step to its end, step by step, with its logging, dev-subset
-evaluations and checkpoints. `compress.train.distill` sets up the `Run` that every stage shares.
+evaluations and checkpoints. `compress.train.distill` sets up the `Distillation` that every stage shares.
 
 Batch order is a function of (seed, stage, epoch) and everything needed to continue is checkpointed every
 `checkpoint_every` steps, so a run killed anywhere and started again ends with the weights of one that never
@@ -30,7 +30,7 @@ from edgeqa.compress.devices import Dist, Precision, barrier
 from edgeqa.compress.forward import ScoreTaps, Trainee, micro_step
 from edgeqa.compress.student import save_student
 from edgeqa.compress.train_config import DistillConfig, Hooks, TrainConfig
-from edgeqa.compress.train_eval import evaluate
+from edgeqa.compress.train_eval import score_student
 from edgeqa.compress.trainset import StepBatches, StepSampler, TrainSet, as_is
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ LOADER_WORKERS = 4  # per process on CUDA: padding and cache reads happen beside
 
 
 @dataclass
-class Run:
+class Distillation:
     """What every stage of one `distill` call shares: models, data, settings, and the record kept as it goes."""
 
     cfg: DistillConfig
@@ -79,7 +79,7 @@ class Run:
         return self.tokenizer.pad_token_id or 0
 
 
-def run_stage(run: Run, si: int, step: int, state: dict | None) -> None:
+def run_stage(run: Distillation, si: int, step: int, state: dict | None) -> None:
     """Train stage `si` from `step` to its end (a resumed run restores weights, optimiser and RNG from `state`)."""
     stage, total, tc, dist, hooks = run.cfg.stages[si], run.steps[si], run.tc, run.dist, run.hooks
     predicting = bool(stage.loss.hard or stage.loss.soft)
@@ -153,7 +153,7 @@ class _Meter:
         return self.windows / max(time.perf_counter() - self.since, 1e-9)
 
 
-def _step_loader(run: Run, si: int, start: int, total: int) -> torch.utils.data.DataLoader:
+def _step_loader(run: Distillation, si: int, start: int, total: int) -> torch.utils.data.DataLoader:
     """Each step's micro-batches from `start` on, in the order of `epoch_batches` (so a resumed run continues
     where it stopped). On CUDA, worker processes pad and read cached logits ahead of the step, into pinned memory
     that is copied to the device without waiting; on CPU the main process does it (workers would only compete
@@ -179,7 +179,7 @@ def _step_loader(run: Run, si: int, start: int, total: int) -> torch.utils.data.
     )
 
 
-def _train_step(run: Run, model, micro: list[dict], si: int, keep_terms: bool) -> tuple[dict[str, list], int]:
+def _train_step(run: Distillation, model, micro: list[dict], si: int, keep_terms: bool) -> tuple[dict[str, list], int]:
     """Forward and backward over one step's micro-batches; gradients are complete when it returns. The loss terms
     stay on the device (detached) and only on logging steps: reading them back each micro-step would make every
     step wait for the device."""
@@ -207,7 +207,7 @@ def _train_step(run: Run, model, micro: list[dict], si: int, keep_terms: bool) -
     return kept, sum(len(b["labels"]) for b in micro)
 
 
-def _log_step(run: Run, bar, meter: _Meter, si: int, step: int, lr: float, kept: dict, windows: int) -> None:
+def _log_step(run: Distillation, bar, meter: _Meter, si: int, step: int, lr: float, kept: dict, windows: int) -> None:
     rate = meter.rate()
     # Summed per micro-batch in order, as Python floats: the same figures a step that read each term at once gave.
     terms = {k: sum(float(v) / windows for v in values) for k, values in kept.items()}
@@ -218,10 +218,12 @@ def _log_step(run: Run, bar, meter: _Meter, si: int, step: int, lr: float, kept:
     meter.reset()
 
 
-def _evaluate_and_keep(run: Run, si: int, step: int, total: int) -> None:
+def _evaluate_and_keep(run: Distillation, si: int, step: int, total: int) -> None:
     """Score the dev subset (first process only) and keep the student when it is the best allowed so far."""
     if run.dist.main:
-        metrics = evaluate(run.trainee.student, run.tokenizer, run.eval_examples, run.names, run.tc, run.dist.device)
+        metrics = score_student(
+            run.trainee.student, run.tokenizer, run.eval_examples, run.names, run.tc, run.dist.device
+        )
         run.history.append({"stage": si, "step": step, "eval": metrics})
         log.info("stage %d step %d: dev-subset EM %.2f F1 %.2f", si, step, metrics["exact"], metrics["f1"])
         eligible = run.hooks.may_keep is None or run.hooks.may_keep(si, step, total)
@@ -232,7 +234,7 @@ def _evaluate_and_keep(run: Run, si: int, step: int, total: int) -> None:
     barrier(run.dist)
 
 
-def _checkpoint(run: Run, optimizer, scheduler, si: int, step: int, rngs: bool = True) -> None:
+def _checkpoint(run: Distillation, optimizer, scheduler, si: int, step: int, rngs: bool = True) -> None:
     """Everything needed to continue from here; without `rngs` (a stage boundary, first process only) the next
     stage starts with fresh RNG, optimiser and schedule."""
     seconds = time.perf_counter() - run.t_begin
@@ -285,7 +287,7 @@ def save_model(student, tokenizer, folder: Path, hooks: Hooks) -> None:
         save_student(hooks.to_save(student) if hooks.to_save else student, tokenizer, tmp)
 
 
-def _record_windows(run: Run, si: int, step: int, micro: list[dict]) -> None:
+def _record_windows(run: Distillation, si: int, step: int, micro: list[dict]) -> None:
     windows = sorted(int(i) for batch in micro for i in batch["windows"])
     with open(run.work / f"windows-{run.dist.rank}.jsonl", "a") as f:
         f.write(json.dumps({"stage": si, "step": step, "windows": windows}) + "\n")

@@ -22,7 +22,7 @@ class Variant:
 
 
 @dataclass
-class Run:
+class RecipeRun:
     recipe: Recipe
     root: Path
     variants: dict[str, Variant] = field(default_factory=dict)

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from edgeqa.bench.files import EdgeQAError, check_writable_dir, remove_stale_temporaries, write_json
-from edgeqa.pipeline.context import Run, base_variant, is_main_process
+from edgeqa.pipeline.context import RecipeRun, base_variant, is_main_process
 from edgeqa.pipeline.recipe import Recipe, load_recipe
 from edgeqa.pipeline.step import MadeStep, Step
 
@@ -65,7 +65,7 @@ def run_recipe(
         steps = steps[: last + 1]
     root = check_writable_dir(Path(out_root) / recipe.name)
     base = base_variant(recipe)
-    run = Run(recipe, root, {base.name: base}, retime=retime)
+    run = RecipeRun(recipe, root, {base.name: base}, retime=retime)
     for step in steps:  # every check before any work; later checks see the variants earlier steps will make
         step.check(run)
         if isinstance(step, MadeStep) and step.name not in run.variants:

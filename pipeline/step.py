@@ -25,7 +25,7 @@ from edgeqa.bench.qa import QAConfig
 from edgeqa.pipeline.records import make_once
 
 if TYPE_CHECKING:
-    from edgeqa.pipeline.context import Run
+    from edgeqa.pipeline.context import RecipeRun
 
 BASE_VARIANT = "pytorch-fp32"  # the recipe's model itself
 NAME = re.compile(r"[A-Za-z0-9._-]+")
@@ -61,10 +61,10 @@ class Step:
         """The variants the step reads besides its source, which earlier steps must make."""
         return []
 
-    def check(self, run: Run) -> None:
+    def check(self, run: RecipeRun) -> None:
         """Fail a bad step against what exists before any step runs (a source made by a later step is not there)."""
 
-    def run(self, run: Run) -> None:
+    def run(self, run: RecipeRun) -> None:
         raise NotImplementedError
 
 
@@ -75,17 +75,17 @@ class MadeStep(Step):
     name: str | None = None
     source: str = BASE_VARIANT
 
-    def identity(self, run: Run) -> dict[str, Any]:
+    def identity(self, run: RecipeRun) -> dict[str, Any]:
         return {"from": str(run.source(self.source).path)}
 
-    def make(self, run: Run, out: Path) -> None:
+    def make(self, run: RecipeRun, out: Path) -> None:
         raise NotImplementedError
 
-    def remade_when_machine_differs(self, run: Run) -> bool:
+    def remade_when_machine_differs(self, run: RecipeRun) -> bool:
         """Whether the identity holds a setting the machine chose (remade, not refused, when it changes)."""
         return False
 
-    def run(self, run: Run) -> None:
+    def run(self, run: RecipeRun) -> None:
         make_once(run.model_dir(self.name), self.kind, self.identity(run), lambda out: self.make(run, out),
                   remake_on_change=self.remade_when_machine_differs(run))  # fmt: skip
         run.add(self.name)

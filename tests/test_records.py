@@ -18,7 +18,7 @@ from edgeqa.compress.checkpoint import gather_rng, load_checkpoint, save_checkpo
 from edgeqa.compress.trainset import (
     check_cache,
 )
-from edgeqa.pipeline.context import Run
+from edgeqa.pipeline.context import RecipeRun
 from edgeqa.pipeline.recipe import EvalSettings, Recipe
 from edgeqa.pipeline.records import (
     PRUNE_ADDED_IN_2,
@@ -206,7 +206,7 @@ class _Bench:
 def _run(tmp_path, **eval_settings):
     recipe = Recipe(tmp_path / "r.yaml", "r", "teacher", EvalSettings(data="dev.json", **eval_settings),
                     qa=QAConfig(max_length=64, doc_stride=16), bench=LatencyConfig(threads=3))  # fmt: skip
-    run = Run(recipe, tmp_path / "runs" / "r")
+    run = RecipeRun(recipe, tmp_path / "runs" / "r")
     for name in ("fp32", "int8"):
         _step(run.model_dir(name), step="export", made=f"{name}-1")
         run.add(name)

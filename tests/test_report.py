@@ -239,7 +239,7 @@ def test_a_recipe_report_is_against_the_reference_it_names(tiny_onnx_model, tmp_
     """The report step's rows, from hand-written scores and timings in the run folder: the recipe names the second
     variant as its reference, and neither the first variant nor pytorch-fp32 may stand in for it."""
     from conftest import write_recipe, write_squad
-    from edgeqa.pipeline.context import Run, Variant
+    from edgeqa.pipeline.context import RecipeRun, Variant
     from edgeqa.pipeline.recipe import load_recipe
 
     onnx_dir = tiny_onnx_model[1]
@@ -247,7 +247,7 @@ def test_a_recipe_report_is_against_the_reference_it_names(tiny_onnx_model, tmp_
     steps = "- export: {name: named}\n- export: {name: fastest}\n- bench: {}\n- report: {reference: named}\n"
     recipe = load_recipe(write_recipe(tmp_path / "r.yaml", tiny_onnx_model[0], data, steps))
     (report_step,) = [s for s in recipe.steps if s.kind == "report"]
-    run = Run(recipe, tmp_path / "runs" / "t")
+    run = RecipeRun(recipe, tmp_path / "runs" / "t")
     run.variants = {name: Variant(name, onnx_dir) for name in P50}
     run.benched = list(P50)  # "first" is first, as pytorch-fp32 is in a recipe
     for name in P50:

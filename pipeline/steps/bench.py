@@ -13,14 +13,14 @@ from edgeqa.bench.engines import answers_depend_on_batch
 from edgeqa.bench.evaluate import evaluate
 from edgeqa.bench.files import read_json, write_json
 from edgeqa.bench.latency import benchmark_interleaved
-from edgeqa.pipeline.context import Run, Variant
+from edgeqa.pipeline.context import RecipeRun, Variant
 from edgeqa.pipeline.records import made_id
 from edgeqa.pipeline.step import Step, register_step
 
 log = logging.getLogger(__name__)
 
 
-def _score(run: Run, name: str, v: Variant) -> None:
+def _score(run: RecipeRun, name: str, v: Variant) -> None:
     r = run.recipe
     eval_dir = run.root / "eval" / name
     made = made_id(v.path)
@@ -38,7 +38,7 @@ def _score(run: Run, name: str, v: Variant) -> None:
     write_json(metrics_path, {**metrics, "made": made})
 
 
-def bench_path(run: Run, name: str) -> Path:
+def bench_path(run: RecipeRun, name: str) -> Path:
     return run.root / "bench" / f"{name}.json"
 
 
@@ -51,7 +51,7 @@ class BenchStep(Step):
     def references(self) -> list[str]:
         return list(self.variants)
 
-    def run(self, run: Run) -> None:
+    def run(self, run: RecipeRun) -> None:
         """Score each variant, then time all of them in interleaved passes."""
         names = list(self.variants) or list(run.variants)
         for name in names:

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from edgeqa.bench.engines import check_qa_config
 from edgeqa.bench.files import EdgeQAError, atomic_dir
 from edgeqa.bench.qa import QAConfig
-from edgeqa.pipeline.context import Run, is_main_process
+from edgeqa.pipeline.context import RecipeRun, is_main_process
 from edgeqa.pipeline.records import make_once
 from edgeqa.pipeline.step import MadeStep, register_step
 
@@ -38,7 +38,7 @@ def distill_config(raw: dict[str, Any], qa: QAConfig, student: dict[str, Any] | 
     return DistillConfig.from_dict(raw)
 
 
-def train_once(run: Run, step: MadeStep, settings: dict, train: Callable[[], Path], work: Path,
+def train_once(run: RecipeRun, step: MadeStep, settings: dict, train: Callable[[], Path], work: Path,
                record: Callable[[Path], None] | None = None) -> None:  # fmt: skip
     """Every data-parallel process trains; the first then copies the result and its logs into the step's folder."""
 
@@ -72,7 +72,7 @@ class DistillStep(MadeStep):
     def parse(cls, raw: dict[str, Any], line: int, qa: QAConfig) -> DistillStep:
         return cls(line=line, name=raw.get("name"), source=raw.get("from", cls.source), config=distill_config(raw, qa))
 
-    def check(self, run: Run) -> None:
+    def check(self, run: RecipeRun) -> None:
         """Student shape and layer maps against the teacher's config."""
         from transformers import AutoConfig
 
@@ -93,7 +93,7 @@ class DistillStep(MadeStep):
         if not Path(cfg.train.data).exists():
             raise EdgeQAError(f"{run.recipe.path}:{self.line}: training data {cfg.train.data} does not exist")
 
-    def run(self, run: Run) -> None:
+    def run(self, run: RecipeRun) -> None:
         from edgeqa.compress.train import distill
 
         src = run.source(self.source)

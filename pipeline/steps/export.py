@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 from edgeqa.bench.files import EdgeQAError
 from edgeqa.bench.qa import QAConfig
 from edgeqa.export.onnx import MIN_OPSET, export_onnx
-from edgeqa.pipeline.context import Run
+from edgeqa.pipeline.context import RecipeRun
 from edgeqa.pipeline.step import MadeStep, register_step
 
 
@@ -26,8 +26,8 @@ class ExportStep(MadeStep):
             raise EdgeQAError(f"export opset must be a whole number >= {MIN_OPSET}, got {step.opset!r}")
         return step
 
-    def identity(self, run: Run) -> dict[str, Any]:
+    def identity(self, run: RecipeRun) -> dict[str, Any]:
         return {**super().identity(run), "opset": self.opset}
 
-    def make(self, run: Run, out: Path) -> None:
+    def make(self, run: RecipeRun, out: Path) -> None:
         export_onnx(run.source(self.source).path, out, self.opset, **run.parity())

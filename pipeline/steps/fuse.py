@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 from edgeqa.bench.files import EdgeQAError
 from edgeqa.bench.qa import QAConfig
 from edgeqa.export.optimize import FUSIONS, fuse
-from edgeqa.pipeline.context import Run
+from edgeqa.pipeline.context import RecipeRun
 from edgeqa.pipeline.step import MadeStep, register_step
 
 
@@ -26,8 +26,8 @@ class FuseStep(MadeStep):
             raise EdgeQAError(f"unknown fusion(s) in {list(step.fusions)}; choose from {', '.join(FUSIONS)}")
         return step
 
-    def identity(self, run: Run) -> dict[str, Any]:
+    def identity(self, run: RecipeRun) -> dict[str, Any]:
         return {**super().identity(run), "fusions": list(self.fusions)}
 
-    def make(self, run: Run, out: Path) -> None:
+    def make(self, run: RecipeRun, out: Path) -> None:
         fuse(run.source(self.source).path, out, fusions=self.fusions, **run.parity())

@@ -10,7 +10,7 @@ from edgeqa.bench.engines import load_qa_model
 from edgeqa.bench.files import write_json
 from edgeqa.bench.squad import load_squad
 from edgeqa.export.mobile import convert_to_ort
-from edgeqa.pipeline.context import Run
+from edgeqa.pipeline.context import RecipeRun
 from edgeqa.pipeline.step import MadeStep, register_step
 
 
@@ -19,7 +19,7 @@ from edgeqa.pipeline.step import MadeStep, register_step
 class MobileStep(MadeStep):
     kind: ClassVar[str] = "mobile"
 
-    def make(self, run: Run, out: Path) -> None:
+    def make(self, run: RecipeRun, out: Path) -> None:
         convert_to_ort(run.source(self.source).path, out)
         example = load_squad(run.recipe.eval.data, 1).examples[0]
         model = load_qa_model(out, run.recipe.bench.threads)

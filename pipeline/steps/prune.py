@@ -24,7 +24,7 @@ from edgeqa.compress.prune import (
     sparsity_report,
 )
 from edgeqa.compress.student import save_student
-from edgeqa.pipeline.context import Run
+from edgeqa.pipeline.context import RecipeRun
 from edgeqa.pipeline.records import make_once
 from edgeqa.pipeline.step import BASE_VARIANT, MadeStep, register_step
 from edgeqa.pipeline.steps.distill import distill_config, train_once
@@ -66,7 +66,7 @@ class PruneStep(MadeStep):
     def references(self) -> list[str]:
         return [self.teacher]
 
-    def check(self, run: Run) -> None:
+    def check(self, run: RecipeRun) -> None:
         """What the source model's config can tell before any work: its type, and whether pruning empties a layer."""
         from transformers import AutoConfig
 
@@ -101,7 +101,7 @@ class PruneStep(MadeStep):
             except EdgeQAError as e:
                 raise EdgeQAError(f"{where}: {e}") from e
 
-    def run(self, run: Run) -> None:
+    def run(self, run: RecipeRun) -> None:
         from edgeqa.compress.train import distill
 
         src = run.source(self.source)
@@ -155,7 +155,7 @@ def _prune_record(step: PruneStep, source: Path, summary: dict) -> Callable[[Pat
     return record
 
 
-def _prune_without_recovery(run: Run, step: PruneStep, source: Path) -> None:
+def _prune_without_recovery(run: RecipeRun, step: PruneStep, source: Path) -> None:
     """Prune at once; `train: {data}` only feeds gradient importance or refits."""
     pcfg = step.prune
 

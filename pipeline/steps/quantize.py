@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 from edgeqa.bench.files import EdgeQAError
 from edgeqa.bench.qa import QAConfig
 from edgeqa.export.quantize import AUTO, QuantizeConfig, preset, preset_record, quantize
-from edgeqa.pipeline.context import Run
+from edgeqa.pipeline.context import RecipeRun
 from edgeqa.pipeline.step import MadeStep, register_step
 
 QUANTIZE_KEYS = {f.name for f in dataclasses.fields(QuantizeConfig)}
@@ -39,22 +39,22 @@ class QuantizeStep(MadeStep):
         config = preset(asked, **{k: v for k, v in raw.items() if k in QUANTIZE_KEYS})
         return cls(line=line, name=raw.get("name"), source=raw.get("from", cls.source), preset=asked, config=config)
 
-    def check(self, run: Run) -> None:
+    def check(self, run: RecipeRun) -> None:
         if self.config.mode == "static" and not run.recipe.calibration_data:
             raise EdgeQAError(
                 f"{run.recipe.path}:{self.line}: static quantization needs calibration.data in the recipe"
             )
 
-    def identity(self, run: Run) -> dict[str, Any]:
+    def identity(self, run: RecipeRun) -> dict[str, Any]:
         # The preset chosen, not "auto", is the identity: the same recipe on another machine class makes another model.
         settings = {**super().identity(run), "preset": preset_record(self.preset)["chosen"], **self.config.to_dict()}
         if self.config.mode == "static":
             settings.update(window_identity(run.recipe.qa))
         return settings
 
-    def remade_when_machine_differs(self, run: Run) -> bool:
+    def remade_when_machine_differs(self, run: RecipeRun) -> bool:
         return self.preset == AUTO
 
-    def make(self, run: Run, out: Path) -> None:
+    def make(self, run: RecipeRun, out: Path) -> None:
         quantize(run.source(self.source).path, out, self.config, run.recipe.calibration_data, qa_cfg=run.recipe.qa,
                  parity_examples=run.parity_examples, preset_info=preset_record(self.preset))  # fmt: skip

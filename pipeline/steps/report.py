@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 from edgeqa.bench.files import EdgeQAError, read_json
 from edgeqa.bench.qa import QAConfig
 from edgeqa.bench.report import Target, write_report
-from edgeqa.pipeline.context import Run
+from edgeqa.pipeline.context import RecipeRun
 from edgeqa.pipeline.rows import assemble_report, eval_info, report_row, weight_stats_cached
 from edgeqa.pipeline.step import BASE_VARIANT, Step, register_step
 
@@ -40,7 +40,7 @@ class ReportStep(Step):
     def references(self) -> list[str]:
         return [*self.variants, *([self.reference] if self.reference else [])]
 
-    def run(self, run: Run) -> None:
+    def run(self, run: RecipeRun) -> None:
         names = list(self.variants) or run.benched
         missing = [n for n in names if not (run.root / "bench" / f"{n}.json").exists()]
         if missing:

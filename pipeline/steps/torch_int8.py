@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from edgeqa.bench.files import EdgeQAError
-from edgeqa.pipeline.context import Run
+from edgeqa.pipeline.context import RecipeRun
 from edgeqa.pipeline.step import MadeStep, register_step
 
 
@@ -15,7 +15,7 @@ from edgeqa.pipeline.step import MadeStep, register_step
 class TorchInt8Step(MadeStep):
     kind: ClassVar[str] = "torch_int8"
 
-    def run(self, run: Run) -> None:
+    def run(self, run: RecipeRun) -> None:
         src = run.source(self.source)
         if src.torch_int8 or (src.path / "model.onnx").exists():
             raise EdgeQAError(f"{run.recipe.path}:{self.line}: torch_int8 needs a PyTorch fp32 variant as 'from'")
