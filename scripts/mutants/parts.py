@@ -6,11 +6,13 @@ copy of the tree laid out as in the wheel, mutants/tree/ (edgeqa/bench/..., test
 refreshed from the checkout before each run (files whose bytes are unchanged keep their times, so mutmut keeps their
 mutants and results).
 
-mutmut 3 reads its settings only from pyproject.toml, and a change to the test selection there resets every recorded
-result, so the selection holds the union of the parts' tests (checked here) and a part is chosen by the mutant-name
-globs on the command line. Named globs make mutmut test every mutant of the part again, so a part's score is always
-that of the tests as they are now. Each mutant runs only the selected tests that cover its function (mutmut traces
-them once), fastest first, so only in-process tests count: code run in a subprocess is the unmutated checkout.
+mutmut 3 reads its settings only from pyproject.toml. The checkout's selects every test file whose tests run
+in-process (what `sample` uses); for a part, the tree's copy selects only the part's own test files, since with
+every file selected a mutant of a widely used function (the span search, say) runs dozens of slow tests. A part is
+chosen by the mutant-name globs on the command line; named globs make mutmut test every mutant of the part again, so
+a part's score is always that of the tests as they are now. Each mutant runs only the selected tests that cover its
+function (mutmut traces them once), stopping at the first failure, so only in-process tests count: code run in a
+subprocess is the unmutated checkout.
 
     python scripts/mutants/parts.py run PART...   # mutate and test the parts named (all of them, in order, if none)
     python scripts/mutants/parts.py retest PART...  # test again only the part's mutants not killed last time
@@ -29,6 +31,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -39,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TREE = ROOT / "mutants" / "tree"
 PACKAGES = ("bench", "compress", "export", "pipeline")  # top-level in a checkout, inside edgeqa/ in the wheel
 MUTMUT = Path(sys.executable).parent / "mutmut"
+SELECTION = "pytest_add_cli_args_test_selection = "
 
 
 @dataclass(frozen=True)
@@ -117,14 +121,20 @@ def _sync(src: Path, dst: Path, keep: tuple[str, ...] = ()) -> None:
             path.unlink()
 
 
-def stage() -> None:
-    """mutants/tree/: the checkout in the wheel's layout, the library's packages inside edgeqa/."""
+def stage(tests: tuple[str, ...] = ()) -> None:
+    """mutants/tree/: the checkout in the wheel's layout, the library's packages inside edgeqa/; with `tests`, its
+    pyproject.toml selects only those test files (a part's), instead of every in-process test file."""
     _sync(ROOT / "edgeqa", TREE / "edgeqa", keep=PACKAGES)
     for package in PACKAGES:
         _sync(ROOT / package, TREE / "edgeqa" / package)
     for folder in ("tests", "recipes"):
         _sync(ROOT / folder, TREE / folder)
-    _copy(ROOT / "pyproject.toml", TREE / "pyproject.toml")
+    text = (ROOT / "pyproject.toml").read_text()
+    if tests:
+        listed = "[" + ", ".join(f'"{t}"' for t in tests) + "]"
+        text = re.sub(r"(?ms)^pytest_add_cli_args_test_selection = \[.*?\]", lambda _: SELECTION + listed, text)
+    if not (TREE / "pyproject.toml").exists() or (TREE / "pyproject.toml").read_text() != text:
+        (TREE / "pyproject.toml").write_text(text)
 
 
 def run(names: list[str], children: int) -> None:
@@ -132,10 +142,10 @@ def run(names: list[str], children: int) -> None:
     if unknown:
         sys.exit(f"mutants: unknown part {', '.join(unknown)}; the parts are {', '.join(PARTS)}")
     check_selection()
-    stage()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for name in names or list(PARTS):
         print(f"== part {name}: {' '.join(PARTS[name].globs)}", flush=True)
+        stage(PARTS[name].tests)
         cmd = [str(MUTMUT), "run", "--max-children", str(children), *PARTS[name].globs]
         subprocess.run(cmd, cwd=TREE, env=env, check=True)
     summary(names or list(PARTS))
@@ -144,14 +154,13 @@ def run(names: list[str], children: int) -> None:
 def retest(names: list[str], children: int) -> None:
     """Run mutmut again on the parts' mutants that were not killed (survived, timed out, not checked, no tests)."""
     check_selection()
-    stage()
     found = results()
-    todo = sorted(
-        m for n in names or list(PARTS) for m, s in _of_part(found, n).items() if s not in ("killed", "timeout")
-    )
-    if todo:
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        subprocess.run([str(MUTMUT), "run", "--max-children", str(children), *todo], cwd=TREE, env=env, check=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for name in names or list(PARTS):
+        todo = sorted(m for m, s in _of_part(found, name).items() if s not in ("killed", "timeout"))
+        if todo:
+            stage(PARTS[name].tests)
+            subprocess.run([str(MUTMUT), "run", "--max-children", str(children), *todo], cwd=TREE, env=env, check=True)
     summary(names or list(PARTS))
 
 
