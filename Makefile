@@ -70,14 +70,14 @@ $(PRUNE_RECIPES): install
 # provisions the emulator, an arm64 Python and its wheels into .arm64/ (scripts/arm64-env.sh).
 arm64-check: install
 	bash scripts/arm64-env.sh
-	$(BIN)/python -m edgeqa.export.arm64_check --shared $(SHARED)
+	$(BIN)/python -m edgeqa.export.emulation.arm64_check --shared $(SHARED)
 
 # The teacher's dynamic int8 variants (8/7-bit weights, per-channel/per-tensor scales) under qemu-x86_64 with an
 # AVX2-only CPU: identical answers, logit differences and EM/F1 against this machine's run (docs/avx2-emulated.md).
 # Accuracy only: emulated timings are not latency. The first run provisions the emulators into .arm64/.
 avx2-check: install
 	bash scripts/arm64-env.sh qemu
-	$(BIN)/python -m edgeqa.export.avx2_check --shared $(SHARED)
+	$(BIN)/python -m edgeqa.export.emulation.avx2_check --shared $(SHARED)
 
 # Mutation testing (mutmut 3, settings in pyproject.toml) of the whole library in parts, the ones whose mistakes would
 # silently change a result first: `make mutants` runs every part, `make mutants PART=qa` one (PART="metric qa" several).

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from edgeqa.bench.files import EdgeQAError, write_json
-from edgeqa.export import arm64_runner
-from edgeqa.export.arm64_check import ARM_PROFILES, PROFILES, Job, job_command, write_u8s8_probe
-from edgeqa.export.arm64_report import (
+from edgeqa.export.emulation import arm64_runner
+from edgeqa.export.emulation.arm64_check import ARM_PROFILES, PROFILES, Job, job_command, write_u8s8_probe
+from edgeqa.export.emulation.arm64_report import (
     PROBE_K,
     assemble_logits,
     compare_runs,

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from edgeqa.export import avx2_check
-from edgeqa.export.avx2_check import VARIANTS, X86_PROFILES, ensure_variants, render_table
+from edgeqa.export.emulation import avx2_check
+from edgeqa.export.emulation.avx2_check import VARIANTS, X86_PROFILES, ensure_variants, render_table
 
 
 def test_variants_cover_both_weight_widths_and_both_scale_granularities():

@@ -6,15 +6,15 @@ arithmetic differs (accumulation order, requantisation), so an answer can change
 machine at hand, the aarch64 build of ONNX Runtime runs under qemu-user (scripts/arm64-env.sh provisions it), once
 per emulated CPU profile, on the first N dev questions.
 
-Only the model runs under emulation (export/arm64_runner.py: numpy and onnxruntime, nothing else). This side
+Only the model runs under emulation (export/emulation/arm64_runner.py: numpy and onnxruntime, nothing else). This side
 tokenises with edgeqa's own code, runs the same runner natively for the x86 reference, then turns every run's
 logits into answers and EM/F1 with bench.qa and bench.metric, and reports per profile the share of answers
 identical to x86's, the largest logit difference, and EM/F1 beside x86's. Emulated run times are not latency
 (emulation is far slower than a real core; docs/arm64.md) and are kept only as job durations, for sizing N.
 
 This module drives the runs (profiles, models, inputs, job commands, running and scoring jobs, the u8 x s8
-saturation probe's model); export/arm64_report.py turns them into the report. Both also serve
-export/avx2_check.py, which runs the host's own x86 venv under qemu-x86_64 with an AVX2-only CPU model.
+saturation probe's model); export/emulation/arm64_report.py turns them into the report. Both also serve
+export/emulation/avx2_check.py, which runs the host's own x86 venv under qemu-x86_64 with an AVX2-only CPU model.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import numpy as np
 from edgeqa.bench.engines import ONNX_NAME, ORT_NAME, session_settings
 from edgeqa.bench.files import EdgeQAError, read_json
 from edgeqa.bench.qa import QAConfig, best_spans, tokenize
-from edgeqa.export.arm64_report import (
+from edgeqa.export.emulation.arm64_report import (
     PROBE_K,
     PROBE_WEIGHTS,
     assemble_logits,
@@ -292,7 +292,9 @@ def machine_record(env_dir: Path, target: str = "aarch64") -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m edgeqa.export.arm64_check", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m edgeqa.export.emulation.arm64_check", description=__doc__.splitlines()[0]
+    )
     p.add_argument("--shared", type=Path, default=Path("../shared"), help="shared teacher and data (../shared)")
     p.add_argument("--limit", type=int, default=DEFAULT_LIMIT, help=f"first N dev questions ({DEFAULT_LIMIT})")
     p.add_argument("--profiles", nargs="+", choices=ARM_PROFILES, default=list(DEFAULT_PROFILES))

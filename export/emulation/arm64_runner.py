@@ -1,19 +1,18 @@
 """The part of `make arm64-check` that runs under aarch64 emulation: ONNX Runtime on saved windows, logits out.
 
-It imports only the standard library, numpy and onnxruntime, because the emulated Python has nothing else (no
-torch, no transformers, not even edgeqa's dependencies), and it is run as a file, not as `export.arm64_runner`, so
-that `export/__init__` and `bench` are never imported. Tokenising and scoring stay on the x86 side
-(export/arm64_check.py), which also runs this same file natively for the x86 reference: both sides then differ
+It imports only the standard library, numpy and onnxruntime, because the emulated Python has nothing else (no torch, no
+transformers, not even edgeqa's dependencies), and it is run as a file, not as `export.emulation.arm64_runner`, so that
+`export/__init__` and `bench` are never imported. Tokenising and scoring stay on the x86 side
+(export/emulation/arm64_check.py), which also runs this same file natively for the x86 reference: both sides then differ
 only in the processor under ONNX Runtime.
 
-The x86 side of `make avx2-check` (export/avx2_check.py) runs this file too, in the host's own venv, natively and
-under qemu-x86_64 with an AVX2-only CPU model.
+The x86 side of `make avx2-check` (export/emulation/avx2_check.py) runs this file too, in the host's own venv, natively
+and under qemu-x86_64 with an AVX2-only CPU model.
 
 Input: an .npz with `w{i}.{input_ids,attention_mask,token_type_ids}` for windows 0..n-1 (batch 1, unpadded, as the
 edgeqa engine runs dynamic int8). Output: an .npz with `w{i}.start`/`w{i}.end` and a JSON sidecar describing the
-processor ONNX Runtime saw (and, with --probe, what ONNX Runtime's u8 x s8 product returned on a probe model built
-to saturate 16-bit pair sums). Session settings mirror bench.engines.OrtEngine.
-"""
+processor ONNX Runtime saw (and, with --probe, what ONNX Runtime's u8 x s8 product returned on a probe model built to
+saturate 16-bit pair sums). Session settings mirror bench.engines.OrtEngine."""
 
 from __future__ import annotations
 
@@ -64,7 +63,7 @@ def cpuid_features() -> str:
 
 
 def run_probe(probe: Path, threads: int) -> list[int]:
-    """The probe model's output for an all-255 uint8 input (export.arm64_check.write_u8s8_probe builds it)."""
+    """The probe model's output for an all-255 uint8 input (export.emulation.arm64_check.write_u8s8_probe builds it)."""
     session = open_session(probe, threads, [], False)
     (a,) = session.get_inputs()
     return session.run(None, {a.name: np.full(a.shape, 255, dtype=np.uint8)})[0].ravel().tolist()

@@ -11,7 +11,7 @@ scales, all with the avx2 preset's other settings) run on the first N dev questi
 emulated profile(s). Per variant and run: the share of answers identical to the native run, the largest logit
 difference, EM/F1, and a u8 x s8 probe that says whether the kernels that ran saturate pair sums (proof of the
 AVX2 path). Emulated run times are no latency and are kept only as job durations. The machinery is
-export/arm64_check.py's; only the models and the table are this module's.
+export/emulation/arm64_check.py's; only the models and the table are this module's.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 
 from edgeqa.bench.files import EdgeQAError
 from edgeqa.bench.qa import QAConfig
-from edgeqa.export.arm64_check import (
+from edgeqa.export.emulation.arm64_check import (
     PROFILES,
     Job,
     attention_fused_graph,
@@ -93,7 +93,9 @@ def render_table(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m edgeqa.export.avx2_check", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m edgeqa.export.emulation.avx2_check", description=__doc__.splitlines()[0]
+    )
     p.add_argument("--shared", type=Path, default=Path("../shared"), help="shared teacher and data (../shared)")
     p.add_argument("--limit", type=int, default=DEFAULT_LIMIT, help=f"first N dev questions ({DEFAULT_LIMIT})")
     p.add_argument("--profiles", nargs="+", choices=X86_PROFILES, default=list(X86_PROFILES))

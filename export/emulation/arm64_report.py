@@ -2,7 +2,7 @@
 two runs compared (identical answers, largest logit difference), the u8 x s8 probe's expected outputs and verdict,
 the markdown table, and the files written. No emulator, no models: tests/test_arm64_check.py checks it natively.
 
-export/avx2_check.py writes its report with the same functions.
+export/emulation/avx2_check.py writes its report with the same functions.
 """
 
 from __future__ import annotations
