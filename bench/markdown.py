@@ -6,8 +6,6 @@ from typing import Any
 
 from edgeqa.bench.report import LATENCY_TOLERANCE, has_unstructured_sparsity
 
-SELECTION_WORDS = {"input": "chosen by |w| x input RMS", "obs": "chosen by OBS saliency"}  # compress.prune's select
-
 
 def to_markdown(report: dict[str, Any]) -> str:
     lines = _header(report)
@@ -157,7 +155,8 @@ def _weights(report: dict[str, Any]) -> list[str]:
         )
         gz = f"{w['gzip_bytes'] / 2**20:.1f}" if w.get("gzip_bytes") else "-"
         raw = f"{w['file_bytes'] / 2**20:.1f}" if w.get("file_bytes") else "-"
-        lines.append(f"| {r['name']} | {params} | {sparsity} | {encoder} | {raw} | {gz} | {describe_pruning(p)} |")
+        how = (p or {}).get("description", "")  # written by the pruning step (compress.prune_config.describe_pruning)
+        lines.append(f"| {r['name']} | {params} | {sparsity} | {encoder} | {raw} | {gz} | {how} |")
     return lines + _layer_sparsity([r for r in weighed if has_unstructured_sparsity(r)])
 
 
@@ -211,25 +210,3 @@ def _making(report: dict[str, Any]) -> list[str]:
             total = f"{sum(known) / 60:.1f}" + ("" if len(known) == len(steps) else " (some steps not recorded)")
         lines.append(f"| {r['name']} | {cells} | {total} |")
     return lines
-
-
-def describe_pruning(p: dict[str, Any] | None) -> str:
-    """One cell: what the pruning step asked for (what the file holds is in the other columns)."""
-    if not p:
-        return ""
-    cfg = p.get("settings") or {}
-    if p.get("method") == "structured":
-        parts = [f"heads per layer {p['heads_per_layer']}" if p.get("heads_per_layer") else f"heads {cfg.get('heads')}"]
-        parts.append(f"FFN {p['intermediate_size']}" if p.get("intermediate_size") else f"FFN {cfg.get('ffn')}")
-        return f"structured ({cfg.get('importance', 'magnitude')}): " + ", ".join(parts)
-    pattern = cfg.get("pattern", "1x1")
-    shape = "" if pattern == "1x1" else f" {pattern}"
-    how = [cfg.get("scope"), cfg.get("schedule")]
-    if cfg.get("initial"):
-        how[-1] += f" from {cfg['initial']:.0%}"
-    select = cfg.get("select", "magnitude")
-    if select != "magnitude":
-        how.append(SELECTION_WORDS.get(select, f"chosen by {select}"))
-    if cfg.get("refit"):
-        how.append(f"refit to {cfg.get('refit_to', 'matrix')}")  # records from before refit_to: per matrix
-    return f"magnitude{shape} {cfg.get('sparsity', 0):.0%} ({', '.join(str(h) for h in how)})"

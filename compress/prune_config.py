@@ -120,3 +120,29 @@ class PruneConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PruneConfig:
         return cls(**known_fields(cls, d, "prune"))
+
+
+SELECTION_WORDS = {"input": "chosen by |w| x input RMS", "obs": "chosen by OBS saliency"}
+
+
+def describe_pruning(p: dict[str, Any] | None) -> str:
+    """What a prune.json record says was asked for, in one line (the report prints it; what the file holds is
+    measured there). Records written before the description was kept are described here when read."""
+    if not p:
+        return ""
+    cfg = p.get("settings") or {}
+    if p.get("method") == "structured":
+        parts = [f"heads per layer {p['heads_per_layer']}" if p.get("heads_per_layer") else f"heads {cfg.get('heads')}"]
+        parts.append(f"FFN {p['intermediate_size']}" if p.get("intermediate_size") else f"FFN {cfg.get('ffn')}")
+        return f"structured ({cfg.get('importance', 'magnitude')}): " + ", ".join(parts)
+    pattern = cfg.get("pattern", "1x1")
+    shape = "" if pattern == "1x1" else f" {pattern}"
+    how = [cfg.get("scope"), cfg.get("schedule")]
+    if cfg.get("initial"):
+        how[-1] += f" from {cfg['initial']:.0%}"
+    select = cfg.get("select", "magnitude")
+    if select != "magnitude":
+        how.append(SELECTION_WORDS.get(select, f"chosen by {select}"))
+    if cfg.get("refit"):
+        how.append(f"refit to {cfg.get('refit_to', 'matrix')}")  # records from before refit_to: per matrix
+    return f"magnitude{shape} {cfg.get('sparsity', 0):.0%} ({', '.join(str(h) for h in how)})"

@@ -9,12 +9,21 @@ from typing import Any
 
 from edgeqa.bench.files import read_json, write_json
 from edgeqa.bench.report import Target, build_report, has_unstructured_sparsity, make_row
+from edgeqa.compress.prune_config import describe_pruning
 from edgeqa.pipeline.records import inherited_record, made_id, making_times
 
 log = logging.getLogger(__name__)
 
 WEIGHT_PRESERVING_STEPS = ("export", "fuse", "quantize", "mobile")
-PRUNING_KEYS = ("method", "settings", "pruned_matrices_sparsity", "per_layer", "heads_per_layer", "intermediate_size")
+PRUNING_KEYS = (
+    "method",
+    "settings",
+    "pruned_matrices_sparsity",
+    "per_layer",
+    "heads_per_layer",
+    "intermediate_size",
+    "description",
+)
 TRAINING_KEYS = ("teacher", "parameters", "questions", "windows", "train_seconds", "processes", "device", "best")
 NOTES = [
     "Latency: p50/p90/p99 of timed runs on synthetic full-length inputs after warm-up, gathered in passes "
@@ -43,7 +52,11 @@ def model_records(path: Path, torch_int8: bool = False) -> dict[str, Any]:
             extra["quantization"] = quantization
     pruning = inherited_record(path, "prune.json", WEIGHT_PRESERVING_STEPS)
     if pruning:
-        extra["pruning"] = {k: pruning[k] for k in PRUNING_KEYS if k in pruning}
+        # prune.json files written before the step kept its description are described from their settings
+        extra["pruning"] = {
+            "description": describe_pruning(pruning),
+            **{k: pruning[k] for k in PRUNING_KEYS if k in pruning},
+        }
     if (path / "training.json").exists():
         t = read_json(path / "training.json", "training record")
         extra["training"] = {k: t.get(k) for k in TRAINING_KEYS}

@@ -110,6 +110,7 @@ def test_magnitude_pruning_with_recovery_saves_plain_sparse_weights(tmp_path, to
     # The exported row carries the pruning it came from, its parameter count and its zeros layer by layer.
     onnx_row = rows["sparse-onnx"]["extra"]
     assert onnx_row["pruning"]["method"] == "magnitude"
+    assert onnx_row["pruning"]["description"] == record["description"] == "magnitude 70% (global, cubic)"
     dense_params = rows["pytorch-fp32"]["extra"]["weights"]["parameters"]
     assert abs(onnx_row["weights"]["parameters"] - dense_params) < 0.01 * dense_params
     per_layer = onnx_row["weights"]["per_layer_sparsity"]

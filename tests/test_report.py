@@ -5,8 +5,9 @@ import json
 import pytest
 
 from edgeqa.bench.files import EdgeQAError
-from edgeqa.bench.markdown import describe_pruning, to_markdown
+from edgeqa.bench.markdown import to_markdown
 from edgeqa.bench.report import Target, build_report, make_row, pareto_front, plot_sparsity, write_report
+from edgeqa.compress.prune_config import describe_pruning
 
 
 def _bench(p50, model="m"):
@@ -116,6 +117,24 @@ def test_sparsity_curve_only_for_sparse_rows(tmp_path):
 def test_reference_must_be_a_row():
     with pytest.raises(EdgeQAError, match="not one of the variants"):
         _report(_rows(), reference="nope")
+
+
+def test_the_pruning_cell_prints_what_the_pruning_step_recorded(tmp_path):
+    from edgeqa.pipeline.rows import model_records
+
+    folder = tmp_path / "pruned"
+    folder.mkdir()
+    settings = {"sparsity": 0.5, "scope": "layer", "schedule": "oneshot"}
+    (folder / "prune.json").write_text(json.dumps({"method": "magnitude", "settings": settings}))
+    assert model_records(folder)["pruning"]["description"] == "magnitude 50% (layer, oneshot)"  # an older record
+    said = {"method": "magnitude", "settings": settings, "description": "as the step said"}
+    (folder / "prune.json").write_text(json.dumps(said))
+    pruning = model_records(folder)["pruning"]
+    assert pruning["description"] == "as the step said"  # the record's own words, not decoded again
+    w = {"weights": {"encoder_sparsity": 0.5, "matrix_sparsity": 0.25}, "pruning": pruning}
+    rows = [make_row("fp32", _bench(50.0), {"exact_match": 80.0, "f1": 80.0}, {"weights": {"matrix_sparsity": 0.0}}),
+            make_row("s50", _bench(50.0), {"exact_match": 79.0, "f1": 79.0}, w)]  # fmt: skip
+    assert "| 25.0% | 50.0% | - | - | as the step said |" in to_markdown(_report(rows))
 
 
 def test_the_pruning_cell_says_how_the_zeros_were_made():

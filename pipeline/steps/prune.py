@@ -23,6 +23,7 @@ from edgeqa.compress.prune import (
     pruning_hooks,
     sparsity_report,
 )
+from edgeqa.compress.prune_config import describe_pruning
 from edgeqa.compress.student import save_student
 from edgeqa.pipeline.context import RecipeRun
 from edgeqa.pipeline.records import make_once
@@ -150,6 +151,7 @@ def _prune_record(step: PruneStep, source: Path, summary: dict) -> Callable[[Pat
             removed = {str(k): len(v) for k, v in (model.config.pruned_heads or {}).items()}
             report["heads_per_layer"] = [heads - removed.get(str(i), 0) for i in range(model.config.num_hidden_layers)]
             report["intermediate_size"] = model.config.intermediate_size
+        report["description"] = describe_pruning(report)
         write_json(folder / "prune.json", report)
 
     return record
