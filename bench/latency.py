@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from edgeqa.bench.cpu import this_cpu
+from edgeqa.bench.engines import TORCH_WEIGHTS, load_qa_model, resolve_model
 from edgeqa.bench.files import EdgeQAError, check_field_types, known_fields
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,6 @@ def peak_rss_mb() -> float:
 
 def model_file_size(path: str | Path) -> int:
     """Bytes of the weights that ship: model.onnx (+ external data) or the PyTorch weight files."""
-    from edgeqa.bench.engines import TORCH_WEIGHTS, resolve_model
 
     backend, model_path, folder = resolve_model(path)
     if backend == "onnxruntime":
@@ -167,7 +167,6 @@ def _summarise(batch_size: int, seq_len: int, samples_ms: list[float]) -> ShapeL
 
 def benchmark(model: str | Path, cfg: LatencyConfig = LatencyConfig()) -> dict[str, Any]:
     """Latency at every (batch, sequence) of `cfg` for one model, with machine, versions, size and peak memory."""
-    from edgeqa.bench.engines import load_qa_model
 
     qa = load_qa_model(model, cfg.threads, torch_int8=cfg.torch_int8)
     vocab_size, cls_id = len(qa.tokenizer), qa.tokenizer.cls_token_id or 0

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from edgeqa.bench.engines import TORCH_WEIGHTS, resolve_model
+
 MIN_DIM = 16
 
 
@@ -107,7 +109,6 @@ def _by_layer(matrices: dict[str, tuple[int, int]]) -> dict[int, tuple[int, int]
 
 def weight_stats(path: str | Path) -> dict[str, Any]:
     """Zeros per weight matrix and overall, parameter count, and file size raw and gzipped."""
-    from edgeqa.bench.engines import TORCH_WEIGHTS, resolve_model
 
     backend, model_path, folder = resolve_model(path)
     if backend == "onnxruntime":

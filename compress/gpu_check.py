@@ -40,7 +40,12 @@ from typing import Any
 import torch
 import yaml
 
+from edgeqa.bench.engines import load_tokenizer, load_torch_qa_model, model_input_names
 from edgeqa.bench.files import EdgeQAError, atomic_dir, write_json
+from edgeqa.bench.squad import load_squad
+from edgeqa.compress.train import distill
+from edgeqa.compress.train_config import DistillConfig, Hooks
+from edgeqa.compress.train_eval import score_student
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +114,6 @@ def distill_settings(recipe: Path, train: Path, steps: tuple[int, ...], limit: i
     """The recipe's distill step, shortened: its student, losses, batch and learning rates, with `steps` per
     stage on the first `limit` train questions, evaluated on `eval_questions` dev questions at each predicting
     stage's end only."""
-    from edgeqa.compress.train_config import DistillConfig
 
     doc = yaml.safe_load(recipe.read_text(encoding="utf-8"))
     params = next(s["distill"] for s in doc["steps"] if "distill" in s)
@@ -137,8 +141,6 @@ class _Clock:
         self.marks: dict[int, dict[str, float]] = {}
 
     def hooks(self):
-        from edgeqa.compress.train_config import Hooks
-
         return Hooks(start_stage=self._start_stage, after_step=self._after_step)
 
     def _start_stage(self, student, optimizer, stage: int, total: int) -> None:
@@ -161,7 +163,6 @@ def run_check(
     allow_cpu: bool = False,
 ) -> dict[str, Any]:
     """Train and score on the GPU; the result is returned and written to out/gpu_check.json."""
-    from edgeqa.compress.train import distill
 
     if not torch.cuda.is_available() and not allow_cpu:
         raise EdgeQAError("no CUDA device: this is the GPU check (--allow-cpu runs it on the CPU, to test it)")
@@ -237,9 +238,6 @@ def _training_figures(work: Path, cfg, clock: _Clock) -> dict[str, Any]:
 
 def _final_eval(best: Path, cfg, dev: Path, device: str) -> dict[str, Any]:
     """The saved student, loaded again and scored on the device: the folder holds what was trained."""
-    from edgeqa.bench.engines import load_tokenizer, load_torch_qa_model, model_input_names
-    from edgeqa.bench.squad import load_squad
-    from edgeqa.compress.train_eval import score_student
 
     student = load_torch_qa_model(best).to(device)
     examples = load_squad(dev, cfg.train.eval_limit).examples

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from edgeqa.bench.files import EdgeQAError
+from edgeqa.bench.qa import pad
 from edgeqa.compress.prune_config import PruneConfig
 from edgeqa.compress.prune_inc import check_pattern, inc_hooks
 from edgeqa.compress.prune_magnitude import (
@@ -148,8 +149,6 @@ def _label_batches(trainset, n: int, size: int = 16, seed: int = 0):
     """
     import numpy as np
     import torch
-
-    from edgeqa.bench.qa import pad
 
     pick = np.random.default_rng(seed).choice(len(trainset), size=min(n * size, len(trainset)), replace=False)
     pick = pick[np.argsort(-trainset.lengths[pick], kind="stable")]  # similar lengths together: less padding

@@ -9,6 +9,7 @@ import torch
 
 from edgeqa.bench.engines import QAModel
 from edgeqa.bench.metric import score
+from edgeqa.bench.squad import SquadDataset
 from edgeqa.compress.train_config import TrainConfig
 
 EVAL_BATCH = {"cpu": 32, "cuda": 128}  # windows per forward pass in the dev-subset evaluation
@@ -31,7 +32,6 @@ class DeviceEngine:
 
 def score_student(student, tokenizer, examples, names, tc: TrainConfig, device: str = "cpu") -> dict[str, float]:
     """EM/F1 on `examples`, tokenised and post-processed by bench.qa as at inference, the model run on `device`."""
-    from edgeqa.bench.squad import SquadDataset
 
     qa = QAModel(DeviceEngine(student, names, device), tokenizer, Path("."))
     answers = qa.answer(examples, tc.qa, batch_size=EVAL_BATCH[device.split(":")[0]], progress=False)

@@ -6,7 +6,8 @@
     print(edgeqa.evaluate(int8, "dev-v1.1.json", limit=200)["f1"])
 
 The verb for export is `to_onnx` because `edgeqa.export` is the subpackage, as `edgeqa.bench` is; timing is
-`latency`. Every verb imports its machinery when called, so `import edgeqa` stays light.
+`latency`. `import edgeqa` loads this module on the first use of a verb (`edgeqa/__init__.py`), and nothing it
+imports loads torch: the library does that inside the functions that need it.
 """
 
 from __future__ import annotations
@@ -16,9 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgeqa.bench.engines import load_qa_model
+from edgeqa.bench.evaluate import evaluate as evaluate_model
 from edgeqa.bench.files import check_field_types, known_fields
-from edgeqa.bench.latency import LatencyConfig
+from edgeqa.bench.latency import LatencyConfig, benchmark
 from edgeqa.bench.qa import QAConfig
+from edgeqa.bench.squad import SquadExample, load_squad
+from edgeqa.export.onnx import export_onnx
+from edgeqa.export.optimize import fuse
+from edgeqa.export.quantize import preset, preset_record
+from edgeqa.export.quantize import quantize as quantize_onnx
+from edgeqa.pipeline.run import run_recipe
 
 
 @dataclass(frozen=True)
@@ -45,10 +54,6 @@ class ExportConfig:
 
 def to_onnx(model: str | Path, out: str | Path, config: ExportConfig = ExportConfig()) -> Path:
     """Export a transformers QA folder to an ONNX folder (model.onnx, config, tokenizer); returns `out`."""
-    from edgeqa.bench.squad import load_squad
-    from edgeqa.export.onnx import export_onnx
-    from edgeqa.export.optimize import fuse
-
     out = Path(out)
     examples = load_squad(config.parity_data, config.parity_limit).examples if config.parity_data else None
     if not config.fuse:
@@ -64,9 +69,6 @@ def quantize(
 ) -> Path:
     """int8 of an ONNX folder. `config` is a `QuantizeConfig` or a preset name ("auto": the one for this CPU);
     static quantization calibrates on `calibration_data` (a SQuAD file)."""
-    from edgeqa.export.quantize import preset, preset_record
-    from edgeqa.export.quantize import quantize as quantize_onnx
-
     info = preset_record(config) if isinstance(config, str) else None
     cfg = preset(config) if isinstance(config, str) else config
     return quantize_onnx(model, out, cfg, calibration_data, preset_info=info)
@@ -74,29 +76,20 @@ def quantize(
 
 def evaluate(model: str | Path, data: str | Path, limit: int | None = None, qa: QAConfig = QAConfig()) -> dict:
     """SQuAD EM/F1 of a model (PyTorch folder, ONNX folder or .ort) on the first `limit` questions of `data`."""
-    from edgeqa.bench.evaluate import evaluate as evaluate_model
-
     return evaluate_model(model, data, limit, cfg=qa, progress=False)
 
 
 def latency(model: str | Path, config: LatencyConfig = LatencyConfig()) -> dict:
     """p50/p90/p99 latency at each (batch, sequence length) of `config`, with the machine it ran on."""
-    from edgeqa.bench.latency import benchmark
-
     return benchmark(model, config)
 
 
 def answer(model: str | Path, question: str, context: str, qa: QAConfig = QAConfig()) -> str:
     """The answer span a model finds for one question about one context."""
-    from edgeqa.bench.engines import load_qa_model
-    from edgeqa.bench.squad import SquadExample
-
     example = SquadExample("q", question, context, (), ())
     return load_qa_model(model).answer([example], qa, progress=False)["q"].text
 
 
 def run(recipe: str | Path, out: str | Path = "runs", shared: str | Path | None = None) -> Path:
     """Run a YAML recipe into out/<name>/ (resuming what an earlier run completed); returns the run folder."""
-    from edgeqa.pipeline.run import run_recipe
-
     return run_recipe(recipe, out, shared)

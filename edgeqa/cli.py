@@ -30,6 +30,8 @@ from edgeqa.commands import (
     cmd_run,
     cmd_score,
 )
+from edgeqa.export.onnx import MIN_OPSET
+from edgeqa.export.quantize import PRESET_CHOICES
 
 log = logging.getLogger("edgeqa")
 
@@ -144,8 +146,6 @@ def _add_runtime_commands(sub) -> None:
 
 def _add_deploy_commands(sub) -> None:
     """Export and int8 of a model, and the side-by-side report."""
-    from edgeqa.export.onnx import MIN_OPSET
-    from edgeqa.export.quantize import PRESET_CHOICES
 
     p = sub.add_parser("export", help="export a transformers QA folder to ONNX, checked against PyTorch")
     p.add_argument("--model", required=True, help="transformers QA folder")

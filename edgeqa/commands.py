@@ -1,5 +1,6 @@
-"""The commands behind `edgeqa COMMAND`: each a thin shell over a library function, importing what it needs inside,
-so that `edgeqa answer` on an ONNX model loads neither torch nor transformers."""
+"""The commands behind `edgeqa COMMAND`: each a thin shell over a library function. No module imported here loads
+torch or transformers (the library imports them inside the functions that need them: `bench.engines` for PyTorch
+folders, `pipeline/steps/` for training and export), so `edgeqa answer` on an ONNX model runs without them."""
 
 from __future__ import annotations
 
@@ -9,7 +10,22 @@ import json
 import sys
 from pathlib import Path
 
-from edgeqa.bench.files import EdgeQAError
+from edgeqa.bench.engines import load_qa_model, resolve_model
+from edgeqa.bench.evaluate import evaluate
+from edgeqa.bench.files import EdgeQAError, check_writable_dir, read_json, removed_on_failure
+from edgeqa.bench.latency import LatencyConfig, benchmark, benchmark_interleaved
+from edgeqa.bench.metric import load_predictions, score
+from edgeqa.bench.qa import QAConfig
+from edgeqa.bench.report import Target, write_report
+from edgeqa.bench.squad import SquadExample, load_squad
+from edgeqa.export.mobile import convert_to_ort
+from edgeqa.export.onnx import export_onnx
+from edgeqa.export.optimize import fuse
+from edgeqa.export.quantize import preset, preset_record, quantize
+from edgeqa.pipeline.context import is_main_process
+from edgeqa.pipeline.recipe import load_recipe
+from edgeqa.pipeline.rows import assemble_report, eval_info, report_row, weight_stats_cached
+from edgeqa.pipeline.run import run_recipe
 
 
 def _print_json(obj: dict) -> None:
@@ -27,8 +43,6 @@ def _print_metrics(m: dict) -> None:
 
 
 def _qa_config(args: argparse.Namespace):
-    from edgeqa.bench.qa import QAConfig
-
     return QAConfig(
         max_length=args.max_length,
         doc_stride=args.doc_stride,
@@ -38,9 +52,6 @@ def _qa_config(args: argparse.Namespace):
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from edgeqa.bench.metric import load_predictions, score
-    from edgeqa.bench.squad import load_squad
-
     dataset = load_squad(args.data)
     metrics = score(dataset, load_predictions(args.predictions))
     _print_metrics(metrics)
@@ -50,8 +61,6 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from edgeqa.bench.evaluate import evaluate
-
     metrics = evaluate(
         args.model,
         args.data,
@@ -70,9 +79,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_answer(args: argparse.Namespace) -> int:
-    from edgeqa.bench.engines import load_qa_model
-    from edgeqa.bench.squad import SquadExample
-
     if not args.question.strip() or not args.context.strip():
         raise EdgeQAError("--question and --context must not be empty")
     model = load_qa_model(args.model, args.threads)
@@ -94,15 +100,10 @@ def cmd_answer(args: argparse.Namespace) -> int:
 
 
 def _parity_examples(args: argparse.Namespace):
-    from edgeqa.bench.squad import load_squad
-
     return load_squad(args.parity_data, args.parity_limit).examples if args.parity_limit > 0 else None
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from edgeqa.export.onnx import export_onnx
-    from edgeqa.export.optimize import fuse
-
     examples = _parity_examples(args)
     out = Path(args.out)
     if args.fuse:
@@ -113,8 +114,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     else:
         export_onnx(args.model, out, args.opset, examples)
     if args.mobile:
-        from edgeqa.export.mobile import convert_to_ort
-
         convert_to_ort(out, out.with_name(out.name + "-ort"))
     if (out / "parity.json").exists():
         p = json.loads((out / "parity.json").read_text())
@@ -124,8 +123,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from edgeqa.export.quantize import preset, preset_record, quantize
-
     raw = {
         "mode": args.mode,
         "calibration_method": args.calibration_method,
@@ -148,8 +145,6 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from edgeqa.bench.latency import LatencyConfig, benchmark
-
     cfg = LatencyConfig(
         tuple(args.batch_sizes),
         tuple(args.seq_lens),
@@ -174,11 +169,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """A report for named models: each scored and timed here, side by side, assembled as a recipe's report is."""
-    from edgeqa.bench.engines import resolve_model
-    from edgeqa.bench.files import check_writable_dir, removed_on_failure
-    from edgeqa.bench.report import Target
-    from edgeqa.bench.squad import load_squad
-
     targets = tuple(Target.parse(t) for t in args.target)  # a bad target is refused before any work
     models = {}
     for item in args.variant:
@@ -200,11 +190,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace, out: Path, models: dict[str, tuple[Path, Path]], targets: tuple) -> None:
     """`edgeqa report` once its arguments are checked: score and time each model, and write the report to `out`."""
-    from edgeqa.bench.evaluate import evaluate
-    from edgeqa.bench.latency import LatencyConfig, benchmark_interleaved
-    from edgeqa.bench.report import write_report
-    from edgeqa.pipeline.rows import assemble_report, eval_info, report_row, weight_stats_cached
-
     cfg = LatencyConfig(
         tuple(args.batch_sizes), tuple(args.seq_lens), args.warmup, args.repeats, args.threads, args.rounds
     )
@@ -226,8 +211,6 @@ def _report(args: argparse.Namespace, out: Path, models: dict[str, tuple[Path, P
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from edgeqa.pipeline.run import run_recipe
-
     root = run_recipe(args.recipe, args.out, args.shared, retime=args.retime, only=tuple(args.only or ()))
     if args.only:  # a part: its models are made, the report is the whole run's
         for name in args.only:
@@ -247,10 +230,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _run_training_steps(args: argparse.Namespace, kind: str, columns: list[str], row) -> int:
     """Run a recipe up to its last `kind` step; print a Markdown table with `row(name, folder)` per such step."""
-    from edgeqa.pipeline.context import is_main_process
-    from edgeqa.pipeline.recipe import load_recipe
-    from edgeqa.pipeline.run import run_recipe
-
     root = run_recipe(args.recipe, args.out, args.shared, until=kind)
     if not is_main_process():
         return 0
@@ -264,8 +243,6 @@ def _run_training_steps(args: argparse.Namespace, kind: str, columns: list[str],
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from edgeqa.bench.files import read_json
-
     def row(folder: Path) -> list[str]:
         info = read_json(folder / "training.json", "training record")
         best = info["best"]
@@ -282,8 +259,6 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from edgeqa.bench.files import read_json
-
     def row(folder: Path) -> list[str]:
         r = read_json(folder / "prune.json", "pruning record")
         return [

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgeqa.bench.squad import load_squad
 from edgeqa.pipeline.step import BASE_VARIANT
 
 if TYPE_CHECKING:
@@ -52,7 +53,6 @@ class RecipeRun:
     @functools.cached_property
     def parity_examples(self):
         """The questions every model-making step checks parity on, read once per run."""
-        from edgeqa.bench.squad import load_squad
 
         return load_squad(self.recipe.eval.data, self.recipe.parity.limit).examples
 

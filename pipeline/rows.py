@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from edgeqa.bench.files import read_json, write_json
+from edgeqa.bench.latency import model_file_size
 from edgeqa.bench.report import Target, build_report, has_unstructured_sparsity, make_row
+from edgeqa.bench.weights import weight_stats
 from edgeqa.compress.prune_config import describe_pruning
 from edgeqa.pipeline.records import inherited_record, made_id, making_times
 
@@ -68,8 +70,6 @@ def model_records(path: Path, torch_int8: bool = False) -> dict[str, Any]:
 
 def weight_stats_cached(path: Path, cache: Path | None) -> dict:
     """Zeros, parameters, raw and gzip size of a model's file; cached while the file is unchanged."""
-    from edgeqa.bench.latency import model_file_size
-    from edgeqa.bench.weights import weight_stats
 
     # version 2 added ONNX parameter counts, 3 the encoder layers' share of zeros
     key = {"path": str(path), "bytes": model_file_size(path), "version": 3, "made": made_id(path)}

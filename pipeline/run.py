@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from edgeqa.bench.engines import resolve_model
 from edgeqa.bench.files import EdgeQAError, check_writable_dir, remove_stale_temporaries, write_json
 from edgeqa.pipeline.context import RecipeRun, base_variant, is_main_process
 from edgeqa.pipeline.recipe import Recipe, load_recipe
@@ -14,8 +15,6 @@ log = logging.getLogger(__name__)
 
 
 def _check_inputs(recipe: Recipe) -> None:
-    from edgeqa.bench.engines import resolve_model
-
     backend, _, _ = resolve_model(recipe.model)
     if backend != "torch":
         raise EdgeQAError(f"{recipe.model}: a recipe's model is a transformers PyTorch QA folder")

@@ -25,7 +25,7 @@ def test_ensure_variants_quantizes_with_the_avx2_preset_and_each_override(tmp_pa
         (folder / "model.onnx").write_bytes(b"")
         return folder
 
-    monkeypatch.setattr(q, "quantize", fake_quantize)
+    monkeypatch.setattr(avx2_check, "quantize", fake_quantize)
     base = tmp_path / "fused"
     models = ensure_variants(base, tmp_path / "out")
     assert models == {name: tmp_path / "out" / name / "model.onnx" for name in VARIANTS}

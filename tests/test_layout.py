@@ -73,3 +73,24 @@ def test_imports_flow_one_way():
 def test_the_import_check_sees_lazy_and_from_imports():
     code = "def f():\n    from edgeqa.export.onnx import x\nimport edgeqa.compress.train\nfrom edgeqa import pipeline\n"
     assert our_imports(ast.parse(code)) == {"export", "compress", "pipeline"}
+
+
+MAX_LOCAL_IMPORTS = 20  # of our own modules, inside functions: only where they keep torch (or a cycle) out
+
+
+def local_imports(tree: ast.AST) -> list[str]:
+    """`from edgeqa... import` statements inside functions (each counted once, also in nested functions)."""
+    found = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            for inner in ast.walk(node):
+                if isinstance(inner, ast.ImportFrom) and (inner.module or "").startswith("edgeqa"):
+                    found[id(inner)] = f"{inner.lineno}: from {inner.module} import ..."
+    return list(found.values())
+
+
+def test_own_modules_are_imported_at_the_top_but_where_they_would_pull_in_torch():
+    found = [f"{p.relative_to(REPO)}:{line}" for p in sources() for line in local_imports(ast.parse(p.read_text()))]
+    assert len(found) <= MAX_LOCAL_IMPORTS, "\n".join(found)
+    nested = "def f():\n def g():\n  from edgeqa.bench import qa\n from edgeqa.export import onnx\nimport edgeqa\n"
+    assert len(local_imports(ast.parse(nested))) == 2

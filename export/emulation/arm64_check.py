@@ -32,9 +32,11 @@ from typing import Any
 
 import numpy as np
 
-from edgeqa.bench.engines import ONNX_NAME, ORT_NAME, session_settings
+from edgeqa.bench.engines import ONNX_NAME, ORT_NAME, load_tokenizer, session_settings
 from edgeqa.bench.files import EdgeQAError, read_json
+from edgeqa.bench.metric import score
 from edgeqa.bench.qa import QAConfig, best_spans, tokenize
+from edgeqa.bench.squad import load_squad
 from edgeqa.export.emulation.arm64_report import (
     PROBE_K,
     PROBE_WEIGHTS,
@@ -44,6 +46,10 @@ from edgeqa.export.emulation.arm64_report import (
     render_table,
     write_check,
 )
+from edgeqa.export.mobile import convert_to_ort
+from edgeqa.export.onnx import export_onnx
+from edgeqa.export.optimize import fuse
+from edgeqa.export.quantize import preset, preset_record, quantize
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +129,6 @@ def attention_fused_graph(teacher: Path, quickstart: Path, out: Path, parity: li
     if not (base / ONNX_NAME).exists():
         base = out / "onnx-fused-attention"
         if not (base / ONNX_NAME).exists():
-            from edgeqa.export.onnx import export_onnx
-            from edgeqa.export.optimize import fuse
-
             log.info("no quickstart models in %s: exporting %s", quickstart, teacher)
             export_onnx(teacher, out / "onnx-fp32", 17, parity)
             fuse(out / "onnx-fp32", base, parity, fusions=("attention",))
@@ -139,15 +142,12 @@ def ensure_models(teacher: Path, quickstart: Path, out: Path, parity: list) -> d
     missing is made here, into `out`, at the cost of an export and a quantization (about a minute), so that the
     check also works from a fresh clone.
     """
-    from edgeqa.export.quantize import preset, preset_record, quantize
 
     base = attention_fused_graph(teacher, quickstart, out, parity)
     mobile = quickstart / "ort-int8-dynamic"
     if not (mobile / ORT_NAME).exists():
         mobile = out / "ort-int8-dynamic"
         if not (mobile / ORT_NAME).exists():
-            from edgeqa.export.mobile import convert_to_ort
-
             # As the quickstart makes it: the preset that fits this machine.
             quantize(base, out / "onnx-int8-dynamic", preset("auto"), preset_info=preset_record("auto"))
             convert_to_ort(out / "onnx-int8-dynamic", mobile)
@@ -162,7 +162,6 @@ def ensure_models(teacher: Path, quickstart: Path, out: Path, parity: list) -> d
 
 def write_inputs(examples: list, tokenizer_dir: Path, path: Path, cfg: QAConfig) -> tuple[Any, list[int]]:
     """Tokenise the questions as edgeqa's engine does and save each window unpadded (batch 1, as deployed)."""
-    from edgeqa.bench.engines import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_dir)
     features = tokenize(tokenizer, [e.question for e in examples], [e.context for e in examples], cfg)
@@ -231,7 +230,6 @@ def run_jobs(
 
 def score_runs(records: dict[str, dict], jobs: list[Job], dataset, features, lengths: list[int], cfg: QAConfig):
     """Each run's logits -> answers -> EM/F1 with edgeqa's span search and metric; rows against the x86 run."""
-    from edgeqa.bench.metric import score
 
     contexts = [e.context for e in dataset.examples]
     runs: dict[str, tuple] = {}
@@ -314,7 +312,6 @@ def setup_logging(name: str) -> None:
 
 def load_questions(shared: Path, limit: int):
     """The teacher's folder (its tokenizer) and the first `limit` SQuAD v1.1 dev questions."""
-    from edgeqa.bench.squad import load_squad
 
     return shared / "models" / "minilm-l6-h384-squad1", load_squad(
         shared / "data" / "squad" / "dev-v1.1.json.gz", limit

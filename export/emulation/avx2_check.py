@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from edgeqa.bench.engines import ONNX_NAME
 from edgeqa.bench.files import EdgeQAError
 from edgeqa.bench.qa import QAConfig
 from edgeqa.export.emulation.arm64_check import (
@@ -41,6 +42,7 @@ from edgeqa.export.emulation.arm64_check import (
     write_inputs,
     write_u8s8_probe,
 )
+from edgeqa.export.quantize import preset, preset_record, quantize
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +62,6 @@ VARIANTS: dict[str, dict[str, bool]] = {
 
 def ensure_variants(base: Path, out: Path) -> dict[str, Path]:
     """Each variant quantized from `base` into `out/<name>` with edgeqa's quantize(); made ones are reused."""
-    from edgeqa.bench.engines import ONNX_NAME
-    from edgeqa.export.quantize import preset, preset_record, quantize
 
     models = {}
     for name, overrides in VARIANTS.items():
