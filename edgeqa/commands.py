@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+from edgeqa.api import ExportConfig, to_onnx
 from edgeqa.bench.engines import load_qa_model, resolve_model
 from edgeqa.bench.evaluate import evaluate
 from edgeqa.bench.files import EdgeQAError, check_writable_dir, read_json, removed_on_failure
@@ -19,8 +20,6 @@ from edgeqa.bench.qa import QAConfig
 from edgeqa.bench.report import Target, write_report
 from edgeqa.bench.squad import SquadExample, load_squad
 from edgeqa.export.mobile import convert_to_ort
-from edgeqa.export.onnx import export_onnx
-from edgeqa.export.optimize import fuse
 from edgeqa.export.quantize import preset, preset_record, quantize
 from edgeqa.pipeline.context import is_main_process
 from edgeqa.pipeline.recipe import load_recipe
@@ -104,19 +103,15 @@ def _parity_examples(args: argparse.Namespace):
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    examples = _parity_examples(args)
-    out = Path(args.out)
+    """`edgeqa export` is the Python API's `to_onnx` (one implementation), plus the mobile format when asked."""
+    parity = args.parity_data if args.parity_limit > 0 else None
+    out = to_onnx(args.model, args.out, ExportConfig(args.opset, args.fuse, parity, args.parity_limit))
     if args.fuse:
-        plain = out.with_name(out.name + "-unfused")
-        export_onnx(args.model, plain, args.opset, examples)
-        counts = fuse(plain, out, examples)
-        print(f"fused ops: {counts}")
-    else:
-        export_onnx(args.model, out, args.opset, examples)
+        print(f"fused ops: {read_json(out / 'fusion.json')['fused_ops']}")
     if args.mobile:
         convert_to_ort(out, out.with_name(out.name + "-ort"))
     if (out / "parity.json").exists():
-        p = json.loads((out / "parity.json").read_text())
+        p = read_json(out / "parity.json")
         print(f"parity: max |logit diff| {p['max_abs_diff']:.2e}, same answers {100 * p['same_answer_share']:.2f}%")
     print(f"wrote {out}")
     return 0
