@@ -211,7 +211,7 @@ def test_tinybert_two_stage_with_projection_and_attention(tmp_path, toy_train, t
 
 def test_distilled_student_of_the_shared_teacher_learns(tmp_path, teacher):
     from conftest import DEV
-    from edgeqa.compress.train_eval import evaluate
+    from edgeqa.compress.train_eval import score_student
 
     block = """\
     student: {layers: [0, 2, 4]}
@@ -223,7 +223,7 @@ def test_distilled_student_of_the_shared_teacher_learns(tmp_path, teacher):
     root = run_recipe(_recipe(tmp_path, teacher, TRAIN, DEV, block), tmp_path / "runs")
     info = json.loads((root / "models" / "student" / "training.json").read_text())
     untrained = build_student(StudentSpec(layers=(0, 2, 4)), load_torch_qa_model(teacher))
-    before = evaluate(
+    before = score_student(
         untrained,
         load_tokenizer(teacher),
         load_squad(DEV, 100).examples,
