@@ -10,13 +10,15 @@ mutmut 3 reads its settings only from pyproject.toml. The checkout's selects eve
 in-process (what `sample` uses); for a part, the tree's copy selects only the part's own test files, since with
 every file selected a mutant of a widely used function (the span search, say) runs dozens of slow tests. A part is
 chosen by the mutant-name globs on the command line; named globs make mutmut test every mutant of the part again, so
-a part's score is always that of the tests as they are now. Each mutant runs only the selected tests that cover its
-function (mutmut traces them once), stopping at the first failure, so only in-process tests count: code run in a
-subprocess is the unmutated checkout.
+a part's score is always that of the tests as they are now. mutmut forgets every recorded result when the selection
+changes, as it does from one part to the next, so each part's results (and the sample's) are saved as soon as it
+ends, in mutants/tree/results/NAME.json, which `summary`, `retest` and `estimate` read. Each mutant runs only the
+selected tests that cover its function (mutmut traces them once), stopping at the first failure, so only in-process
+tests count: code run in a subprocess is the unmutated checkout.
 
     python scripts/mutants/parts.py run PART...   # mutate and test the parts named (all of them, in order, if none)
     python scripts/mutants/parts.py retest PART...  # test again only the part's mutants not killed last time
-    python scripts/mutants/parts.py summary       # killed/total per part from the recorded results, and survivors
+    python scripts/mutants/parts.py summary       # killed/total per part from the saved results, and survivors
     python scripts/mutants/parts.py sample N [SEED]  # test N mutants drawn at random from outside the parts
     python scripts/mutants/parts.py estimate      # the library's score: the parts counted, the rest estimated
 
@@ -148,20 +150,40 @@ def run(names: list[str], children: int) -> None:
         stage(PARTS[name].tests)
         cmd = [str(MUTMUT), "run", "--max-children", str(children), *PARTS[name].globs]
         subprocess.run(cmd, cwd=TREE, env=env, check=True)
+        _save(name)
     summary(names or list(PARTS))
 
 
 def retest(names: list[str], children: int) -> None:
     """Run mutmut again on the parts' mutants that were not killed (survived, timed out, not checked, no tests)."""
     check_selection()
-    found = results()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for name in names or list(PARTS):
-        todo = sorted(m for m, s in _of_part(found, name).items() if s not in ("killed", "timeout"))
+        before = saved(name)
+        todo = sorted(m for m, s in before.items() if s not in ("killed", "timeout"))
         if todo:
             stage(PARTS[name].tests)
             subprocess.run([str(MUTMUT), "run", "--max-children", str(children), *todo], cwd=TREE, env=env, check=True)
+            found = results()
+            (TREE / "results" / f"{name}.json").write_text(json.dumps({**before, **{m: found[m] for m in todo}},
+                                                                      indent=1, sort_keys=True))  # fmt: skip
     summary(names or list(PARTS))
+
+
+def _save(name: str) -> None:
+    """Keep a part's results (or the sample's, as "sample") in mutants/tree/results/NAME.json: mutmut forgets every
+    recorded result when the test selection changes, which it does from one part to the next."""
+    found = results()
+    mine = {m: found[m] for m in json.loads((TREE / "sample.json").read_text())["mutants"]} if name == "sample" else (
+        _of_part(found, name))  # fmt: skip
+    (TREE / "results").mkdir(exist_ok=True)
+    (TREE / "results" / f"{name}.json").write_text(json.dumps(mine, indent=1, sort_keys=True))
+
+
+def saved(name: str) -> dict[str, str]:
+    """A part's (or the sample's) results as last saved; {} when it has not run."""
+    path = TREE / "results" / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _of_part(found: dict[str, str], name: str) -> dict[str, str]:
@@ -181,11 +203,10 @@ def results() -> dict[str, str]:
 
 
 def summary(names: list[str]) -> None:
-    """Killed/total per part (a timeout counts as killed: the mutant was caught), then every other mutant."""
-    found = results()
+    """Killed/total per part as last saved (a timeout counts as killed: the mutant was caught), then every other."""
     killed = total = 0
     for name in names:
-        mine = _of_part(found, name)
+        mine = saved(name)
         k = sum(s in ("killed", "timeout") for s in mine.values())
         killed, total = killed + k, total + len(mine)
         print(f"{name}: {k}/{len(mine)} killed" + (f" ({100 * k / len(mine):.1f}%)" if mine else ""))
@@ -214,6 +235,7 @@ def sample(size: int, seed: int, children: int) -> None:
     for lo in range(0, len(drawn), 200):  # a bounded command line
         subprocess.run([str(MUTMUT), "run", "--max-children", str(children), *sorted(drawn)[lo : lo + 200]],
                        cwd=TREE, env=env, check=True)  # fmt: skip
+    _save("sample")
     estimate()
 
 
@@ -227,11 +249,10 @@ def _wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 def estimate() -> None:
     """Killed/total of the parts (every mutant run), of the drawn sample per package, and of the whole library: the
     parts' kills plus the sample's rate times the mutants outside the parts."""
-    found = results()
-    drawn = json.loads((TREE / "sample.json").read_text())["mutants"] if (TREE / "sample.json").exists() else []
-    done = {m: found[m] for m in drawn if found.get(m) not in (None, "not checked")}
+    found = results()  # every mutant's name; its status may be forgotten, so the saved results are read
+    done = {m: s for m, s in saved("sample").items() if s != "not checked"}
     rest = _outside_parts(found)
-    parts = {m: s for n in PARTS for m, s in _of_part(found, n).items()}
+    parts = {m: s for n in PARTS for m, s in saved(n).items()}
     caught = ("killed", "timeout")
     k_parts = sum(s in caught for s in parts.values())
     print(f"parts: {k_parts}/{len(parts)} killed")
