@@ -291,4 +291,4 @@ def test_the_cache_pass_shows_a_bar_that_resumes_where_the_last_pass_stopped(tmp
     assert isinstance(logits, np.memmap)  # read from disk as needed, also when just made
     with caplog.at_level(logging.INFO):
         build_cache(folder, key, trainset, _fake_teacher([]), pad_id=0, batch_size=2)
-    assert f"teacher logits: reusing {folder}" in caplog.text
+    assert f"teacher logits: reusing {folder}" in [r.getMessage() for r in caplog.records]
