@@ -9,7 +9,7 @@ PRUNE_RECIPES := prune-structured-cpu prune-50-cpu prune-80-cpu prune-curve-cpu 
 	chain-cpu
 
 .PHONY: install run full-dev front compare-optimum distill-cpu distill-ablation $(PRUNE_RECIPES) test lint clean arm64-check \
-	avx2-check gpu-check mutants
+	avx2-check gpu-check mutants mutants-sample
 
 install: $(STAMP)
 
@@ -84,10 +84,18 @@ avx2-check: install
 # The parts, their mutant globs and their fast in-process tests: scripts/mutants/parts.py. One mutmut worker
 # (MUTANT_CHILDREN=2 for two), one thread each; a named part is tested again in full, so its score is the current
 # tests'. `$(BIN)/python scripts/mutants/parts.py summary` gives killed/total per part and the survivors (docs/tests.md).
+# `make mutants-sample` tests N mutants drawn (seeded) from the rest of the library with every in-process test file
+# and estimates the whole library's score (`parts.py estimate` prints it again).
 PART ?=
+N ?= 100
+SEED ?= 2026
 mutants: install
 	$(BIN)/pip install -q -e ".[mutants]"
 	EDGEQA_SHARED=$(abspath $(SHARED)) $(BIN)/python scripts/mutants/parts.py run $(PART)
+
+mutants-sample: install
+	$(BIN)/pip install -q -e ".[mutants]"
+	EDGEQA_SHARED=$(abspath $(SHARED)) $(BIN)/python scripts/mutants/parts.py sample $(N) $(SEED)
 
 lint: install
 	$(BIN)/ruff check .
