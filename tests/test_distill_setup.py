@@ -170,3 +170,22 @@ def test_cache_of_other_tokenisation_is_refused_before_training(tmp_path, toy_tr
     err = capsys.readouterr().err
     assert "teacher cache was built with other settings" in err and "max_length" in err
     assert not (tmp_path / "runs" / "b" / "work" / "student" / "checkpoint.pt").exists()
+
+
+def test_the_learning_rate_warms_up_linearly_then_falls_linearly_to_zero():
+    from edgeqa.compress.train_loop import make_scheduler
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    factor = make_scheduler(opt, total=10, warmup=0.2).lr_lambdas[0]  # 2 warm-up steps, then 8 down to zero
+    assert [factor(s) for s in range(11)] == [0.5, 1.0, 1.0, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8, 0.0]
+    assert make_scheduler(opt, total=4, warmup=0.0).lr_lambdas[0](0) == 1.0  # no warm-up: full rate at once
+
+
+def test_a_distill_config_survives_its_record():
+    from edgeqa.compress.train_config import DistillConfig
+
+    stages = [{"loss": {"hard": 1.0}, "max_steps": 5}, {"loss": {"soft": 1.0}, "max_steps": 7, "lr": 1e-4}]
+    raw = {"student": {"layers": [0, 2]}, "train": {"data": "train.json", "batch_size": 8}, "stages": stages}
+    cfg = DistillConfig.from_dict(raw)
+    assert DistillConfig.from_dict(cfg.to_dict()) == cfg
+    assert [s.max_steps for s in cfg.stages] == [5, 7] and cfg.stages[1].lr == 1e-4

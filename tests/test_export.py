@@ -122,6 +122,7 @@ def test_quantize_config_round_trips_and_refuses_nonsense(tmp_path, exported):
 def test_mobile_format_loads_and_answers(exported, toy_squad, tmp_path):
     out = convert_to_ort(exported, tmp_path / "mobile")
     assert (out / "model.ort").exists() and not (out / "model.onnx").exists()
+    assert (out / "model.ort").read_bytes()[4:8] == b"ORTM"  # ONNX Runtime's flatbuffer file identifier, not ONNX
     ds = load_squad(toy_squad)
     model = load_qa_model(out, 1)
     assert model.engine.path.suffix == ".ort"
