@@ -70,7 +70,6 @@ def model_records(path: Path, torch_int8: bool = False) -> dict[str, Any]:
 
 def weight_stats_cached(path: Path, cache: Path | None) -> dict:
     """Zeros, parameters, raw and gzip size of a model's file; cached while the file is unchanged."""
-
     # version 2 added ONNX parameter counts, 3 the encoder layers' share of zeros
     key = {"path": str(path), "bytes": model_file_size(path), "version": 3, "made": made_id(path)}
     if cache is not None and cache.exists() and read_json(cache).get("key") == key:

@@ -39,6 +39,12 @@ def register_step(cls: type[Step]) -> type[Step]:
     return cls
 
 
+def window_identity(qa: QAConfig) -> dict[str, Any]:
+    """The QA window as part of a model's identity where windows shape the model (calibration, pruning data); the
+    default window is left out, so models made before the recipe's `qa:` section keep their identity."""
+    return {} if qa == QAConfig() else {"qa": qa.to_dict()}
+
+
 @dataclass(frozen=True, kw_only=True)
 class Step:
     """What every step has: its kind and the recipe line it was written on (for errors)."""

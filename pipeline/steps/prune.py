@@ -27,9 +27,8 @@ from edgeqa.compress.prune_config import describe_pruning
 from edgeqa.compress.student import save_student
 from edgeqa.pipeline.context import RecipeRun
 from edgeqa.pipeline.records import make_once
-from edgeqa.pipeline.step import BASE_VARIANT, MadeStep, register_step
+from edgeqa.pipeline.step import BASE_VARIANT, MadeStep, register_step, window_identity
 from edgeqa.pipeline.steps.distill import distill_config, train_once
-from edgeqa.pipeline.steps.quantize import window_identity
 
 PRUNE_KEYS = {f.name for f in dataclasses.fields(PruneConfig)}
 

@@ -11,15 +11,9 @@ from edgeqa.bench.files import EdgeQAError
 from edgeqa.bench.qa import QAConfig
 from edgeqa.export.quantize import AUTO, QuantizeConfig, preset, preset_record, quantize
 from edgeqa.pipeline.context import RecipeRun
-from edgeqa.pipeline.step import MadeStep, register_step
+from edgeqa.pipeline.step import MadeStep, register_step, window_identity
 
 QUANTIZE_KEYS = {f.name for f in dataclasses.fields(QuantizeConfig)}
-
-
-def window_identity(qa: QAConfig) -> dict[str, Any]:
-    """The QA window as part of a model's identity where windows shape the model (calibration, pruning data); the
-    default window is left out, so models made before the recipe's `qa:` section keep their identity."""
-    return {} if qa == QAConfig() else {"qa": qa.to_dict()}
 
 
 @register_step
