@@ -108,10 +108,7 @@ def _main_table_notes(report: dict[str, Any]) -> list[str]:
         ]
     presets = [(r["name"], _preset(r)) for r in report["rows"] if _preset(r)]
     if presets:
-        lines += ["", "Int8 presets: " + "; ".join(
-            f"{n}: {p['chosen']} ({'chosen for' if p['asked'] == 'auto' else 'named, made on'} a CPU of class "
-            f"{p['cpu']['isa']}{'' if p['fits_cpu'] else ', does not fit it'})" for n, p in presets
-        ) + "."]  # fmt: skip
+        lines += ["", "Int8 presets: " + "; ".join(f"{n}: {p['description']}" for n, p in presets) + "."]
     twinned = [r for r in report["rows"] if r.get("same_kernels_as")]
     if twinned:
         pairs = ", ".join(f"{r['name']} (as {r['same_kernels_as']})" for r in twinned)

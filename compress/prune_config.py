@@ -1,148 +1,181 @@
-"""What to prune and how: `PruneConfig`, one flat record for every method, as a recipe's `prune` section and a
-pruned folder's prune.json hold it.
+"""Pruning methods: each one frozen config class, registered once with what it does (`apply` at once, `hooks`
+through recovery training, `describe` for the record), and the one serialiser of a recipe's `prune` section.
 
-Fields belong to one method or backend each (the comments say which); `__post_init__` refuses combinations that
-mean nothing, so a bad recipe fails before any work. `to_dict`/`from_dict` are the JSON form: a recorded
-prune.json must keep loading, and a step made before a field existed must keep its identity.
+    @register_pruning
+    @dataclass(frozen=True, kw_only=True)
+    class MagnitudeConfig(PruneConfig):
+        method: ClassVar[str] = "magnitude"
+        sparsity: float = 0.5
+        def apply(self, model, trainset=None, gradual=False): ...
+
+A method is one class in its own module (`prune_magnitude`, `prune_structured`, `prune_inc`), imported by
+`compress/prune.py`; recipe keys, checks and records all come from the registry.
+
+Records keep version 2's flat layout (every method's field, at its default where the method has none), so a step
+made before the methods were split keeps its identity and its folder is reused; `prune_config_from_dict` reads
+both that layout and a recipe's section, and is where older spellings are upgraded.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from edgeqa.bench.files import EdgeQAError, known_fields
+from edgeqa.bench.files import EdgeQAError, check_field_types
 
-METHODS = ("magnitude", "structured")
+if TYPE_CHECKING:
+    from edgeqa.compress.train_config import DistillConfig, Hooks
+
 DEFAULT_INCLUDE = ("*encoder.layer.*",)  # every nn.Linear inside the encoder: QA head and embeddings stay dense
-SELECTIONS = ("magnitude", "input", "obs")  # which weights go inside a matrix: prune_magnitude, prune_refit
 REFIT_TARGETS = ("model", "matrix")  # what a refitted matrix reproduces: see refit_kept_weights
+PRUNING_METHODS: dict[str, type[PruneConfig]] = {}
+
+# Version 2 records: one flat settings dict for every method, each field at this default where a method lacks it.
+FLAT_V2 = {"method": "magnitude", "sparsity": 0.5, "scope": "global", "schedule": "oneshot", "ramp": 0.7,
+           "initial": 0.0, "update_every": 50, "include": list(DEFAULT_INCLUDE), "exclude": [], "heads": 0.0,
+           "ffn": 0.0, "importance": "magnitude", "importance_batches": 32, "backend": "torch", "pattern": "1x1",
+           "criterion": "magnitude", "select": "magnitude", "refit": False, "refit_batches": 32,
+           "refit_to": "model"}  # fmt: skip
+# Methods as version 2 spelled them: the pattern method was magnitude pruning with another backend.
+FLAT_V2_SPELLING = {"pattern": {"method": "magnitude", "backend": "neural-compressor"}}
 
 
-@dataclass(frozen=True)
+def register_pruning(cls: type[PruneConfig]) -> type[PruneConfig]:
+    if cls.method in PRUNING_METHODS:
+        raise ValueError(f"pruning method {cls.method!r} is registered twice")
+    PRUNING_METHODS[cls.method] = cls
+    return cls
+
+
+def prune_keys() -> set[str]:
+    """Every key a recipe's prune settings may hold: each method's fields, `method` and version 2's `backend`."""
+    return {"method", "backend"} | {f.name for cls in PRUNING_METHODS.values() for f in dataclasses.fields(cls)}
+
+
+def upgrade_flat(settings: dict[str, Any]) -> dict[str, Any]:
+    """Recorded flat settings as version 2 writes them. Version 1 (no `initial`, `refit`, `refit_to`) predates
+    those settings; the runs it recorded did what their defaults then meant: no initial pruning, no refit, and a
+    refit (once it existed, before `refit_to`) fitted each matrix."""
+    settings = {"initial": 0.0, "refit": False, "refit_batches": 32, **settings}
+    settings.setdefault("refit_to", "matrix" if settings["refit"] else "model")
+    return settings
+
+
+def prune_config_from_dict(raw: dict[str, Any], record: bool = False) -> PruneConfig:
+    """The method's config from a recipe's prune settings, or (`record`) from a recorded flat settings dict, in
+    which the fields of other methods sit at their defaults and are dropped."""
+    raw = upgrade_flat(raw) if record else dict(raw)
+    method, backend = raw.pop("method", "magnitude"), raw.pop("backend", "torch")
+    if backend == "neural-compressor" and method == "magnitude":  # version 2's spelling of the pattern method
+        method = "pattern"
+    elif backend != "torch":
+        raise EdgeQAError(f"backend must be 'torch' or 'neural-compressor' (for method: magnitude), got {backend!r}")
+    if method not in PRUNING_METHODS:
+        raise EdgeQAError(f"prune method must be one of {', '.join(PRUNING_METHODS)}, got {method!r}")
+    cls = PRUNING_METHODS[method]
+    own = {f.name for f in dataclasses.fields(cls)}
+    foreign = sorted(k for k in set(raw) - own if not (record and k in FLAT_V2 and raw[k] == FLAT_V2[k]))
+    if foreign:
+        others = [m for m, c in PRUNING_METHODS.items() if set(foreign) <= {f.name for f in dataclasses.fields(c)}]
+        where = f" (settings of {' or '.join(others)})" if others else ""
+        raise EdgeQAError(
+            f"prune method {method} takes no {', '.join(foreign)}{where}; it takes {', '.join(sorted(own))}"
+        )
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in own})
+
+
+@dataclass(frozen=True, kw_only=True)
 class PruneConfig:
-    """One pruning step's settings (see the module docstring); frozen, so a step's record cannot drift."""
+    """What every pruning method has; a method overrides what it does differently."""
 
-    method: str = "magnitude"
-    sparsity: float = 0.5  # magnitude: share of the selected weights set to zero at the end
-    scope: str = "global"  # magnitude: "global" (one threshold) or "layer" (per matrix)
-    schedule: str = "oneshot"  # magnitude: "oneshot" or "cubic" (during recovery)
-    ramp: float = 0.7  # cubic: share of the recovery steps over which sparsity rises to its target
-    initial: float = 0.0  # cubic: sparsity applied at once before the first step (Zhu and Gupta's s_i)
-    update_every: int = 50  # cubic: steps between mask updates
-    include: tuple[str, ...] = DEFAULT_INCLUDE  # module-name globs of the nn.Linear layers to prune
-    exclude: tuple[str, ...] = ()
-    heads: float = 0.0  # structured: share of all attention heads to remove
-    ffn: float = 0.0  # structured: share of each layer's feed-forward neurons to remove
-    importance: str = "magnitude"  # structured: "magnitude" or "gradient"
-    importance_batches: int = 32  # gradient importance: batches of 16 training windows to measure it on
-    backend: str = "torch"  # magnitude: "torch" (element-wise) or "neural-compressor" (patterns, during training)
-    pattern: str = "1x1"  # neural-compressor: "NxM" blocks (4x1: 4 output rows) or "N:M" (2:4 along the input)
-    criterion: str = "magnitude"  # neural-compressor: "magnitude" or "snip_momentum" (|weight x gradient|)
-    select: str = "magnitude"  # magnitude: which weights go inside each matrix: "magnitude", "input" or "obs"
-    refit: bool = False  # magnitude: least-squares refit of the kept weights whenever the sparsity rises
-    refit_batches: int = 32  # refit and select: input: batches of 16 training windows to fit or measure on
-    refit_to: str = "model"  # refit: match the dense "model" on its own inputs, or each dense "matrix" on today's
+    method: ClassVar[str]
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "include", tuple(self.include))
-        object.__setattr__(self, "exclude", tuple(self.exclude))
-        if self.method not in METHODS:
-            raise EdgeQAError(f"prune method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        for name in ("sparsity", "heads", "ffn", "initial"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or not 0 <= value < 1:
-                raise EdgeQAError(f"{name} must be in [0, 1), got {value!r}")
-        if self.scope not in ("global", "layer"):
-            raise EdgeQAError(f"scope must be 'global' or 'layer', got {self.scope!r}")
-        if self.schedule not in ("oneshot", "cubic"):
-            raise EdgeQAError(f"schedule must be 'oneshot' or 'cubic', got {self.schedule!r}")
-        if not 0 < self.ramp <= 1 or self.update_every < 1 or self.importance_batches < 1:
-            raise EdgeQAError("ramp must be in (0, 1], update_every and importance_batches positive")
-        if self.importance not in ("magnitude", "gradient"):
-            raise EdgeQAError(f"importance must be 'magnitude' or 'gradient', got {self.importance!r}")
-        if self.method == "structured" and not (self.heads or self.ffn):
-            raise EdgeQAError("structured pruning needs heads > 0 or ffn > 0")
-        if self.backend not in ("torch", "neural-compressor"):
-            raise EdgeQAError(f"backend must be 'torch' or 'neural-compressor', got {self.backend!r}")
-        if not re.fullmatch(r"\d+x\d+|\d+:\d+", str(self.pattern)):
-            raise EdgeQAError(f"pattern must look like 4x1 (blocks) or 2:4 (N of every M), got {self.pattern!r}")
-        if self.backend == "torch" and self.pattern != "1x1":
-            raise EdgeQAError(f"pattern {self.pattern} needs backend: neural-compressor (torch prunes element-wise)")
-        if self.backend == "neural-compressor" and self.method != "magnitude":
-            raise EdgeQAError("the neural-compressor backend does pattern (magnitude-family) pruning only")
-        if self.criterion not in ("magnitude", "snip_momentum"):
-            raise EdgeQAError(f"criterion must be 'magnitude' or 'snip_momentum', got {self.criterion!r}")
-        if self.initial and (self.schedule != "cubic" or self.initial > self.sparsity):
-            raise EdgeQAError(f"initial sparsity {self.initial} needs schedule: cubic and at most sparsity")
-        if self.refit and not (self.method == "magnitude" and self.backend == "torch"):
-            raise EdgeQAError("refit fits the weights that magnitude pruning kept (method: magnitude, backend: torch)")
-        if self.select not in SELECTIONS:
-            raise EdgeQAError(f"select must be one of {', '.join(SELECTIONS)}, got {self.select!r}")
-        if self.select != "magnitude" and not (self.method == "magnitude" and self.backend == "torch"):
-            raise EdgeQAError(
-                f"select: {self.select} ranks what magnitude pruning removes (method: magnitude, backend: torch)"
-            )
-        if self.select == "obs" and not self.refit:
-            raise EdgeQAError("select: obs chooses the mask inside the refit, from its statistics: set refit: true")
-        if self.refit_to not in REFIT_TARGETS:
-            raise EdgeQAError(f"refit_to must be one of {', '.join(REFIT_TARGETS)}, got {self.refit_to!r}")
-        if self.refit_batches < 1:
-            raise EdgeQAError(f"refit_batches must be positive, got {self.refit_batches!r}")
+        for name in ("include", "exclude"):
+            if isinstance(getattr(self, name, None), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        check_field_types(self, f"prune ({self.method})")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("sparsity", "heads", "ffn", "initial") and not 0 <= value < 1:
+                raise EdgeQAError(f"{f.name} must be in [0, 1), got {value!r}")
+            if f.name.endswith(("_batches", "_every")) and value < 1:
+                raise EdgeQAError(f"{f.name} must be positive, got {value!r}")
+        self.validate()
 
-    @property
-    def ranks_by_gradient(self) -> bool:
-        """Structured pruning that measures the loss on training data to rank heads and neurons."""
-        return self.method == "structured" and self.importance == "gradient"
+    def validate(self) -> None:
+        """Refuse combinations of this method's settings that mean nothing (a bad recipe fails before any work)."""
 
     @property
     def needs_data(self) -> bool:
         """Whether pruning itself (before any recovery) reads training windows."""
-        return self.ranks_by_gradient or self.refit or self.select == "input"
+        return self.data_windows > 0
 
     @property
     def data_windows(self) -> int:
-        """How many training windows pruning itself reads (batches of 16)."""
-        return 16 * max(
-            self.importance_batches if self.ranks_by_gradient else 0,
-            self.refit_batches if self.refit or self.select == "input" else 0,
-        )
+        """How many training windows pruning itself reads."""
+        return 0
+
+    needs_training: ClassVar[bool] = False  # pruned only while recovery training runs (no `apply` at once)
+    why_data = "pruning reads training windows"  # said when a recipe gives no training data for `needs_data`
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["include"], d["exclude"] = list(self.include), list(self.exclude)
-        if self.select == "magnitude":  # added later: steps made before it keep their identity
+        """The record (version 2's flat layout): what step.json compares and prune.json keeps."""
+        own = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        d = {**FLAT_V2, **own, **FLAT_V2_SPELLING.get(self.method, {"method": self.method})}
+        if d["select"] == "magnitude":  # added later: steps made before it keep their identity
             del d["select"]
         return d
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PruneConfig:
-        return cls(**known_fields(cls, d, "prune"))
+    def check_model(self, config) -> None:
+        """Refuse, from a model's transformers config alone, what this method cannot do to it."""
 
+    def check_recovery(self, recovery: DistillConfig) -> None:
+        """Refuse recovery training this method cannot ride."""
 
-SELECTION_WORDS = {"input": "chosen by |w| x input RMS", "obs": "chosen by OBS saliency"}
+    def apply(self, model, trainset=None, gradual: bool = False) -> dict[str, Any]:
+        """Prune `model` in place; with `gradual`, as it stands before recovery. Returns a summary for the record."""
+        raise NotImplementedError
 
+    def follow(self, student, trainset, step: int, total: int) -> None:
+        """After each recovery step: move the pruning along its schedule."""
 
-def describe_pruning(p: dict[str, Any] | None) -> str:
-    """What a prune.json record says was asked for, in one line (the report prints it; what the file holds is
-    measured there). Records written before the description was kept are described here when read."""
-    if not p:
-        return ""
-    cfg = p.get("settings") or {}
-    if p.get("method") == "structured":
-        parts = [f"heads per layer {p['heads_per_layer']}" if p.get("heads_per_layer") else f"heads {cfg.get('heads')}"]
-        parts.append(f"FFN {p['intermediate_size']}" if p.get("intermediate_size") else f"FFN {cfg.get('ffn')}")
-        return f"structured ({cfg.get('importance', 'magnitude')}): " + ", ".join(parts)
-    pattern = cfg.get("pattern", "1x1")
-    shape = "" if pattern == "1x1" else f" {pattern}"
-    how = [cfg.get("scope"), cfg.get("schedule")]
-    if cfg.get("initial"):
-        how[-1] += f" from {cfg['initial']:.0%}"
-    select = cfg.get("select", "magnitude")
-    if select != "magnitude":
-        how.append(SELECTION_WORDS.get(select, f"chosen by {select}"))
-    if cfg.get("refit"):
-        how.append(f"refit to {cfg.get('refit_to', 'matrix')}")  # records from before refit_to: per matrix
-    return f"magnitude{shape} {cfg.get('sparsity', 0):.0%} ({', '.join(str(h) for h in how)})"
+    def at_target(self, step: int, total: int) -> bool:
+        """Whether the pruning has reached what was asked: before that, a better score only means fewer zeros."""
+        return True
+
+    def sparsity_scope(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The layers whose zeros the record counts (include, exclude)."""
+        return DEFAULT_INCLUDE, ()
+
+    def record(self, model) -> dict[str, Any]:
+        """What the pruned model's record adds beyond its zeros (a shape, say)."""
+        return {}
+
+    def describe(self, record: dict[str, Any]) -> str:
+        """What was asked, in one line for the report."""
+        raise NotImplementedError
+
+    def hooks(self) -> Hooks:
+        """How the training loop carries this pruning through recovery: prune first, follow each step, and save the
+        model as its masks make it."""
+        from edgeqa.compress.train_config import Hooks  # imports torch: recipes are parsed without it
+
+        held: dict[str, Any] = {}
+
+        def prepare(student, trainset) -> None:
+            held["trainset"] = trainset
+            self.apply(student, trainset, gradual=True)
+
+        return Hooks(
+            prepare=prepare,
+            after_step=lambda student, stage, step, total: self.follow(student, held["trainset"], step, total),
+            to_save=self.baked,
+            may_keep=lambda stage, step, total: self.at_target(step, total),
+            fingerprint={"prune": self.to_dict()},
+        )
+
+    def baked(self, student):
+        """The model as it is saved (a method with masks folds them into a copy)."""
+        return student

@@ -1,17 +1,20 @@
-"""The neural-compressor backend: pattern pruning (NxM blocks, N:M) during recovery training, driven from the
-training loop's hooks. Only its pruner is used: its own optimiser and model patching, including its replacement of
+"""Pattern pruning (`method: pattern`, which recipes may still spell `backend: neural-compressor`): Intel Neural
+Compressor's pruner zeroes NxM blocks or N of every M weights during recovery training, driven from the training
+loop's hooks. Only its pruner is used: its own optimiser and model patching, including its replacement of
 torch.save, are not."""
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from edgeqa.bench.files import EdgeQAError
-from edgeqa.compress.prune_magnitude import at_target, prunable_linears
+from edgeqa.compress.prune_config import DEFAULT_INCLUDE, PruneConfig, register_pruning
+from edgeqa.compress.prune_magnitude import cubic_done, describe_magnitude, prunable_linears, skeleton
 
 if TYPE_CHECKING:
-    from edgeqa.compress.prune_config import PruneConfig
+    from edgeqa.compress.train_config import DistillConfig, Hooks
 
 
 def check_pattern(layers: dict, pattern: str) -> None:
@@ -34,7 +37,55 @@ def check_pattern(layers: dict, pattern: str) -> None:
 INC_STATE = ("global_step", "masks", "current_sparsity_ratio", "init_sparsity_ratio", "completed_pruned_cnt")
 
 
-def inc_hooks(cfg: PruneConfig):
+@register_pruning
+@dataclass(frozen=True, kw_only=True)
+class PatternConfig(PruneConfig):
+    """Block or N:M pattern pruning by neural-compressor, during recovery training only (needs `edgeqa[prune]`)."""
+
+    method: ClassVar[str] = "pattern"
+    needs_training: ClassVar[bool] = True
+    sparsity: float = 0.5
+    scope: str = "global"  # "global" or "layer" (neural-compressor's local scope)
+    schedule: str = "oneshot"  # "oneshot" or "cubic"
+    ramp: float = 0.7
+    update_every: int = 50
+    include: tuple[str, ...] = DEFAULT_INCLUDE
+    exclude: tuple[str, ...] = ()
+    pattern: str = "1x1"  # "NxM" blocks (4x1: 4 output rows) or "N:M" (2:4 along the input)
+    criterion: str = "magnitude"  # "magnitude" or "snip_momentum" (|weight x gradient|)
+
+    def validate(self) -> None:
+        if self.scope not in ("global", "layer") or self.schedule not in ("oneshot", "cubic"):
+            raise EdgeQAError(f"scope must be global or layer, schedule oneshot or cubic; got {self.scope!r}, "
+                              f"{self.schedule!r}")  # fmt: skip
+        if not 0 < self.ramp <= 1:
+            raise EdgeQAError(f"ramp must be in (0, 1], got {self.ramp!r}")
+        if not re.fullmatch(r"\d+x\d+|\d+:\d+", self.pattern):
+            raise EdgeQAError(f"pattern must look like 4x1 (blocks) or 2:4 (N of every M), got {self.pattern!r}")
+        if self.criterion not in ("magnitude", "snip_momentum"):
+            raise EdgeQAError(f"criterion must be 'magnitude' or 'snip_momentum', got {self.criterion!r}")
+
+    def check_model(self, config) -> None:
+        check_pattern(prunable_linears(skeleton(config), self.include, self.exclude), self.pattern)
+
+    def check_recovery(self, recovery: DistillConfig) -> None:
+        if len(recovery.stages) != 1:
+            raise EdgeQAError("neural-compressor pruning runs over one training stage; give exactly one")
+
+    def sparsity_scope(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return self.include, self.exclude
+
+    def at_target(self, step: int, total: int) -> bool:
+        return self.schedule != "cubic" or cubic_done(step, total, self.ramp, self.update_every)
+
+    def describe(self, record: dict[str, Any]) -> str:
+        return describe_magnitude(self, self.sparsity, "" if self.pattern == "1x1" else self.pattern)
+
+    def hooks(self) -> Hooks:
+        return inc_hooks(self)
+
+
+def inc_hooks(cfg: PatternConfig) -> Hooks:
     """Drive neural-compressor's pattern pruner from the loop's hooks. Its masks and counters go into the
     checkpoint, so a killed recovery resumes with them."""
     from edgeqa.compress.train_config import Hooks
@@ -80,7 +131,7 @@ def inc_hooks(cfg: PruneConfig):
         before_step=lambda stage, step: held["pruning"].on_step_begin(step),
         before_optimizer=lambda: held["pruning"].on_before_optimizer_step(),
         after_step=after_step,
-        may_keep=lambda stage, step, total: at_target(cfg, step, total),
+        may_keep=lambda stage, step, total: cfg.at_target(step, total),
         state=state,
         load_state=load_state,
         fingerprint={"prune": cfg.to_dict()},

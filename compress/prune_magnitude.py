@@ -14,16 +14,22 @@ Dense ONNX Runtime kernels do not skip zeros: unstructured sparsity shrinks comp
 
 from __future__ import annotations
 
+import copy
 import fnmatch
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from edgeqa.bench.files import EdgeQAError
-from edgeqa.compress.prune_config import DEFAULT_INCLUDE
+from edgeqa.compress.prune_config import DEFAULT_INCLUDE, REFIT_TARGETS, PruneConfig, register_pruning
+from edgeqa.compress.prune_data import input_batches
+from edgeqa.compress.prune_refit import block_of, real_tokens, refit_kept_weights
 
 if TYPE_CHECKING:
     import torch
 
-    from edgeqa.compress.prune_config import PruneConfig
+SELECTIONS = ("magnitude", "input", "obs")  # which weights go inside a matrix: by |w|, by |w| x input RMS, by OBS
+SELECTION_WORDS = {"input": "chosen by |w| x input RMS", "obs": "chosen by OBS saliency"}
+REFIT_MIN_RISE = 0.005  # cubic: a mask update that adds fewer zeros than this (0.5 points) is not worth a refit
 
 
 def prunable_linears(model, include=DEFAULT_INCLUDE, exclude=()) -> dict[str, torch.nn.Linear]:
@@ -42,6 +48,15 @@ def prunable_linears(model, include=DEFAULT_INCLUDE, exclude=()) -> dict[str, to
     return found
 
 
+def skeleton(config):
+    """The QA model of a transformers config with shapes but no weights (meta tensors): for checks before any work."""
+    import torch
+    from transformers import AutoModelForQuestionAnswering
+
+    with torch.device("meta"):
+        return AutoModelForQuestionAnswering.from_config(config)
+
+
 def cubic_sparsity(step: int, total: int, final: float, ramp: float = 0.7, initial: float = 0.0) -> float:
     """Zhu and Gupta's schedule: from `initial` at step 0, fast early pruning, slow near the target, reached at
     `ramp` of the steps."""
@@ -50,13 +65,11 @@ def cubic_sparsity(step: int, total: int, final: float, ramp: float = 0.7, initi
     return final + (initial - final) * (1 - t) ** 3
 
 
-def at_target(cfg: PruneConfig, step: int, total: int) -> bool:
-    """Whether the schedule has reached its final sparsity: before that, a model that scores better is only one
-    with fewer zeros, never the pruned result."""
-    if cfg.method != "magnitude" or cfg.schedule != "cubic":
-        return True
-    end = max(1, round(total * cfg.ramp))
-    first_update_at_end = -(-end // cfg.update_every) * cfg.update_every  # masks change every update_every steps
+def cubic_done(step: int, total: int, ramp: float, update_every: int) -> bool:
+    """Whether a cubic schedule's masks have reached their final sparsity: masks change every `update_every` steps,
+    so the first update at or after the end of the ramp (or the last step)."""
+    end = max(1, round(total * ramp))
+    first_update_at_end = -(-end // update_every) * update_every
     return step >= min(first_update_at_end, total)
 
 
@@ -132,10 +145,6 @@ def input_rms(model, layers: dict[str, torch.nn.Linear], batches) -> dict[str, t
     return {name: (s / max(1, count["tokens"])).sqrt().float().to(device) for name, s in sums.items()}
 
 
-def real_tokens(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return x[mask] if x.dim() == 3 and x.shape[:2] == mask.shape else x.reshape(-1, x.shape[-1])
-
-
 def _masked_weight(m: torch.nn.Linear) -> torch.Tensor:
     from torch.nn.utils import prune as torch_prune
 
@@ -169,3 +178,118 @@ def sparsity_report(model, include=DEFAULT_INCLUDE, exclude=()) -> dict[str, Any
         "nonzero_parameters": params - zeros,
         "per_layer": per_layer,
     }
+
+
+@register_pruning
+@dataclass(frozen=True, kw_only=True)
+class MagnitudeConfig(PruneConfig):
+    """Unstructured magnitude pruning in PyTorch: see the module docstring."""
+
+    method: ClassVar[str] = "magnitude"
+    sparsity: float = 0.5  # share of the selected weights set to zero at the end
+    scope: str = "global"  # "global" (one threshold) or "layer" (one per matrix)
+    schedule: str = "oneshot"  # "oneshot" or "cubic" (during recovery)
+    ramp: float = 0.7  # cubic: share of the recovery steps over which sparsity rises to its target
+    initial: float = 0.0  # cubic: sparsity applied at once before the first step (Zhu and Gupta's s_i)
+    update_every: int = 50  # cubic: steps between mask updates
+    include: tuple[str, ...] = DEFAULT_INCLUDE  # module-name globs of the nn.Linear layers to prune
+    exclude: tuple[str, ...] = ()
+    select: str = "magnitude"  # which weights go inside each matrix: "magnitude", "input" or "obs"
+    refit: bool = False  # least-squares refit of the kept weights whenever the sparsity rises
+    refit_batches: int = 32  # refit and select: input: batches of 16 training windows to fit or measure on
+    refit_to: str = "model"  # refit: match the dense "model" on its own inputs, or each dense "matrix" on today's
+
+    def validate(self) -> None:
+        if self.scope not in ("global", "layer"):
+            raise EdgeQAError(f"scope must be 'global' or 'layer', got {self.scope!r}")
+        if self.schedule not in ("oneshot", "cubic"):
+            raise EdgeQAError(f"schedule must be 'oneshot' or 'cubic', got {self.schedule!r}")
+        if not 0 < self.ramp <= 1:
+            raise EdgeQAError(f"ramp must be in (0, 1], got {self.ramp!r}")
+        if self.initial and (self.schedule != "cubic" or self.initial > self.sparsity):
+            raise EdgeQAError(f"initial sparsity {self.initial} needs schedule: cubic and at most sparsity")
+        if self.select not in SELECTIONS:
+            raise EdgeQAError(f"select must be one of {', '.join(SELECTIONS)}, got {self.select!r}")
+        if self.select == "obs" and not self.refit:
+            raise EdgeQAError("select: obs chooses the mask inside the refit, from its statistics: set refit: true")
+        if self.refit_to not in REFIT_TARGETS:
+            raise EdgeQAError(f"refit_to must be one of {', '.join(REFIT_TARGETS)}, got {self.refit_to!r}")
+
+    @property
+    def data_windows(self) -> int:
+        return 16 * self.refit_batches if self.refit or self.select == "input" else 0
+
+    @property
+    def why_data(self) -> str:
+        return "refit fits the kept weights" if self.refit else "select: input measures the layers' inputs"
+
+    def check_model(self, config) -> None:
+        for name in prunable_linears(skeleton(config), self.include, self.exclude):
+            if self.refit:
+                block_of(name)
+
+    def sparsity_scope(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return self.include, self.exclude
+
+    def apply(self, model, trainset=None, gradual: bool = False) -> dict[str, Any]:
+        layers = prunable_linears(model, self.include, self.exclude)
+        first = self.initial if gradual and self.schedule == "cubic" else self.sparsity
+        if self.needs_data and trainset is None:
+            raise EdgeQAError(f"{self.why_data} on training windows; give training data")
+        rms = self._input_rms(model, layers, trainset, seed=0) if self.select == "input" and first > 0 else None
+        apply_magnitude_masks(layers, first, self.scope, rms)
+        summary: dict[str, Any] = {"matrices": len(layers)}
+        if self.refit and first > 0:
+            batches = input_batches(trainset, self.refit_batches)
+            summary["refit"] = refit_kept_weights(model, layers, batches, self.refit_to, choose=self.select == "obs")
+        return summary
+
+    def follow(self, student, trainset, step: int, total: int) -> None:
+        """Cubic: every `update_every` steps, raise the masks to the schedule's sparsity (refitting what they keep
+        when they grew by at least REFIT_MIN_RISE)."""
+        import torch
+
+        if self.schedule != "cubic" or not (step % self.update_every == 0 or step == total):
+            return
+        layers = prunable_linears(student, self.include, self.exclude)
+        target = cubic_sparsity(step, total, self.sparsity, self.ramp, self.initial)
+        last = cubic_sparsity(step - self.update_every, total, self.sparsity, self.ramp, self.initial)
+        refit = self.refit and target - last >= REFIT_MIN_RISE
+        if refit:
+            for m in layers.values():  # weights pruned earlier become zeros: the refit's target is this model
+                with torch.no_grad():
+                    m.weight_orig.mul_(m.weight_mask)
+        rms = None
+        if self.select == "input" and target > last:  # after the ramp the mask keeps every nonzero weight
+            rms = self._input_rms(student, layers, trainset, seed=step)
+        apply_magnitude_masks(layers, target, self.scope, rms)
+        if refit:
+            batches = input_batches(trainset, self.refit_batches, seed=step)
+            refit_kept_weights(student, layers, batches, self.refit_to, choose=self.select == "obs")
+
+    def _input_rms(self, model, layers, trainset, seed: int) -> dict:
+        return input_rms(model, layers, input_batches(trainset, self.refit_batches, seed=seed))
+
+    def at_target(self, step: int, total: int) -> bool:
+        return self.schedule != "cubic" or cubic_done(step, total, self.ramp, self.update_every)
+
+    def baked(self, student):
+        baked = copy.deepcopy(student)
+        bake_masks(baked)
+        return baked
+
+    def describe(self, record: dict[str, Any]) -> str:
+        return describe_magnitude(self, self.sparsity, "")
+
+
+def describe_magnitude(cfg, sparsity: float, pattern: str) -> str:
+    """'magnitude 4x1 80% (global, cubic from 20%, ...)': shared by the methods that zero weights by magnitude."""
+    how = [cfg.scope, cfg.schedule]
+    if getattr(cfg, "initial", 0):
+        how[-1] += f" from {cfg.initial:.0%}"
+    select = getattr(cfg, "select", "magnitude")
+    if select != "magnitude":
+        how.append(SELECTION_WORDS[select])
+    if getattr(cfg, "refit", False):
+        how.append(f"refit to {cfg.refit_to}")
+    return f"magnitude{pattern and ' ' + pattern} {sparsity:.0%} ({', '.join(how)})"

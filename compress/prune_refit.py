@@ -18,7 +18,6 @@ from tqdm import tqdm
 
 from edgeqa.bench.files import EdgeQAError
 from edgeqa.compress.prune_config import REFIT_TARGETS
-from edgeqa.compress.prune_magnitude import real_tokens
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -111,6 +110,11 @@ def _as_dense(block, block_name: str, names: list[str], modules: dict) -> Callab
         swapped[f"{rel}.weight_orig"] = m.weight_orig.detach().clone()
         swapped[f"{rel}.weight_mask"] = torch.ones_like(m.weight_mask)
     return lambda *args, **kwargs: torch.func.functional_call(block, swapped, args, kwargs)
+
+
+def real_tokens(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """One row per real (unpadded) token of a layer's input: (batch, length, features) by the attention mask."""
+    return x[mask] if x.dim() == 3 and x.shape[:2] == mask.shape else x.reshape(-1, x.shape[-1])
 
 
 def block_of(name: str) -> str:

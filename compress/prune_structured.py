@@ -9,13 +9,18 @@ loads with plain transformers.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from edgeqa.bench.families import families_with, has
 from edgeqa.bench.files import EdgeQAError
+from edgeqa.compress.prune_config import PruneConfig, register_pruning
+from edgeqa.compress.prune_data import label_batches, model_inputs
 
 if TYPE_CHECKING:
     import torch
+
+    from edgeqa.compress.train_config import DistillConfig
 
 
 def check_structured(model) -> None:
@@ -147,3 +152,83 @@ def gradient_scores(model, batches, loss_fn) -> tuple[torch.Tensor, torch.Tensor
         model.zero_grad(set_to_none=True)
         model.train(was_training)
     return heads, ffn
+
+
+@register_pruning
+@dataclass(frozen=True, kw_only=True)
+class StructuredConfig(PruneConfig):
+    """Attention heads and feed-forward neurons removed: see the module docstring."""
+
+    method: ClassVar[str] = "structured"
+    heads: float = 0.0  # share of all attention heads to remove
+    ffn: float = 0.0  # share of each layer's feed-forward neurons to remove
+    importance: str = "magnitude"  # "magnitude" (weight norms) or "gradient" (the loss's sensitivity)
+    importance_batches: int = 32  # gradient importance: batches of 16 training windows to measure it on
+    why_data = "gradient importance measures the loss"
+
+    def validate(self) -> None:
+        if not (self.heads or self.ffn):
+            raise EdgeQAError("structured pruning needs heads > 0 or ffn > 0")
+        if self.importance not in ("magnitude", "gradient"):
+            raise EdgeQAError(f"importance must be 'magnitude' or 'gradient', got {self.importance!r}")
+
+    @property
+    def data_windows(self) -> int:
+        return 16 * self.importance_batches if self.importance == "gradient" else 0
+
+    def check_model(self, config) -> None:
+        if not has(config.model_type, "bert_layout"):
+            raise EdgeQAError(f"structured pruning knows {', '.join(families_with('bert_layout'))} models; "
+                              f"this one is {config.model_type!r}")  # fmt: skip
+        if self.heads and config.pruned_heads:
+            raise EdgeQAError("the model already lost heads to pruning; prune heads once, from the unpruned model")
+        n = config.num_hidden_layers * config.num_attention_heads
+        if self.heads and round(self.heads * n) >= n:
+            raise EdgeQAError(f"heads={self.heads} removes every head")
+
+    def check_recovery(self, recovery: DistillConfig) -> None:
+        if self.heads and any(s.loss.attention for s in recovery.stages):
+            raise EdgeQAError("attention transfer needs the teacher's head count; heads are being pruned")
+
+    def apply(self, model, trainset=None, gradual: bool = False) -> dict[str, Any]:
+        """Rank heads and neurons (by weight norms, or by the loss on training windows), then remove them."""
+        if self.importance == "gradient":
+            if trainset is None:
+                raise EdgeQAError("gradient importance needs training data to measure the loss on")
+            batches = label_batches(trainset, self.importance_batches)
+            head_scores, ffn_scores = gradient_scores(model, batches, span_loss)
+        else:
+            head_scores, ffn_scores = head_scores_by_magnitude(model), ffn_scores_by_magnitude(model)
+        if self.heads and model.config.pruned_heads:
+            raise EdgeQAError("this model already lost heads to pruning; prune its heads once, from the unpruned model")
+        plan = heads_to_remove(head_scores, self.heads) if self.heads else {}
+        prune_heads_(model, plan)
+        width = prune_ffn_(model, self.ffn, ffn_scores) if self.ffn else model.config.intermediate_size
+        return {"heads_removed": {str(k): v for k, v in plan.items()}, "intermediate_size": width}
+
+    def record(self, model) -> dict[str, Any]:
+        """What is left, as the config the folder loads with records it."""
+        heads = model.config.num_attention_heads
+        removed = {str(k): len(v) for k, v in (model.config.pruned_heads or {}).items()}
+        return {
+            "heads_per_layer": [heads - removed.get(str(i), 0) for i in range(model.config.num_hidden_layers)],
+            "intermediate_size": model.config.intermediate_size,
+        }
+
+    def describe(self, record: dict[str, Any]) -> str:
+        kept = record.get("heads_per_layer")
+        width = record.get("intermediate_size")
+        parts = [
+            f"heads per layer {kept}" if kept else f"heads {self.heads}",
+            f"FFN {width}" if width else f"FFN {self.ffn}",
+        ]
+        return f"structured ({self.importance}): " + ", ".join(parts)
+
+
+def span_loss(model, batch) -> torch.Tensor:
+    """The QA span loss of a labelled batch: what gradient importance differentiates."""
+    from edgeqa.compress.losses import span_ce  # imports torch at its top: this module must not
+
+    inputs = model_inputs(batch)
+    out = model(**inputs)
+    return span_ce(out.start_logits, out.end_logits, batch["labels"], inputs["attention_mask"].bool())

@@ -67,46 +67,94 @@ class QuantizeConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
 
 
-# Settings per machine class (Optimum's preset names where they exist). Why each:
-# - amx, avx512_vnni, avx_vnni: u8 x s8 products sum in 32 bits (VNNI's vpdpbusd, AMX tiles), so weights keep all
-#   8 bits. On the AMX Xeon, ORT 1.32's SkipLayerNormalization fusion made the int8 BERT graph slower (23.7 against
-#   30.6 ms p50, batch 1 x 384, 2 threads: recipes/int8-ablation.yaml), so that preset switches it off. For the
-#   others see docs/machines.md.
-# - avx512 (no VNNI), avx2: pairs of u8 x s8 products sum in 16 bits (vpmaddubsw) and can saturate, so weights
-#   use 7 bits (reduce_range).
-# - arm64: the dot-product (sdot/udot) and i8mm instructions sum in 32 bits; no saturation.
-PRESETS: dict[str, dict[str, Any]] = {
-    "amx": {"per_channel": True, "reduce_range": False, "runtime_disabled_optimizers": ["SkipLayerNormFusion"]},
-    "avx512_vnni": {"per_channel": True, "reduce_range": False, "runtime_disabled_optimizers": ["SkipLayerNormFusion"]},
-    "avx_vnni": {"per_channel": True, "reduce_range": False},
-    "avx512": {"per_channel": True, "reduce_range": True},
-    "avx2": {"per_channel": True, "reduce_range": True},
-    "arm64": {"per_channel": True, "reduce_range": False},
-}
-AUTO = "auto"
-PRESET_CHOICES = (AUTO, *PRESETS)
+@dataclass(frozen=True)
+class Preset:
+    """A hardware preset: the settings int8 gets on a machine class, why, and the CPU classes `auto` picks it for."""
 
-# bench.cpu's instruction class -> preset. A CPU below AVX2 gets avx2's settings: 7-bit weights are safe anywhere.
-PRESET_FOR_ISA = {
-    "amx_int8": "amx",
-    "avx512_vnni": "avx512_vnni",
-    "avx_vnni": "avx_vnni",
-    "avx512": "avx512",
-    "avx2": "avx2",
-    "other": "avx2",
-    "arm64_i8mm": "arm64",
-    "arm64_dotprod": "arm64",
-    "arm64": "arm64",
-}
+    name: str
+    fits: tuple[str, ...]  # bench.cpu instruction classes (`CPU.isa`) this preset is made for
+    settings: tuple[tuple[str, Any], ...]  # QuantizeConfig fields over their defaults
+    why: str
+
+    def config(self, **overrides: Any) -> QuantizeConfig:
+        return QuantizeConfig.from_dict({**dict(self.settings), **overrides})
+
+
+PRESETS: dict[str, Preset] = {}
+AUTO = "auto"
+
+
+def register_preset(p: Preset) -> Preset:
+    taken = [isa for isa in p.fits if isa in preset_for_isa()]
+    if p.name in PRESETS or taken:
+        raise ValueError(f"preset {p.name!r} or its CPU classes {taken} are registered twice")
+    PRESETS[p.name] = p
+    return p
+
+
+def preset_for_isa() -> dict[str, str]:
+    """bench.cpu's instruction class -> the preset that fits it."""
+    return {isa: p.name for p in PRESETS.values() for isa in p.fits}
+
+
+# Optimum's preset names where they exist. On the AMX Xeon, ORT 1.32's SkipLayerNormalization fusion made the int8
+# BERT graph slower (23.7 against 30.6 ms p50, batch 1 x 384, 2 threads: recipes/int8-ablation.yaml); for the
+# others see docs/machines.md.
+_VNNI_WHY = "u8 x s8 products sum in 32 bits (vpdpbusd, AMX tiles), so weights keep all 8 bits"
+_SLN_OFF = ("runtime_disabled_optimizers", ("SkipLayerNormFusion",))
+register_preset(
+    Preset(
+        "amx",
+        ("amx_int8",),
+        (("per_channel", True), ("reduce_range", False), _SLN_OFF),
+        f"{_VNNI_WHY}; SkipLayerNormFusion off (slower int8 graph on the AMX Xeon)",
+    )
+)
+register_preset(
+    Preset(
+        "avx512_vnni",
+        ("avx512_vnni",),
+        (("per_channel", True), ("reduce_range", False), _SLN_OFF),
+        f"{_VNNI_WHY}; SkipLayerNormFusion off, as on AMX",
+    )
+)
+register_preset(Preset("avx_vnni", ("avx_vnni",), (("per_channel", True), ("reduce_range", False)), _VNNI_WHY))
+register_preset(
+    Preset(
+        "avx512",
+        ("avx512",),
+        (("per_channel", True), ("reduce_range", True)),
+        "pairs of u8 x s8 products sum in 16 bits (vpmaddubsw) and can saturate: 7-bit weights",
+    )
+)
+register_preset(
+    Preset(
+        "avx2",
+        ("avx2", "other"),
+        (("per_channel", True), ("reduce_range", True)),
+        "pairs of u8 x s8 products sum in 16 bits (vpmaddubsw) and can saturate: 7-bit weights "
+        "(a CPU below AVX2 gets them too: safe anywhere)",
+    )
+)
+register_preset(
+    Preset(
+        "arm64",
+        ("arm64_i8mm", "arm64_dotprod", "arm64"),
+        (("per_channel", True), ("reduce_range", False)),
+        "the dot-product (sdot/udot) and i8mm instructions sum in 32 bits: no saturation",
+    )
+)
+PRESET_CHOICES = (AUTO, *PRESETS)
 
 
 def preset_for(cpu: CPU) -> str:
     """The preset that fits `cpu`'s int8 instructions."""
-    return PRESET_FOR_ISA[cpu.isa]
+    return preset_for_isa()[cpu.isa]
 
 
 def preset_record(name: str, cpu: CPU | None = None) -> dict[str, Any]:
-    """What was asked, what was chosen, and whether it fits the CPU: kept in quantization.json and the report.
+    """What was asked, what was chosen, whether it fits the CPU, and that in one line: kept in quantization.json, and
+    the report prints its description.
 
     A named preset for another machine class is allowed (a phone's model is made on a laptop) but recorded and
     warned about, since its timings on this machine say nothing about the machine it was made for.
@@ -117,6 +165,7 @@ def preset_record(name: str, cpu: CPU | None = None) -> dict[str, Any]:
     fitting = preset_for(cpu)
     chosen = fitting if name == AUTO else name
     record = {"asked": name, "chosen": chosen, "fits_cpu": chosen == fitting, "cpu": cpu.to_dict()}
+    record["description"] = describe_preset(record)
     if chosen != fitting:
         record["warning"] = (
             f"preset {chosen!r} does not fit this CPU ({cpu.model}, int8 class {cpu.isa}), which would get "
@@ -125,10 +174,17 @@ def preset_record(name: str, cpu: CPU | None = None) -> dict[str, Any]:
     return record
 
 
+def describe_preset(record: dict[str, Any]) -> str:
+    """A preset record in one line: 'avx2 (chosen for a CPU of class avx2)'. Also describes records written before
+    the description was kept."""
+    how = "chosen for" if record["asked"] == AUTO else "named, made on"
+    fit = "" if record["fits_cpu"] else ", does not fit it"
+    return f"{record['chosen']} ({how} a CPU of class {record['cpu']['isa']}{fit})"
+
+
 def preset(name: str, cpu: CPU | None = None, **overrides: Any) -> QuantizeConfig:
     """The config of a named preset, or of the one that fits this CPU for "auto", with `overrides` on top."""
-    chosen = preset_record(name, cpu)["chosen"]
-    return QuantizeConfig.from_dict({**PRESETS[chosen], **overrides})
+    return PRESETS[preset_record(name, cpu)["chosen"]].config(**overrides)
 
 
 def quantize(

@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from edgeqa.bench.files import EdgeQAError, atomic_dir, read_json, write_json
+from edgeqa.compress.prune_config import upgrade_flat
 
 log = logging.getLogger(__name__)
 
 # step.json's layout. Version 1 records (no "version") predate settings that were added later; `upgrade` fills
-# them in as what those runs did, so the runs stay valid. This is the one place that knows that history.
+# them in as what those runs did, so the runs stay valid (a prune step's settings: `upgrade_flat`, beside the
+# pruning methods' serialiser).
 RECORD_VERSION = 2
-PRUNE_ADDED_IN_2 = {"initial": 0.0, "refit": False, "refit_batches": 32}  # what version 1 runs did
 
 
 def upgrade(record: dict[str, Any]) -> dict[str, Any]:
@@ -33,8 +34,7 @@ def upgrade(record: dict[str, Any]) -> dict[str, Any]:
     if version > RECORD_VERSION:
         raise EdgeQAError(f"step record version {version} is newer than this edgeqa reads ({RECORD_VERSION})")
     if version == 1 and record.get("step") == "prune":
-        record = {**PRUNE_ADDED_IN_2, **record}
-        record.setdefault("refit_to", "matrix" if record["refit"] else "model")  # matrix: the only refit there was
+        record = upgrade_flat(record)
     return record
 
 

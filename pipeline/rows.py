@@ -11,7 +11,8 @@ from edgeqa.bench.files import read_json, write_json
 from edgeqa.bench.latency import model_file_size
 from edgeqa.bench.report import Target, build_report, has_unstructured_sparsity, make_row
 from edgeqa.bench.weights import weight_stats
-from edgeqa.compress.prune_config import describe_pruning
+from edgeqa.compress.prune import describe_pruning
+from edgeqa.export.quantize import describe_preset
 from edgeqa.pipeline.records import inherited_record, made_id, making_times
 
 log = logging.getLogger(__name__)
@@ -50,14 +51,16 @@ def model_records(path: Path, torch_int8: bool = False) -> dict[str, Any]:
             if (path / record).exists():
                 extra[record.removesuffix(".json")] = read_json(path / record)
         quantization = inherited_record(path, "quantization.json", ("mobile",))
+        if quantization and quantization.get("preset"):  # records written before presets kept their description
+            preset = quantization["preset"]
+            quantization["preset"] = {**preset, "description": preset.get("description") or describe_preset(preset)}
         if quantization:
             extra["quantization"] = quantization
     pruning = inherited_record(path, "prune.json", WEIGHT_PRESERVING_STEPS)
     if pruning:
-        # prune.json files written before the step kept its description are described from their settings
         extra["pruning"] = {
-            "description": describe_pruning(pruning),
             **{k: pruning[k] for k in PRUNING_KEYS if k in pruning},
+            "description": describe_pruning(pruning),
         }
     if (path / "training.json").exists():
         t = read_json(path / "training.json", "training record")

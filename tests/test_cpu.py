@@ -39,7 +39,7 @@ def test_auto_preset_follows_the_int8_instructions(text, arch, isa, chosen, bf16
 
 def test_presets_saturate_only_where_the_instructions_do():
     # 16-bit intermediate sums (vpmaddubsw) on AVX2 and AVX-512 without VNNI: weights lose a bit there only.
-    assert {name for name, p in PRESETS.items() if p["reduce_range"]} == {"avx2", "avx512"}
+    assert {name for name, p in PRESETS.items() if p.config().reduce_range} == {"avx2", "avx512"}
     zen2 = parse_cpuinfo(EPYC_ZEN2, "x86_64")
     assert preset("auto", zen2).reduce_range and not preset("auto", parse_cpuinfo(XEON_AMX, "x86_64")).reduce_range
     assert preset("auto", zen2, reduce_range=False).reduce_range is False  # a setting given wins over the preset

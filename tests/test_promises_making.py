@@ -88,7 +88,7 @@ def test_structured_pruning_keeps_the_heads_and_neurons_of_largest_weights(tmp_p
     quarters of the neurons must remove exactly the others, and the kept weights must be the planted ones."""
     from transformers import AutoModelForQuestionAnswering
 
-    from edgeqa.compress.prune import PruneConfig, prune_now
+    from edgeqa.compress.prune import StructuredConfig, prune_now
 
     model = AutoModelForQuestionAnswering.from_pretrained(make_tiny_qa_model(tmp_path / "m", hidden=32, heads=4))
     kept_heads = {0: [0, 1, 3], 1: [2]}
@@ -106,7 +106,7 @@ def test_structured_pruning_keeps_the_heads_and_neurons_of_largest_weights(tmp_p
             layer.output.dense.weight[:, n] *= 10
     before = {k: v.clone() for k, v in model.state_dict().items()}
 
-    prune_now(model, PruneConfig(method="structured", heads=0.5, ffn=0.75))
+    prune_now(model, StructuredConfig(heads=0.5, ffn=0.75))
 
     assert {int(k): sorted(v) for k, v in model.config.pruned_heads.items()} == {0: [2], 1: [0, 1, 3]}
     assert model.config.intermediate_size == 32

@@ -11,10 +11,9 @@ import torch
 from conftest import make_tiny_qa_model
 from edgeqa.bench.engines import load_torch_qa_model
 from edgeqa.bench.files import EdgeQAError
-from edgeqa.compress.prune_config import PruneConfig
+from edgeqa.compress.prune import MagnitudeConfig, StructuredConfig, prune_config_from_dict
 from edgeqa.compress.prune_magnitude import (
     apply_magnitude_masks,
-    at_target,
     bake_masks,
     cubic_sparsity,
     input_rms,
@@ -236,10 +235,10 @@ def test_structured_pruning_shrinks_matrices_and_reloads(tiny, tmp_path):
 
 
 def test_best_model_is_chosen_only_at_target_sparsity():
-    cubic = PruneConfig(sparsity=0.5, schedule="cubic", ramp=0.6, update_every=100)
-    assert not at_target(cubic, 1300, 2200) and at_target(cubic, 1400, 2200)  # masks reach 50% at step 1400
-    assert at_target(PruneConfig(sparsity=0.5), 1, 2200)  # one-shot: pruned from the start
-    assert at_target(PruneConfig(method="structured", ffn=0.5), 1, 2200)
+    cubic = MagnitudeConfig(sparsity=0.5, schedule="cubic", ramp=0.6, update_every=100)
+    assert not cubic.at_target(1300, 2200) and cubic.at_target(1400, 2200)  # masks reach 50% at step 1400
+    assert MagnitudeConfig(sparsity=0.5).at_target(1, 2200)  # one-shot: pruned from the start
+    assert StructuredConfig(ffn=0.5).at_target(1, 2200)
 
 
 def test_gradient_importance_ranks_heads_and_neurons(tiny):
@@ -269,20 +268,28 @@ def test_gradient_importance_ranks_heads_and_neurons(tiny):
         ({"method": "structured"}, "needs heads > 0 or ffn > 0"),
         ({"method": "random"}, "prune method"),
         ({"method": "structured", "heads": 1.0}, r"heads must be in \[0, 1\)"),
-        ({"sparsity": 0.5, "amount": 3}, "unknown prune setting"),
+        ({"sparsity": 0.5, "amount": 3}, "prune method magnitude takes no amount; it takes"),
+        (
+            {"method": "structured", "ffn": 0.5, "sparsity": 0.5},
+            r"takes no sparsity \(settings of magnitude or pattern\)",
+        ),
+        ({"backend": "tensorflow"}, "backend must be 'torch' or 'neural-compressor'"),
+        ({"method": "pattern", "pattern": "4by1"}, "pattern must look like 4x1"),
+        ({"method": "pattern", "pattern": "4x1", "refit": True}, r"takes no refit \(settings of magnitude\)"),
+        ({"sparsity": "half"}, r"prune \(magnitude\).sparsity should be float"),
         ({"sparsity": 0.5, "initial": 0.3}, "needs schedule: cubic"),
         ({"sparsity": 0.5, "initial": 0.6, "schedule": "cubic"}, "at most sparsity"),
-        ({"method": "structured", "ffn": 0.5, "refit": True}, "method: magnitude, backend: torch"),
+        ({"method": "structured", "ffn": 0.5, "refit": True}, "prune method structured takes no refit"),
         ({"refit": True, "refit_batches": 0}, "refit_batches must be positive"),
         ({"refit": True, "refit_to": "layer"}, "refit_to must be one of model, matrix"),
         ({"select": "gradient"}, "select must be one of magnitude, input, obs"),
-        ({"method": "structured", "ffn": 0.5, "select": "input"}, "select: input ranks what magnitude"),
+        ({"method": "structured", "ffn": 0.5, "select": "input"}, "prune method structured takes no select"),
         ({"sparsity": 0.5, "select": "obs"}, "select: obs chooses the mask inside the refit"),
     ],
 )
 def test_bad_prune_settings_are_refused(settings, message):
     with pytest.raises(EdgeQAError, match=message):
-        PruneConfig.from_dict(settings)
+        prune_config_from_dict(settings)
 
 
 def test_removing_every_head_of_a_layer_is_refused(tiny):
@@ -310,16 +317,16 @@ def test_the_schedule_by_default_reaches_its_target_at_70_percent_of_the_steps()
 def test_a_schedule_shorter_than_two_steps_ends_at_its_first_step():
     # round(1 x 1.0) = 1 step of ramp: the target at step 1. With round(3 x 0.4) = 1 too, masks are at target at 1.
     assert cubic_sparsity(1, 1, 0.5, ramp=1.0) == pytest.approx(0.5)
-    one = PruneConfig(sparsity=0.5, schedule="cubic", ramp=0.4, update_every=1)
-    assert at_target(one, 1, 3) and not at_target(one, 0, 3)
+    one = MagnitudeConfig(sparsity=0.5, schedule="cubic", ramp=0.4, update_every=1)
+    assert one.at_target(1, 3) and not one.at_target(0, 3)
 
 
 def test_the_target_is_reached_at_the_first_mask_update_after_the_ramp():
     # Ramp ends at step round(2200 x 0.6) = 1320; masks change every 100 steps, so at step 1400, not 1320.
-    cubic = PruneConfig(sparsity=0.5, schedule="cubic", ramp=0.6, update_every=100)
-    assert not at_target(cubic, 1320, 2200) and not at_target(cubic, 1399, 2200) and at_target(cubic, 1400, 2200)
-    short = PruneConfig(sparsity=0.5, schedule="cubic", ramp=0.99, update_every=100)  # 1980 -> 2000, past 1990 steps
-    assert at_target(short, 1990, 1990) and not at_target(short, 1989, 1990)
+    cubic = MagnitudeConfig(sparsity=0.5, schedule="cubic", ramp=0.6, update_every=100)
+    assert not cubic.at_target(1320, 2200) and not cubic.at_target(1399, 2200) and cubic.at_target(1400, 2200)
+    short = MagnitudeConfig(sparsity=0.5, schedule="cubic", ramp=0.99, update_every=100)  # 1980 -> 2000, past 1990
+    assert short.at_target(1990, 1990) and not short.at_target(1989, 1990)
 
 
 def test_the_sparsity_report_counts_zeros_per_matrix_and_overall(tiny):

@@ -17,9 +17,9 @@ from edgeqa.compress.prune_magnitude import (
     apply_magnitude_masks,
     input_rms,
     prunable_linears,
-    real_tokens,
     sparsity_report,
 )
+from edgeqa.compress.prune_refit import real_tokens
 from edgeqa.compress.prune_structured import (
     ffn_scores_by_magnitude,
     head_scores_by_magnitude,

@@ -23,8 +23,7 @@ from conftest import (
     write_squad,
 )
 from edgeqa.bench.engines import load_torch_qa_model
-from edgeqa.compress.prune import REFIT_MIN_RISE
-from edgeqa.compress.prune_magnitude import cubic_sparsity, sparsity_report
+from edgeqa.compress.prune_magnitude import REFIT_MIN_RISE, cubic_sparsity, sparsity_report
 from edgeqa.pipeline.records import making_times
 from edgeqa.pipeline.run import run_recipe
 
@@ -124,7 +123,7 @@ def test_magnitude_pruning_with_recovery_saves_plain_sparse_weights(tmp_path, to
 
 
 def test_refit_after_one_shot_and_whenever_the_cubic_masks_grow(tmp_path, toy_squad, monkeypatch):
-    import edgeqa.compress.prune as prune_mod
+    import edgeqa.compress.prune_magnitude as prune_mod
 
     calls = []
     real = prune_mod.refit_kept_weights

@@ -10,7 +10,17 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgeqa.bench.cpu import CPU
 from edgeqa.bench.files import EdgeQAError
-from edgeqa.export.quantize import PRESETS, QuantizeConfig, excluded_nodes, preset, preset_for, preset_record
+from edgeqa.export.quantize import (
+    PRESETS,
+    Preset,
+    QuantizeConfig,
+    excluded_nodes,
+    preset,
+    preset_for,
+    preset_for_isa,
+    preset_record,
+    register_preset,
+)
 
 
 def test_config_round_trips_through_json_lists():
@@ -72,7 +82,28 @@ def _cpu(*flags, arch="x86_64"):
 )
 def test_each_cpu_gets_the_preset_of_its_int8_instructions(cpu, fits):
     assert preset_for(cpu) == fits
-    assert preset_record("auto", cpu) == {"asked": "auto", "chosen": fits, "fits_cpu": True, "cpu": cpu.to_dict()}
+    assert preset_record("auto", cpu) == {"asked": "auto", "chosen": fits, "fits_cpu": True, "cpu": cpu.to_dict(),
+                                          "description": f"{fits} (chosen for a CPU of class {cpu.isa})"}  # fmt: skip
+
+
+def test_a_preset_is_registered_once_and_every_cpu_class_has_one():
+    assert set(preset_for_isa()) == {"amx_int8", "avx512_vnni", "avx_vnni", "avx512", "avx2", "other", "arm64_i8mm",
+                                     "arm64_dotprod", "arm64"}  # fmt: skip
+    toy = Preset("toy-avx2", ("avx2",), (("reduce_range", False),), "a second preset for avx2")
+    with pytest.raises(ValueError, match=r"registered twice"):
+        register_preset(toy)  # avx2 already has its preset: `auto` would not know which
+    assert "toy-avx2" not in PRESETS
+
+
+def test_a_new_preset_is_one_registration(monkeypatch):
+    monkeypatch.setattr("edgeqa.export.quantize.PRESETS", dict(PRESETS))
+    register_preset(Preset("riscv", ("riscv_v",), (("reduce_range", True), ("per_channel", False)), "why"))
+    riscv = _cpu(arch="riscv64")
+    monkeypatch.setattr(type(riscv), "isa", property(lambda self: "riscv_v"))
+    assert preset_for(riscv) == "riscv" and preset("auto", riscv) == QuantizeConfig(
+        reduce_range=True, per_channel=False
+    )
+    assert preset_record("auto", riscv)["description"] == "riscv (chosen for a CPU of class riscv_v)"
 
 
 def test_presets_keep_8_bit_weights_only_where_products_sum_in_32_bits():
@@ -93,6 +124,7 @@ def test_a_preset_for_another_machine_is_allowed_but_recorded_with_a_warning():
     vnni = _cpu("avx2", "avx512bw", "avx512_vnni")
     record = preset_record("arm64", vnni)
     assert (record["asked"], record["chosen"], record["fits_cpu"]) == ("arm64", "arm64", False)
+    assert record["description"] == "arm64 (named, made on a CPU of class avx512_vnni, does not fit it)"
     assert record["warning"] == (
         "preset 'arm64' does not fit this CPU (Test CPU, int8 class avx512_vnni), which would get 'avx512_vnni'; "
         "its speed and accuracy here are not those of the machines it is meant for"

@@ -325,7 +325,7 @@ DISTILL = "- distill: {name: s, student: {layers: [0]}, train: {data: DATA%s}, %
         ("steps", "- quantize: {name: q, per_channel: maybe}", r":7: quantize.per_channel should be bool"),
         ("steps", "- quantize: {name: q, exclude: 3}", r":7: quantize.exclude should be tuple\[str, ...\], got 3"),
         ("steps", "- quantize: {name: q, calibration_samples: 0}", r":7: calibration_samples must be positive"),
-        ("steps", "- prune: {name: p, sparsity: x}", r":7: sparsity must be in \[0, 1\), got 'x'"),
+        ("steps", "- prune: {name: p, sparsity: x}", r":7: prune \(magnitude\).sparsity should be float, got 'x'"),
         ("steps", DISTILL % (", batch_size: 0", STAGE), r":7: train.batch_size must be positive, got 0"),
         ("steps", DISTILL % (", limit: x", STAGE), r":7: train.limit should be int \| None, got 'x'"),
         ("steps", DISTILL % (", eval_every: -5", STAGE), r":7: train.eval_every and weight_decay must be >= 0"),

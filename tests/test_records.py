@@ -21,7 +21,6 @@ from edgeqa.compress.trainset import (
 from edgeqa.pipeline.context import RecipeRun
 from edgeqa.pipeline.recipe import EvalSettings, Recipe
 from edgeqa.pipeline.records import (
-    PRUNE_ADDED_IN_2,
     RECORD_VERSION,
     inherited_record,
     made_id,
@@ -40,7 +39,6 @@ def test_a_version_1_prune_record_gets_what_those_runs_did():
     refit = upgrade({"step": "prune", "refit": True, "refit_batches": 8})
     assert (refit["refit"], refit["refit_batches"], refit["refit_to"], refit["initial"]) == (True, 8, "matrix", 0.0)
     assert old == {"step": "prune", "from": "m", "sparsity": 0.5}  # the caller's record is not changed
-    assert set(PRUNE_ADDED_IN_2) == {"initial", "refit", "refit_batches"}
 
 
 def test_current_and_other_step_records_are_kept_as_they_are():
@@ -118,7 +116,7 @@ def test_a_step_whose_source_was_made_again_is_made_again(tmp_path):
 
 def test_a_version_1_record_is_read_as_what_its_run_did(tmp_path):
     out = _step(tmp_path / "out", step="prune", sparsity=0.5, made="m1", seconds=3.0)  # version 1: no "version"
-    settings = {"sparsity": 0.5, **PRUNE_ADDED_IN_2, "refit_to": "model"}
+    settings = {"sparsity": 0.5, "initial": 0.0, "refit": False, "refit_batches": 32, "refit_to": "model"}
     make_once(out, "prune", settings, lambda f: pytest.fail("made again"))  # the same step, written long ago
     assert _read(out)["made"] == "m1"
     with pytest.raises(EdgeQAError, match="other settings"):

@@ -7,7 +7,7 @@ import pytest
 from edgeqa.bench.files import EdgeQAError
 from edgeqa.bench.markdown import to_markdown
 from edgeqa.bench.report import Target, build_report, make_row, pareto_front, plot_sparsity, write_report
-from edgeqa.compress.prune_config import describe_pruning
+from edgeqa.compress.prune import describe_pruning
 
 
 def _bench(p50, model="m"):
@@ -137,6 +137,17 @@ def test_the_pruning_cell_prints_what_the_pruning_step_recorded(tmp_path):
     assert "| 25.0% | 50.0% | - | - | as the step said |" in to_markdown(_report(rows))
 
 
+def test_an_int8_preset_is_printed_as_its_quantize_step_recorded_it(tmp_path):
+    from edgeqa.pipeline.rows import model_records
+
+    older = {"asked": "auto", "chosen": "avx2", "fits_cpu": True, "cpu": {"isa": "avx2"}}  # before descriptions
+    (tmp_path / "quantization.json").write_text(json.dumps({"mode": "dynamic", "preset": older}))
+    assert model_records(tmp_path)["quantization"]["preset"]["description"] == "avx2 (chosen for a CPU of class avx2)"
+    said = {**older, "asked": "amx", "chosen": "amx", "fits_cpu": False, "description": "as the step said"}
+    (tmp_path / "quantization.json").write_text(json.dumps({"mode": "dynamic", "preset": said}))
+    assert model_records(tmp_path)["quantization"]["preset"]["description"] == "as the step said"
+
+
 def test_the_pruning_cell_says_how_the_zeros_were_made():
 
     settings = {"sparsity": 0.8, "scope": "global", "schedule": "cubic", "initial": 0.5, "refit": True}
@@ -178,7 +189,7 @@ def test_untrustworthy_timings_are_flagged_in_the_json_and_the_markdown():
 
 def test_rows_say_at_which_batch_they_were_scored_and_which_preset_they_fit():
     preset = {"asked": "avx512_vnni", "chosen": "avx512_vnni", "fits_cpu": False, "warning": "does not fit",
-              "cpu": {"isa": "avx2"}}  # fmt: skip
+              "cpu": {"isa": "avx2"}, "description": "as the quantize step said"}  # fmt: skip
     rows = [
         make_row("fp32", _bench(50.0), {"exact_match": 72.0, "f1": 82.0, "batch_size": 32, "batch_dependent": False}),
         make_row(
@@ -193,7 +204,7 @@ def test_rows_say_at_which_batch_they_were_scored_and_which_preset_they_fit():
     assert report["warnings"] == ["int8: does not fit"]
     md = to_markdown(report)
     assert "| 32 |" in md and "| 1* |" in md and "Answers depend on the batch" in md
-    assert "int8: avx512_vnni (named, made on a CPU of class avx2, does not fit it)" in md
+    assert "Int8 presets: int8: as the quantize step said." in md  # the record's own words, not decoded again
 
 
 def test_targets_say_met_or_by_how_much_they_are_missed():
