@@ -15,19 +15,26 @@ _HERE = Path(__file__).resolve().parent
 if not (_HERE / "bench").is_dir():
     __path__.append(str(_HERE.parent))  # noqa: F821 (the package's own __path__)
 
-API = ("to_onnx", "quantize", "evaluate", "latency", "answer", "run", "ExportConfig", "LatencyConfig", "QAConfig",
-       "QuantizeConfig")  # fmt: skip
+API = ("to_onnx", "quantize", "evaluate", "latency", "answer", "report", "run", "ExportConfig", "LatencyConfig",
+       "QAConfig", "QuantizeConfig", "Target")  # fmt: skip
 __all__ = list(API)
 
 
 def __getattr__(name: str):
     """The API's verbs and configs, imported on first use so that `import edgeqa.bench` stays light."""
-    if name in ("LatencyConfig", "QAConfig", "QuantizeConfig"):
+    if name in ("LatencyConfig", "QAConfig", "QuantizeConfig", "Target"):
         from edgeqa.bench.latency import LatencyConfig
         from edgeqa.bench.qa import QAConfig
+        from edgeqa.bench.report import Target
         from edgeqa.export.quantize import QuantizeConfig
 
-        return {"LatencyConfig": LatencyConfig, "QAConfig": QAConfig, "QuantizeConfig": QuantizeConfig}[name]
+        configs = {
+            "LatencyConfig": LatencyConfig,
+            "QAConfig": QAConfig,
+            "QuantizeConfig": QuantizeConfig,
+            "Target": Target,
+        }
+        return configs[name]
     if name in API:
         from edgeqa import api
 

@@ -5,25 +5,21 @@ folders, `pipeline/steps/` for training and export), so `edgeqa answer` on an ON
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 from pathlib import Path
 
-from edgeqa.api import ExportConfig, to_onnx
+from edgeqa.api import ExportConfig, quantize, report, to_onnx
 from edgeqa.bench.engines import load_qa_model, resolve_model
 from edgeqa.bench.evaluate import evaluate
-from edgeqa.bench.files import EdgeQAError, check_writable_dir, read_json, removed_on_failure
-from edgeqa.bench.latency import LatencyConfig, benchmark, benchmark_interleaved
+from edgeqa.bench.files import EdgeQAError, read_json
+from edgeqa.bench.latency import LatencyConfig, benchmark
 from edgeqa.bench.metric import load_predictions, score
 from edgeqa.bench.qa import QAConfig
-from edgeqa.bench.report import Target, write_report
+from edgeqa.bench.report import Target
 from edgeqa.bench.squad import SquadExample, load_squad
-from edgeqa.export.mobile import convert_to_ort
-from edgeqa.export.quantize import preset, preset_record, quantize
 from edgeqa.pipeline.context import is_main_process
 from edgeqa.pipeline.recipe import load_recipe
-from edgeqa.pipeline.rows import assemble_report, eval_info, report_row, weight_stats_cached
 from edgeqa.pipeline.run import run_recipe
 
 
@@ -98,44 +94,36 @@ def cmd_answer(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parity_examples(args: argparse.Namespace):
-    return load_squad(args.parity_data, args.parity_limit).examples if args.parity_limit > 0 else None
-
-
 def cmd_export(args: argparse.Namespace) -> int:
-    """`edgeqa export` is the Python API's `to_onnx` (one implementation), plus the mobile format when asked."""
+    """`edgeqa export` is the Python API's `to_onnx`: the recipe's export, fuse and mobile steps, made once."""
     parity = args.parity_data if args.parity_limit > 0 else None
-    out = to_onnx(args.model, args.out, ExportConfig(args.opset, args.fuse, parity, args.parity_limit))
+    config = ExportConfig(args.opset, args.fuse, parity, args.parity_limit, mobile=args.mobile)
+    out = to_onnx(args.model, args.out, config)
     if args.fuse:
         print(f"fused ops: {read_json(out / 'fusion.json')['fused_ops']}")
-    if args.mobile:
-        convert_to_ort(out, out.with_name(out.name + "-ort"))
     if (out / "parity.json").exists():
         p = read_json(out / "parity.json")
         print(f"parity: max |logit diff| {p['max_abs_diff']:.2e}, same answers {100 * p['same_answer_share']:.2f}%")
-    print(f"wrote {out}")
+    print(f"wrote {out}" + (f" and {out.name}-ort" if args.mobile else ""))
     return 0
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
+    """`edgeqa quantize` is the Python API's `quantize`: the recipe's quantize step, made once."""
     raw = {
         "mode": args.mode,
         "calibration_method": args.calibration_method,
         "calibration_samples": args.calibration_samples,
     }
-    if args.per_channel is not None:
-        raw["per_channel"] = args.per_channel
-    if args.reduce_range is not None:
-        raw["reduce_range"] = args.reduce_range
-    if args.exclude:
-        raw["exclude"] = args.exclude
-    if args.op_types:
-        raw["op_types"] = args.op_types
-    info = preset_record(args.preset)
-    cfg = preset(args.preset, **raw)
-    examples = _parity_examples(args)
-    quantize(args.model, args.out, cfg, args.calibration_data, parity_examples=examples, preset_info=info)
-    print(f"wrote {args.out} ({cfg.mode} int8, preset {info['chosen']} for a CPU of class {info['cpu']['isa']})")
+    for key in ("per_channel", "reduce_range", "exclude", "op_types"):
+        if getattr(args, key) not in (None, []):
+            raw[key] = getattr(args, key)
+    if args.mode == "static" and not args.calibration_data:
+        raise EdgeQAError("--mode static needs --calibration-data (a SQuAD file to calibrate on)")
+    parity = args.parity_data if args.parity_limit > 0 else None
+    out = quantize(args.model, args.out, args.preset, args.calibration_data, parity, args.parity_limit, **raw)
+    info = read_json(out / "quantization.json", "quantization record")["preset"]
+    print(f"wrote {out} ({args.mode} int8, preset {info['description']})")
     return 0
 
 
@@ -163,46 +151,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """A report for named models: each scored and timed here, side by side, assembled as a recipe's report is."""
+    """`edgeqa report` is the Python API's `report`: a recipe's bench and report steps on named models."""
     targets = tuple(Target.parse(t) for t in args.target)  # a bad target is refused before any work
     models = {}
     for item in args.variant:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
             raise EdgeQAError(f"--variant takes NAME=PATH, got {item!r}")
-        models[name] = (Path(path), resolve_model(path)[2])  # the model, and the folder that holds its records
-    load_squad(args.data, args.limit)  # a bad data file is refused before the output folder exists
-    # A model that fails to load or run fails the command only after the output folder exists: whatever of it this
-    # command made (the folder itself, eval/ and the other models' scores) is removed again.
-    with removed_on_failure(args.out):
-        out = check_writable_dir(args.out)
-        with contextlib.ExitStack() as made:
-            for name in models:
-                made.enter_context(removed_on_failure(out / "eval" / name))
-            _report(args, out, models, targets)
+        resolve_model(path)  # a missing or foreign model is refused before any work
+        models[name] = Path(path)
+    bench = LatencyConfig(tuple(args.batch_sizes), tuple(args.seq_lens), args.warmup, args.repeats, args.threads,
+                          args.rounds)  # fmt: skip
+    out = report(models, args.data, args.out, args.limit, args.reference, targets, args.name, bench, args.batch_size)
+    for name in ("report.json", "report.md", "pareto.png"):
+        if (out / name).exists():
+            print(f"wrote {out / name}")
     return 0
-
-
-def _report(args: argparse.Namespace, out: Path, models: dict[str, tuple[Path, Path]], targets: tuple) -> None:
-    """`edgeqa report` once its arguments are checked: score and time each model, and write the report to `out`."""
-    cfg = LatencyConfig(
-        tuple(args.batch_sizes), tuple(args.seq_lens), args.warmup, args.repeats, args.threads, args.rounds
-    )
-    metrics = {
-        name: evaluate(path, args.data, args.limit, threads=cfg.threads, batch_size=args.batch_size,
-                       out_dir=out / "eval" / name)
-        for name, (path, _) in models.items()
-    }  # fmt: skip
-    timings = benchmark_interleaved({name: (path, False) for name, (path, _) in models.items()}, cfg)
-    rows = [
-        report_row(name, folder, False, metrics[name], timings[name], weight_stats_cached(path, None))
-        for name, (path, folder) in models.items()
-    ]
-    first = next(iter(models))
-    info = eval_info(args.data, args.limit, metrics[first])
-    report = assemble_report(args.name, rows, args.reference or first, info, timings[first], targets)
-    for path in write_report(report, out):
-        print(f"wrote {path}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:

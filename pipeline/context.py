@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgeqa.bench.engines import resolve_model
 from edgeqa.bench.squad import load_squad
+from edgeqa.pipeline.records import made_id
 from edgeqa.pipeline.step import BASE_VARIANT
 
 if TYPE_CHECKING:
@@ -20,6 +22,20 @@ class Variant:
     name: str
     path: Path
     torch_int8: bool = False  # PyTorch dynamic int8 applied at load: a variant without an artefact of its own
+    given: bool = False  # a model the caller names by path (`edgeqa report`), not the recipe's nor a step's
+
+    @property
+    def made(self) -> str | None:
+        """What its scores and timings are cached against: the identity of the step that made it; for a given model
+        no step made, its weights file's size and time (replaced in place, it is measured again)."""
+        made = made_id(self.path)
+        if made is None and self.given:
+            weights = resolve_model(self.path)[1]
+            weights = weights / "model.safetensors" if weights.is_dir() else weights
+            if weights.exists():
+                stat = weights.stat()
+                return f"file {weights.name} {stat.st_size} {stat.st_mtime_ns}"
+        return made
 
 
 @dataclass
@@ -29,9 +45,10 @@ class RecipeRun:
     variants: dict[str, Variant] = field(default_factory=dict)
     benched: list[str] = field(default_factory=list)
     retime: bool = False  # time the bench steps again though their timings are cached (a busy machine's)
+    placed: dict[str, Path] = field(default_factory=dict)  # made variants the caller puts elsewhere than models/
 
     def model_dir(self, name: str) -> Path:
-        return self.root / "models" / name
+        return self.placed.get(name, self.root / "models" / name)
 
     def source(self, name: str) -> Variant:
         return self.variants[name]
@@ -52,8 +69,9 @@ class RecipeRun:
 
     @functools.cached_property
     def parity_examples(self):
-        """The questions every model-making step checks parity on, read once per run."""
-
+        """The questions every model-making step checks parity on, read once per run (None: no parity check)."""
+        if not self.recipe.eval.data or not self.recipe.parity.limit:
+            return None
         return load_squad(self.recipe.eval.data, self.recipe.parity.limit).examples
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from edgeqa.bench.engines import resolve_model
 from edgeqa.bench.files import EdgeQAError, check_writable_dir, remove_stale_temporaries, write_json
-from edgeqa.pipeline.context import RecipeRun, base_variant, is_main_process
+from edgeqa.pipeline.context import RecipeRun, Variant, base_variant, is_main_process
 from edgeqa.pipeline.recipe import Recipe, load_recipe
 from edgeqa.pipeline.step import MadeStep, Step
 
@@ -65,18 +65,41 @@ def run_recipe(
     root = check_writable_dir(Path(out_root) / recipe.name)
     base = base_variant(recipe)
     run = RecipeRun(recipe, root, {base.name: base}, retime=retime)
-    for step in steps:  # every check before any work; later checks see the variants earlier steps will make
-        step.check(run)
-        if isinstance(step, MadeStep) and step.name not in run.variants:
-            run.add(step.name)
-    run.variants = {base.name: base}
+    _check_steps(run, steps)
     if is_main_process():
         for folder in (root, run.cache_root):  # what killed runs were writing: this run writes it anew
             remove_stale_temporaries(folder)
         write_json(root / "recipe.json", {"path": str(recipe.path), "text": recipe.path.read_text(encoding="utf-8")})
+    _run_steps(run, steps)
+    return root
+
+
+def run_in_memory(
+    recipe: Recipe, root: Path, given: dict[str, Path], placed: dict[str, Path] | None = None
+) -> RecipeRun:
+    """Run a recipe built in memory on models given by path, each made model where `placed` puts it (else under
+    root/models/): how `edgeqa export`, `quantize` and `report` and the Python API make, record and cache exactly as
+    `edgeqa run` does, through the same step kinds."""
+    run = RecipeRun(recipe, root, {name: Variant(name, Path(path), given=True) for name, path in given.items()},
+                    placed=dict(placed or {}))  # fmt: skip
+    _check_steps(run, recipe.steps)
+    _run_steps(run, recipe.steps, logging.DEBUG)  # one verb's steps: its own output says what it did
+    return run
+
+
+def _check_steps(run: RecipeRun, steps: tuple[Step, ...]) -> None:
+    """Every check before any work; later checks see the variants earlier steps will make."""
+    given = dict(run.variants)
+    for step in steps:
+        step.check(run)
+        if isinstance(step, MadeStep) and step.name not in run.variants:
+            run.add(step.name)
+    run.variants = given
+
+
+def _run_steps(run: RecipeRun, steps: tuple[Step, ...], level: int = logging.INFO) -> None:
     for i, step in enumerate(steps, 1):
         if step.kind != "distill" and not is_main_process():
             continue
-        log.info("step %d/%d: %s %s", i, len(steps), step.kind, getattr(step, "name", ""))
+        log.log(level, "step %d/%d: %s %s", i, len(steps), step.kind, getattr(step, "name", ""))
         step.run(run)
-    return root

@@ -52,3 +52,27 @@ def test_importing_the_api_imports_neither_torch_nor_transformers():
     code += "print(sorted({'torch', 'transformers'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_api_verbs_make_once_and_record_what_they_were_given(tmp_path, tiny_onnx_model, toy_squad):
+    import json
+
+    _, onnx = tiny_onnx_model
+    own = edgeqa.QuantizeConfig(per_channel=False, reduce_range=True)
+    out = edgeqa.quantize(onnx, tmp_path / "own", own)
+    record = json.loads((out / "quantization.json").read_text())
+    assert record["per_channel"] is False and "preset" not in record  # a config as given: no preset claimed
+    step = json.loads((out / "step.json").read_text())
+    assert step["step"] == "quantize" and "preset" not in step and step["per_channel"] is False
+    assert edgeqa.quantize(onnx, tmp_path / "own", own) == out
+    assert json.loads((out / "step.json").read_text())["made"] == step["made"]  # made once
+    named = edgeqa.quantize(onnx, tmp_path / "named", "avx2", reduce_range=False)
+    assert json.loads((named / "quantization.json").read_text())["preset"]["chosen"] == "avx2"
+    assert json.loads((named / "quantization.json").read_text())["reduce_range"] is False  # the override won
+    with pytest.raises(EdgeQAError, match="settings over a preset need a preset name"):
+        edgeqa.quantize(onnx, tmp_path / "x", own, reduce_range=False)
+    bench = edgeqa.LatencyConfig(seq_lens=(32,), warmup=1, repeats=3, threads=1)
+    root = edgeqa.report({"own": out, "named": named}, toy_squad, tmp_path / "report", bench=bench)
+    report = json.loads((root / "report.json").read_text())
+    assert [r["name"] for r in report["rows"]] == ["own", "named"] and report["reference"] == "own"
+    assert sorted(p.name for p in (root / "eval").iterdir()) == ["named", "own"]

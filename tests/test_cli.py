@@ -1,12 +1,14 @@
 """The command line: outputs, --json contracts, and one clean error line for expected mistakes."""
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
 from conftest import REPO
+from edgeqa.bench.evaluate import evaluate
 from edgeqa.cli import main
 
 
@@ -89,7 +91,7 @@ def test_expected_mistakes_exit_2_with_one_line(args, message, toy_squad, tmp_pa
     assert len(errors) == 1 and message in errors[0]
 
 
-def test_deployment_subcommands_chain(tiny_qa_model, toy_squad, tmp_path, capsys):
+def test_deployment_subcommands_chain(tiny_qa_model, toy_squad, tmp_path, capsys, monkeypatch):
     onnx_dir, int8_dir = tmp_path / "onnx", tmp_path / "int8"
     parity = ["--parity-data", str(toy_squad), "--parity-limit", "3"]
     assert main(["export", "--model", str(tiny_qa_model), str(onnx_dir), "--fuse", "--mobile", *parity]) == 0
@@ -132,3 +134,22 @@ def test_deployment_subcommands_chain(tiny_qa_model, toy_squad, tmp_path, capsys
     assert main(["report", "--variant", "no-equals-sign", "--out", str(out)]) == 2
     assert main(["report", "--variant", f"fp32={tiny_qa_model}", "--target", "3:98", "--out", str(tmp_path / "t")]) == 2
     assert "f1_share must be in (0, 1]" in capsys.readouterr().err and not (tmp_path / "t").exists()
+
+    # The commands run the recipe's step kinds: made once per identity, measured once per made model.
+    made = json.loads((int8_dir / "step.json").read_text())
+    assert (made["step"], made["preset"], made["from"]) == ("quantize", "avx512_vnni", str(onnx_dir.absolute()))
+    assert main(["quantize", "--model", str(onnx_dir), str(int8_dir), "--preset", "avx512_vnni", *parity]) == 0
+    assert json.loads((int8_dir / "step.json").read_text())["made"] == made["made"]  # reused, not made again
+    assert main(["quantize", "--model", str(onnx_dir), str(int8_dir), "--preset", "avx2", *parity]) == 2
+    assert "was made by a step with other settings" in capsys.readouterr().err
+    assert json.loads((int8_dir / "step.json").read_text())["made"] == made["made"]  # the refusal kept it
+    again = ["report", "--variant", f"fp32={tiny_qa_model}", "--variant", f"int8={int8_dir}", "--data", str(toy_squad),
+             "--out", str(out), *common]  # fmt: skip
+    scored = []
+    monkeypatch.setattr(
+        "edgeqa.pipeline.steps.bench.evaluate", lambda path, *a, **k: scored.append(path) or evaluate(path, *a, **k)
+    )
+    assert main(again) == 0 and scored == []  # scores and timings reused
+    weights = tiny_qa_model / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # replaced in place
+    assert main(again) == 0 and scored == [tiny_qa_model]  # only the model that changed is scored again

@@ -119,12 +119,12 @@ snapshot before
 # Fill the disk but for 24 KiB: enough for a small record, not for a model.
 free=$(df -k --output=avail "$MNT" | tail -1)
 head -c $(( (free - 24) * 1024 )) /dev/zero > "$MNT/filler"
-cli_named q_full quantize --model "$ONNX" --parity-limit 0 "$MNT/int8"
+cli_named q_full quantize --model "$ONNX" --parity-limit 0 "$MNT/int8-b"
 cli_named r_full run "$RECIPE2" --out "$MNT/runs"
 rm "$MNT/filler"
 snapshot after_full
 mount -o remount,ro "$MNT"
-cli_named q_ro quantize --model "$ONNX" --parity-limit 0 "$MNT/int8"
+cli_named q_ro quantize --model "$ONNX" --parity-limit 0 "$MNT/int8-c"
 cli_named r_ro run "$RECIPE2" --out "$MNT/runs"
 snapshot after_ro
 """
@@ -154,9 +154,9 @@ def test_a_full_disk_or_a_read_only_target_fails_in_one_line_and_leaves_the_prev
     before = (res / "before.sums").read_text()
     assert "./int8/model.onnx" in before and "./runs/r/models/onnx/step.json" in before
     for name, target, why in (
-        ("q_full", mnt / "int8", "no space left on device"),
+        ("q_full", mnt / "int8-b", "no space left on device"),  # a new folder: int8 itself is made, and reused
         ("r_full", mnt / "runs" / "r" / "models" / "int8", "no space left on device"),
-        ("q_ro", mnt / "int8", "read-only file system"),
+        ("q_ro", mnt / "int8-c", "read-only file system"),
         ("r_ro", mnt / "runs" / "r", "read-only file system"),
     ):
         code, err = outcome(name)

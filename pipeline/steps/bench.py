@@ -14,7 +14,6 @@ from edgeqa.bench.evaluate import evaluate
 from edgeqa.bench.files import read_json, write_json
 from edgeqa.bench.latency import benchmark_interleaved
 from edgeqa.pipeline.context import RecipeRun, Variant
-from edgeqa.pipeline.records import made_id
 from edgeqa.pipeline.step import Step, register_step
 
 log = logging.getLogger(__name__)
@@ -23,7 +22,7 @@ log = logging.getLogger(__name__)
 def _score(run: RecipeRun, name: str, v: Variant) -> None:
     r = run.recipe
     eval_dir = run.root / "eval" / name
-    made = made_id(v.path)
+    made = v.made
     batch_size = r.eval.dynamic_int8_batch_size if answers_depend_on_batch(v.path, v.torch_int8) else r.eval.batch_size
     key = {"data": r.eval.data, "limit": r.eval.limit, "model": str(v.path), "made": made, "batch_size": batch_size,
            "settings": r.qa.to_dict()}  # fmt: skip
@@ -64,7 +63,7 @@ class BenchStep(Step):
             if not bench_path(run, name).exists():
                 return False
             result = read_json(bench_path(run, name))
-            return result.get("settings") == settings(name) and result.get("made") == made_id(run.variants[name].path)
+            return result.get("settings") == settings(name) and result.get("made") == run.variants[name].made
 
         # Speed-ups are only true side by side: if one variant needs timing, all of this step's variants are timed
         # again, together, in interleaved passes.
@@ -74,7 +73,7 @@ class BenchStep(Step):
                 todo,
                 run.recipe.bench,
                 done=lambda name, result: write_json(
-                    bench_path(run, name), {**result, "made": made_id(run.variants[name].path)}
+                    bench_path(run, name), {**result, "made": run.variants[name].made}
                 ),  # fmt: skip
             )
         run.benched.extend(n for n in names if n not in run.benched)

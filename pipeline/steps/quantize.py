@@ -20,7 +20,7 @@ QUANTIZE_KEYS = {f.name for f in dataclasses.fields(QuantizeConfig)}
 @dataclass(frozen=True, kw_only=True)
 class QuantizeStep(MadeStep):
     kind: ClassVar[str] = "quantize"
-    preset: str = AUTO
+    preset: str | None = AUTO  # None: `config` as given, no preset under it (the Python API's QuantizeConfig)
     config: QuantizeConfig  # the step's settings over its preset's
 
     @classmethod
@@ -41,7 +41,9 @@ class QuantizeStep(MadeStep):
 
     def identity(self, run: RecipeRun) -> dict[str, Any]:
         # The preset chosen, not "auto", is the identity: the same recipe on another machine class makes another model.
-        settings = {**super().identity(run), "preset": preset_record(self.preset)["chosen"], **self.config.to_dict()}
+        settings = {**super().identity(run), **self.config.to_dict()}
+        if self.preset is not None:
+            settings["preset"] = preset_record(self.preset)["chosen"]
         if self.config.mode == "static":
             settings.update(window_identity(run.recipe.qa))
         return settings
@@ -51,4 +53,5 @@ class QuantizeStep(MadeStep):
 
     def make(self, run: RecipeRun, out: Path) -> None:
         quantize(run.source(self.source).path, out, self.config, run.recipe.calibration_data, qa_cfg=run.recipe.qa,
-                 parity_examples=run.parity_examples, preset_info=preset_record(self.preset))  # fmt: skip
+                 parity_examples=run.parity_examples,
+                 preset_info=preset_record(self.preset) if self.preset is not None else None)  # fmt: skip
