@@ -27,7 +27,8 @@ import numpy as np
 
 from edgeqa.bench.cpu import this_cpu
 from edgeqa.bench.engines import TORCH_WEIGHTS, load_qa_model, resolve_model
-from edgeqa.bench.files import EdgeQAError, check_field_types, known_fields
+from edgeqa.bench.files import EdgeQAError, check_field_types
+from edgeqa.bench.serial import config_from_dict, config_to_dict
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +53,11 @@ class LatencyConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (lists, not tuples), so a saved copy compares equal to a fresh one."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> LatencyConfig:
-        raw = known_fields(cls, raw, "bench")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+        return config_from_dict(cls, raw, "bench")
 
 
 @dataclass

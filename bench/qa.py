@@ -12,7 +12,6 @@ ONNX model runs without transformers (`bench.tokenizer` builds the tokenizer fro
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -21,6 +20,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from edgeqa.bench.files import EdgeQAError
+from edgeqa.bench.serial import config_to_dict
 from edgeqa.bench.tokenizer import as_qa_tokenizer
 
 
@@ -43,7 +43,7 @@ class QAConfig:
             raise EdgeQAError("n_best and max_answer_length must be positive")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return config_to_dict(self)
 
 
 class Windows(Protocol):

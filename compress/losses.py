@@ -13,14 +13,14 @@ Padding never counts: logits past a window's end are masked, and the MSE terms a
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from edgeqa.bench.files import EdgeQAError, known_fields
+from edgeqa.bench.files import EdgeQAError
+from edgeqa.bench.serial import config_from_dict, config_to_dict
 
 TERMS = ("hard", "soft", "hidden", "attention", "embedding")
 
@@ -59,14 +59,11 @@ class LossConfig:
         return bool(self.hidden or self.attention or self.embedding)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        if self.layer_map is not None:
-            d["layer_map"] = {str(k): v for k, v in self.layer_map.items()}
-        return d
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LossConfig:
-        return cls(**known_fields(cls, d, "loss"))
+        return config_from_dict(cls, d, "loss")
 
 
 def _masked(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ A method is one class in its own module (`prune_magnitude`, `prune_structured`, 
 
 Records keep version 2's flat layout (every method's field, at its default where the method has none), so a step
 made before the methods were split keeps its identity and its folder is reused; `prune_config_from_dict` reads
-both that layout and a recipe's section, and is where older spellings are upgraded.
+both that layout and a recipe's section (older records are upgraded by `bench.serial`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from edgeqa.bench.files import EdgeQAError, check_field_types
+from edgeqa.bench.serial import config_from_dict, config_to_dict, upgrade_prune_settings
 
 if TYPE_CHECKING:
     from edgeqa.compress.train_config import DistillConfig, Hooks
@@ -35,8 +36,7 @@ PRUNING_METHODS: dict[str, type[PruneConfig]] = {}
 FLAT_V2 = {"method": "magnitude", "sparsity": 0.5, "scope": "global", "schedule": "oneshot", "ramp": 0.7,
            "initial": 0.0, "update_every": 50, "include": list(DEFAULT_INCLUDE), "exclude": [], "heads": 0.0,
            "ffn": 0.0, "importance": "magnitude", "importance_batches": 32, "backend": "torch", "pattern": "1x1",
-           "criterion": "magnitude", "select": "magnitude", "refit": False, "refit_batches": 32,
-           "refit_to": "model"}  # fmt: skip
+           "criterion": "magnitude", "refit": False, "refit_batches": 32, "refit_to": "model"}  # fmt: skip
 # Methods as version 2 spelled them: the pattern method was magnitude pruning with another backend.
 FLAT_V2_SPELLING = {"pattern": {"method": "magnitude", "backend": "neural-compressor"}}
 
@@ -53,19 +53,10 @@ def prune_keys() -> set[str]:
     return {"method", "backend"} | {f.name for cls in PRUNING_METHODS.values() for f in dataclasses.fields(cls)}
 
 
-def upgrade_flat(settings: dict[str, Any]) -> dict[str, Any]:
-    """Recorded flat settings as version 2 writes them. Version 1 (no `initial`, `refit`, `refit_to`) predates
-    those settings; the runs it recorded did what their defaults then meant: no initial pruning, no refit, and a
-    refit (once it existed, before `refit_to`) fitted each matrix."""
-    settings = {"initial": 0.0, "refit": False, "refit_batches": 32, **settings}
-    settings.setdefault("refit_to", "matrix" if settings["refit"] else "model")
-    return settings
-
-
 def prune_config_from_dict(raw: dict[str, Any], record: bool = False) -> PruneConfig:
     """The method's config from a recipe's prune settings, or (`record`) from a recorded flat settings dict, in
     which the fields of other methods sit at their defaults and are dropped."""
-    raw = upgrade_flat(raw) if record else dict(raw)
+    raw = upgrade_prune_settings(raw) if record else dict(raw)
     method, backend = raw.pop("method", "magnitude"), raw.pop("backend", "torch")
     if backend == "neural-compressor" and method == "magnitude":  # version 2's spelling of the pattern method
         method = "pattern"
@@ -82,7 +73,7 @@ def prune_config_from_dict(raw: dict[str, Any], record: bool = False) -> PruneCo
         raise EdgeQAError(
             f"prune method {method} takes no {', '.join(foreign)}{where}; it takes {', '.join(sorted(own))}"
         )
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in own})
+    return config_from_dict(cls, {k: v for k, v in raw.items() if k in own}, f"prune ({method})")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,11 +113,7 @@ class PruneConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The record (version 2's flat layout): what step.json compares and prune.json keeps."""
-        own = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-        d = {**FLAT_V2, **own, **FLAT_V2_SPELLING.get(self.method, {"method": self.method})}
-        if d["select"] == "magnitude":  # added later: steps made before it keep their identity
-            del d["select"]
-        return d
+        return {**FLAT_V2, **config_to_dict(self), **FLAT_V2_SPELLING.get(self.method, {"method": self.method})}
 
     def check_model(self, config) -> None:
         """Refuse, from a model's transformers config alone, what this method cannot do to it."""

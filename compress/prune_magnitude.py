@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from edgeqa.bench.files import EdgeQAError
+from edgeqa.bench.serial import added_later
 from edgeqa.compress.prune_config import DEFAULT_INCLUDE, REFIT_TARGETS, PruneConfig, register_pruning
 from edgeqa.compress.prune_data import input_batches
 from edgeqa.compress.prune_refit import block_of, real_tokens, refit_kept_weights
@@ -194,7 +195,7 @@ class MagnitudeConfig(PruneConfig):
     update_every: int = 50  # cubic: steps between mask updates
     include: tuple[str, ...] = DEFAULT_INCLUDE  # module-name globs of the nn.Linear layers to prune
     exclude: tuple[str, ...] = ()
-    select: str = "magnitude"  # which weights go inside each matrix: "magnitude", "input" or "obs"
+    select: str = added_later("magnitude")  # which weights go inside each matrix: "magnitude", "input" or "obs"
     refit: bool = False  # least-squares refit of the kept weights whenever the sparsity rises
     refit_batches: int = 32  # refit and select: input: batches of 16 training windows to fit or measure on
     refit_to: str = "model"  # refit: match the dense "model" on its own inputs, or each dense "matrix" on today's

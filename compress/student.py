@@ -12,14 +12,14 @@ Every impossible spec fails in `check_student` from the configs alone, before an
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgeqa.bench.families import families_with, has
-from edgeqa.bench.files import EdgeQAError, known_fields
+from edgeqa.bench.files import EdgeQAError
+from edgeqa.bench.serial import config_from_dict, config_to_dict
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +55,11 @@ class StudentSpec:
             raise EdgeQAError("a pretrained student takes its shape from its folder; drop layers and sizes")
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["layers"] = list(self.layers) if self.layers is not None else None
-        return d
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StudentSpec:
-        return cls(**known_fields(cls, d, "student"))
+        return config_from_dict(cls, d, "student")
 
     @property
     def narrower(self) -> bool:

@@ -7,13 +7,13 @@ at their defaults so that earlier runs and checkpoints keep their identity.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgeqa.bench.files import EdgeQAError, check_field_types, known_fields
+from edgeqa.bench.files import EdgeQAError, check_field_types
 from edgeqa.bench.qa import QAConfig
+from edgeqa.bench.serial import added_later, config_from_dict, config_to_dict
 from edgeqa.compress.losses import LossConfig
 from edgeqa.compress.student import StudentSpec
 
@@ -38,7 +38,7 @@ class Stage:
             raise EdgeQAError(f"stage warmup is a share of its steps, in [0, 1), got {self.warmup}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "loss": self.loss.to_dict()}
+        return config_to_dict(self)
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class TrainConfig:
     precision: str = "auto"  # "bf16" autocast, "fp32", or "auto": bf16 where it is native (see choose_precision)
     # Dropout while training (hidden and attention); None keeps the model's. 0 makes a CPU step much cheaper: no random
     # masks to draw, and attention runs in PyTorch's fused kernel. The saved config keeps the model's own values.
-    dropout: float | None = None
+    dropout: float | None = added_later(None)
     eval_every: int = 0  # steps between dev-subset evaluations (0: at the end of each predicting stage only)
     eval_limit: int = 500
     checkpoint_every: int = 100
@@ -65,7 +65,7 @@ class TrainConfig:
     teacher_batch_size: int = 64
     # An audit trail: each process appends the window indices of every step it trains on to
     # windows-<rank>.jsonl in the work folder (how the data-parallel test sees the split).
-    record_windows: bool = False
+    record_windows: bool = added_later(False)
 
     def __post_init__(self) -> None:
         check_field_types(self, "train")
@@ -89,11 +89,7 @@ class TrainConfig:
         return QAConfig(max_length=self.max_length, doc_stride=self.doc_stride)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        for later in ("dropout", "record_windows"):  # added later: earlier runs and checkpoints keep their identity
-            if d[later] == TrainConfig.__dataclass_fields__[later].default:
-                del d[later]
-        return d
+        return config_to_dict(self)
 
 
 @dataclass(frozen=True)
@@ -111,11 +107,7 @@ class DistillConfig:
         return any(s.loss.needs_teacher for s in self.stages) or not self.student.pretrained
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "student": self.student.to_dict(),
-            "train": self.train.to_dict(),
-            "stages": [s.to_dict() for s in self.stages],
-        }
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DistillConfig:
@@ -126,12 +118,12 @@ class DistillConfig:
             raise EdgeQAError("give either one `loss` (a single stage) or `stages`, not both")
         if "data" not in (d.get("train") or {}):
             raise EdgeQAError("train.data (the SQuAD file to train on) is missing")
-        train = TrainConfig(**known_fields(TrainConfig, dict(d["train"]), "train"))
-        stages = []
-        for i, raw in enumerate(d.get("stages") or [{"loss": d.get("loss") or {"hard": 1.0}}]):
-            stage = known_fields(Stage, dict(raw), f"stage {i}")
-            stages.append(Stage(**{**stage, "loss": LossConfig.from_dict(dict(stage.get("loss") or {}))}))
-        return cls(StudentSpec.from_dict(dict(d.get("student") or {})), train, tuple(stages))
+        train = config_from_dict(TrainConfig, dict(d["train"]), "train")
+        stages = tuple(
+            config_from_dict(Stage, {**raw, "loss": dict(raw.get("loss") or {})}, f"stage {i}")
+            for i, raw in enumerate(d.get("stages") or [{"loss": d.get("loss") or {"hard": 1.0}}])
+        )
+        return cls(StudentSpec.from_dict(dict(d.get("student") or {})), train, stages)
 
 
 @dataclass

@@ -15,17 +15,17 @@ nothing it imports loads torch: the library does that inside the functions that 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgeqa.bench.engines import load_qa_model
 from edgeqa.bench.evaluate import evaluate as evaluate_model
-from edgeqa.bench.files import EdgeQAError, check_field_types, check_writable_dir, known_fields, removed_on_failure
+from edgeqa.bench.files import EdgeQAError, check_field_types, check_writable_dir, removed_on_failure
 from edgeqa.bench.latency import LatencyConfig, benchmark
 from edgeqa.bench.qa import QAConfig
 from edgeqa.bench.report import Target
+from edgeqa.bench.serial import added_later, config_from_dict, config_to_dict
 from edgeqa.bench.squad import SquadExample, load_squad
 from edgeqa.export.quantize import preset
 from edgeqa.pipeline.recipe import EvalSettings, ParitySettings, Recipe
@@ -49,17 +49,17 @@ class ExportConfig:
     parity_data: str | None = None
     parity_limit: int = 200
     tolerance: float = 1e-3
-    mobile: bool = False  # also ONNX Runtime's mobile format (.ort) in OUT-ort/, smoke-tested on one parity question
+    mobile: bool = added_later(False)  # also ONNX Runtime's mobile format (.ort) in OUT-ort/, smoke-tested
 
     def __post_init__(self) -> None:
         check_field_types(self, "export")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ExportConfig:
-        return cls(**known_fields(cls, raw, "export"))
+        return config_from_dict(cls, raw, "export")
 
 
 def _in_memory(command: str, model: str | Path, steps: list, parity_data=None, parity_limit: int = 0,

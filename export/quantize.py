@@ -9,7 +9,6 @@ AVX-512 without VNNI use 16-bit intermediate sums (vpmaddubsw) that can saturate
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import logging
 import shutil
@@ -21,8 +20,9 @@ import numpy as np
 
 from edgeqa.bench.cpu import CPU, this_cpu
 from edgeqa.bench.engines import ONNX_NAME, SESSION_FILE, load_tokenizer, resolve_model
-from edgeqa.bench.files import EdgeQAError, atomic_dir, check_field_types, known_fields, write_json
+from edgeqa.bench.files import EdgeQAError, atomic_dir, check_field_types, write_json
 from edgeqa.bench.qa import QAConfig, batches, tokenize
+from edgeqa.bench.serial import config_from_dict, config_to_dict
 from edgeqa.bench.squad import SquadExample, load_squad
 from edgeqa.export.onnx import check_parity, copy_model_metadata, write_parity
 
@@ -59,12 +59,11 @@ class QuantizeConfig:
             raise EdgeQAError("calibration_samples must be positive")
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> QuantizeConfig:
-        raw = known_fields(cls, raw, "quantization")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+        return config_from_dict(cls, raw, "quantization")
 
 
 @dataclass(frozen=True)

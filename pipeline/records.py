@@ -10,6 +10,7 @@ timings are cached per identity, so a remade model never inherits the numbers of
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -17,31 +18,28 @@ from pathlib import Path
 from typing import Any
 
 from edgeqa.bench.files import EdgeQAError, atomic_dir, read_json, write_json
-from edgeqa.compress.prune_config import upgrade_flat
+from edgeqa.bench.serial import RECORD_VERSION, upgrade
 
 log = logging.getLogger(__name__)
-
-# step.json's layout. Version 1 records (no "version") predate settings that were added later; `upgrade` fills
-# them in as what those runs did, so the runs stay valid (a prune step's settings: `upgrade_flat`, beside the
-# pruning methods' serialiser).
-RECORD_VERSION = 2
-
-
-def upgrade(record: dict[str, Any]) -> dict[str, Any]:
-    """A step record in the current layout, whatever layout it was written in."""
-    record = dict(record)
-    version = record.pop("version", 1)
-    if version > RECORD_VERSION:
-        raise EdgeQAError(f"step record version {version} is newer than this edgeqa reads ({RECORD_VERSION})")
-    if version == 1 and record.get("step") == "prune":
-        record = upgrade_flat(record)
-    return record
 
 
 def made_id(folder: Path) -> str | None:
     """The identity of one making of a step's output folder (None for folders no step made, such as the teacher)."""
     record = folder / "step.json" if folder.is_dir() else folder.parent / "step.json"
     return read_json(record, "step record").get("made") if record.exists() else None
+
+
+PATH_SETTINGS = ("from", "teacher")  # the models a step reads, by path
+
+
+def same_settings(a: dict[str, Any], b: dict[str, Any], paths: tuple[str, ...] = PATH_SETTINGS) -> bool:
+    """Whether two records ask for the same thing, the files they name (`paths`) compared by where they are, not how
+    the path was spelt: the teacher given as ../shared/... in one run and /work/shared/... in the next is one."""
+
+    def placed(record: dict[str, Any]) -> dict[str, Any]:
+        return {k: os.path.realpath(v) if k in paths and isinstance(v, str) else v for k, v in record.items()}
+
+    return placed(a) == placed(b)
 
 
 def make_once(
@@ -57,11 +55,11 @@ def make_once(
         made_from = previous.pop("source_made", None)
         for key in ("made", "seconds"):  # what a making was, not what was asked
             previous.pop(key, None)
-        if previous != record and not remake_on_change:
+        if not same_settings(previous, record) and not remake_on_change:
             raise EdgeQAError(
                 f"{out}: was made by a step with other settings; delete the folder or give the step a new name"
             )
-        if previous != record:
+        if not same_settings(previous, record):
             log.info("step %s %s: this machine chooses other settings; making it again", kind, out.name)
         elif made_from == source_made:
             log.info("step %s %s: already done, skipping", kind, out.name)

@@ -37,8 +37,9 @@ def avx2_machine(monkeypatch):
 
 
 def _serialised(recipe_path: Path) -> dict[str, dict]:
-    out = {}
-    for step in load_recipe(recipe_path, "/shared-placeholder").steps:
+    recipe = load_recipe(recipe_path, "/shared-placeholder")
+    out = {f"{recipe_path.name}:sections": {"qa": recipe.qa.to_dict(), "bench": recipe.bench.to_dict()}}
+    for step in recipe.steps:
         key = f"{recipe_path.name}:{getattr(step, 'name', step.kind)}"
         if step.kind == "prune":
             settings = step.prune.to_dict()

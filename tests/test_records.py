@@ -343,3 +343,17 @@ def test_a_step_records_its_making_seconds_to_a_tenth(tmp_path, monkeypatch):
     monkeypatch.setattr("edgeqa.pipeline.records.time.perf_counter", lambda: next(clock))
     make_once(tmp_path / "m", "export", {"x": 1}, lambda f: None)
     assert json.loads((tmp_path / "m" / "step.json").read_text())["seconds"] == 12.4
+
+
+def test_a_source_spelt_another_way_is_the_same_source(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "shared" / "teacher").mkdir(parents=True)
+    calls = []
+    make_once(tmp_path / "out", "export", {"from": "shared/teacher", "opset": 17}, calls.append)
+    made = _read(tmp_path / "out")["made"]
+    for spelling in (str(tmp_path / "shared" / "teacher"), "shared/../shared/teacher"):
+        make_once(tmp_path / "out", "export", {"from": spelling, "opset": 17}, lambda f: pytest.fail("made again"))
+    assert len(calls) == 1 and _read(tmp_path / "out")["made"] == made
+    (tmp_path / "other").mkdir()
+    with pytest.raises(EdgeQAError, match="other settings"):
+        make_once(tmp_path / "out", "export", {"from": "other", "opset": 17}, calls.append)

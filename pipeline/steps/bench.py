@@ -14,6 +14,7 @@ from edgeqa.bench.evaluate import evaluate
 from edgeqa.bench.files import read_json, write_json
 from edgeqa.bench.latency import benchmark_interleaved
 from edgeqa.pipeline.context import RecipeRun, Variant
+from edgeqa.pipeline.records import same_settings
 from edgeqa.pipeline.step import Step, register_step
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ def _score(run: RecipeRun, name: str, v: Variant) -> None:
     metrics_path = eval_dir / "metrics.json"
     if metrics_path.exists():
         cached = read_json(metrics_path)
-        if all(cached.get(k) == value for k, value in key.items()):
+        if same_settings({k: cached.get(k) for k in key}, key, paths=("data", "model")):
             return
     log.info("scoring %s on %s at batch %d", name, r.eval.data, batch_size)
     metrics = evaluate(v.path, r.eval.data, r.eval.limit, torch_int8=v.torch_int8, cfg=r.qa, batch_size=batch_size,

@@ -1,0 +1,59 @@
+"""The one serialiser (bench/serial.py): configs to JSON-ready dicts and back, and fields added later left out at
+their defaults so that older records keep matching."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pytest
+
+from edgeqa.bench.files import EdgeQAError
+from edgeqa.bench.serial import added_later, config_from_dict, config_to_dict, upgrade
+
+
+@dataclass(frozen=True)
+class Inner:
+    weights: tuple[float, ...] = (1.0,)
+    by_layer: dict[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class Outer:
+    name: str
+    inner: Inner = Inner()
+    stages: tuple[Inner, ...] = ()
+    limit: int | None = None
+    late: bool = added_later(False)
+
+
+def test_a_nested_config_becomes_plain_json_data():
+    cfg = Outer("x", Inner((0.5, 0.5), {2: 5}), (Inner(), Inner((2.0,))), limit=3)
+    expected = {"name": "x", "inner": {"weights": [0.5, 0.5], "by_layer": {"2": 5}},
+                "stages": [{"weights": [1.0], "by_layer": None}, {"weights": [2.0], "by_layer": None}],
+                "limit": 3}  # fmt: skip
+    assert config_to_dict(cfg) == expected  # written out by hand; `late` at its default is left out
+    assert json.loads(json.dumps(config_to_dict(cfg))) == expected
+
+
+def test_a_field_added_later_appears_only_when_it_is_set():
+    assert "late" not in config_to_dict(Outer("x"))
+    assert config_to_dict(Outer("x", late=True))["late"] is True
+    assert config_from_dict(Outer, {"name": "x"}, "outer") == Outer("x")  # an older record reads as its default
+
+
+def test_a_dict_reads_back_to_the_same_config_with_tuples_and_nested_configs():
+    cfg = Outer("x", Inner((0.5,), None), (Inner((2.0, 3.0)),), limit=None, late=True)
+    back = config_from_dict(Outer, json.loads(json.dumps(config_to_dict(cfg))), "outer")
+    assert back == cfg and isinstance(back.stages, tuple) and isinstance(back.stages[0].weights, tuple)
+    with pytest.raises(EdgeQAError, match=r"unknown outer setting\(s\): colour \(allowed: inner, late, limit, name"):
+        config_from_dict(Outer, {"name": "x", "colour": "red"}, "outer")
+    with pytest.raises(EdgeQAError, match=r"unknown outer.inner setting\(s\): weight"):
+        config_from_dict(Outer, {"name": "x", "inner": {"weight": [1.0]}}, "outer")
+
+
+def test_older_step_records_are_upgraded_here_and_newer_ones_refused():
+    assert upgrade({"step": "prune", "refit": True})["refit_to"] == "matrix"  # version 1: the only refit there was
+    assert upgrade({"version": 2, "step": "prune", "refit": True}) == {"step": "prune", "refit": True}
+    with pytest.raises(EdgeQAError, match="newer than this edgeqa reads"):
+        upgrade({"version": 99, "step": "export"})
