@@ -31,12 +31,12 @@ from edgeqa.export.quantize import preset
 from edgeqa.pipeline.recipe import EvalSettings, ParitySettings, Recipe
 from edgeqa.pipeline.run import run_in_memory, run_recipe
 from edgeqa.pipeline.step import BASE_VARIANT
-from edgeqa.pipeline.steps.bench import BenchStep
-from edgeqa.pipeline.steps.export import ExportStep
-from edgeqa.pipeline.steps.fuse import FuseStep
-from edgeqa.pipeline.steps.mobile import MobileStep
-from edgeqa.pipeline.steps.quantize import QuantizeStep
-from edgeqa.pipeline.steps.report import ReportStep
+from edgeqa.pipeline.steps.bench_step import BenchStep
+from edgeqa.pipeline.steps.export_step import ExportStep
+from edgeqa.pipeline.steps.fuse_step import FuseStep
+from edgeqa.pipeline.steps.mobile_step import MobileStep
+from edgeqa.pipeline.steps.quantize_step import QuantizeStep
+from edgeqa.pipeline.steps.report_step import ReportStep
 
 
 @dataclass(frozen=True)

@@ -147,7 +147,8 @@ def test_deployment_subcommands_chain(tiny_qa_model, toy_squad, tmp_path, capsys
              "--out", str(out), *common]  # fmt: skip
     scored = []
     monkeypatch.setattr(
-        "edgeqa.pipeline.steps.bench.evaluate", lambda path, *a, **k: scored.append(path) or evaluate(path, *a, **k)
+        "edgeqa.pipeline.steps.bench_step.evaluate",
+        lambda path, *a, **k: scored.append(path) or evaluate(path, *a, **k),
     )
     assert main(again) == 0 and scored == []  # scores and timings reused
     weights = tiny_qa_model / "model.safetensors"

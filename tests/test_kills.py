@@ -118,7 +118,7 @@ def _phase(log: Path, start: int) -> str:
     for line in log.read_text(errors="replace")[start:].splitlines():
         if m := re.search(r"step \d+/\d+: (\w+)", line):
             phase = PHASES.get(m[1], m[1])
-        elif re.search(r"edgeqa\.pipeline\.steps\.bench: scoring ", line):
+        elif re.search(r"edgeqa\.pipeline\.steps\.bench_step: scoring ", line):
             phase = "scoring"
         elif re.search(r"edgeqa\.bench\.latency: timing ", line):
             phase = "timing"

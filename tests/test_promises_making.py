@@ -125,7 +125,7 @@ def test_structured_pruning_keeps_the_heads_and_neurons_of_largest_weights(tmp_p
 
 
 # --- recipe chains (docs/recipes.md: model-making steps take `name` and `from`; docs/cli.md `--only`: "the variants
-# it is made from (sources, a pruning step's teacher)"; steps/prune.py: recovery from `teacher`) --
+# it is made from (sources, a pruning step's teacher)"; steps/prune_step.py: recovery from `teacher`) --
 
 
 def test_a_pruning_recovery_learns_from_the_teacher_the_recipe_names(tmp_path, toy_squad):

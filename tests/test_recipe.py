@@ -9,7 +9,7 @@ from conftest import edgeqa_command, kill_when_written, run_to_end
 from edgeqa.bench.files import EdgeQAError
 from edgeqa.pipeline.recipe import load_recipe
 from edgeqa.pipeline.run import run_recipe
-from edgeqa.pipeline.steps.quantize import QuantizeStep
+from edgeqa.pipeline.steps.quantize_step import QuantizeStep
 
 STEPS = """\
 steps:

@@ -1,5 +1,5 @@
 """Caches and records: step.json identity and history (pipeline.records) and the bench step's score and timing
-caches (pipeline.steps.bench); training checkpoints and the teacher-logit cache: test_checkpoints.py."""
+caches (pipeline.steps.bench_step); training checkpoints and the teacher-logit cache: test_checkpoints.py."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from edgeqa.pipeline.records import (
     making_times,
     upgrade,
 )
-from edgeqa.pipeline.steps.bench import BenchStep, bench_path
+from edgeqa.pipeline.steps.bench_step import BenchStep, bench_path
 
 
 def test_a_version_1_prune_record_gets_what_those_runs_did():
@@ -185,9 +185,9 @@ class _Bench:
 
     def __init__(self, monkeypatch, dynamic=()):
         self.scored, self.timed = [], []
-        monkeypatch.setattr("edgeqa.pipeline.steps.bench.evaluate", self.evaluate)
-        monkeypatch.setattr("edgeqa.pipeline.steps.bench.benchmark_interleaved", self.benchmark)
-        monkeypatch.setattr("edgeqa.pipeline.steps.bench.answers_depend_on_batch",
+        monkeypatch.setattr("edgeqa.pipeline.steps.bench_step.evaluate", self.evaluate)
+        monkeypatch.setattr("edgeqa.pipeline.steps.bench_step.benchmark_interleaved", self.benchmark)
+        monkeypatch.setattr("edgeqa.pipeline.steps.bench_step.answers_depend_on_batch",
                             lambda path, t8: Path(path).name in dynamic)  # fmt: skip
 
     def evaluate(self, model, data, limit, torch_int8, cfg, batch_size, threads, out_dir):
@@ -321,7 +321,7 @@ def test_loading_a_checkpoint_and_scoring_say_so(tmp_path, monkeypatch, caplog):
 
 def test_a_torch_int8_variant_is_scored_at_the_dynamic_int8_batch_size(tmp_path, monkeypatch):
     bench = _Bench(monkeypatch)
-    monkeypatch.setattr("edgeqa.pipeline.steps.bench.answers_depend_on_batch", lambda path, torch_int8: torch_int8)
+    monkeypatch.setattr("edgeqa.pipeline.steps.bench_step.answers_depend_on_batch", lambda path, torch_int8: torch_int8)
     run = _run(tmp_path, batch_size=8, dynamic_int8_batch_size=2)
     BenchStep(line=1, variants=("fp32", "torch-int8")).run(run)
     assert [(s[0], s[3], s[5]) for s in bench.scored] == [("fp32", False, 8), ("fp32", True, 2)]

@@ -293,7 +293,6 @@ def test_a_recipe_report_is_against_the_reference_it_names(tiny_onnx_model, tmp_
 def test_edgeqa_report_is_against_the_reference_given(tiny_onnx_model, tmp_path, monkeypatch, capsys):
     """`edgeqa report --reference named` with three variants, scored for real and timed by hand (the timer replaced
     by the p50s above): speed-ups and F1 deltas are against "named", not the first variant."""
-    import edgeqa.commands
     from conftest import write_squad
     from edgeqa.cli import main
 
@@ -301,11 +300,12 @@ def test_edgeqa_report_is_against_the_reference_given(tiny_onnx_model, tmp_path,
     data = write_squad(tmp_path / "dev.json", [("Ann wrote the book.", "Who wrote the book?", ["Ann"])])
     timed = {}
 
-    def hand_timer(models, cfg):
+    def hand_timer(models, cfg, done):
         timed.update(models)
-        return {name: _timing(name, path) for name, (path, _) in models.items()}
+        for name, (path, _) in models.items():
+            done(name, _timing(name, path))
 
-    monkeypatch.setattr(edgeqa.commands, "benchmark_interleaved", hand_timer)
+    monkeypatch.setattr("edgeqa.pipeline.steps.bench_step.benchmark_interleaved", hand_timer)
     argv = ["report", *[a for name in P50 for a in ("--variant", f"{name}={onnx_dir}")], "--data", str(data),
             "--out", str(tmp_path / "out"), "--reference", "named"]  # fmt: skip
     assert main(argv) == 0, capsys.readouterr().err

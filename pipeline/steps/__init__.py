@@ -5,6 +5,26 @@ top: parsing and checking a recipe, and the ONNX-only commands built on the same
 These are the library's function-local imports of its own modules; everywhere else imports sit at the top.
 """
 
-from edgeqa.pipeline.steps import bench, distill, export, fuse, mobile, prune, quantize, report, torch_int8
+from edgeqa.pipeline.steps import (
+    bench_step,
+    distill_step,
+    export_step,
+    fuse_step,
+    mobile_step,
+    prune_step,
+    quantize_step,
+    report_step,
+    torch_int8_step,
+)
 
-__all__ = ["bench", "distill", "export", "fuse", "mobile", "prune", "quantize", "report", "torch_int8"]
+__all__ = [
+    "bench_step",
+    "distill_step",
+    "export_step",
+    "fuse_step",
+    "mobile_step",
+    "prune_step",
+    "quantize_step",
+    "report_step",
+    "torch_int8_step",
+]

@@ -60,27 +60,32 @@ PARTS: dict[str, Part] = {
     "records": Part(
         (
             "edgeqa.pipeline.records.*",
-            "edgeqa.pipeline.steps.bench.*",
+            "edgeqa.pipeline.steps.bench_step.*",
             "edgeqa.compress.checkpoint.*",
             "edgeqa.compress.trainset.x__file_digest*",
             "edgeqa.compress.trainset.x__folder_digest*",
             "edgeqa.compress.trainset.x_cache_*",
             "edgeqa.compress.trainset.x_check_cache*",
             "edgeqa.compress.trainset.x_build_cache*",
+            "edgeqa.bench.serial.*",
         ),
-        ("tests/test_records.py", "tests/test_checkpoints.py", "tests/test_distill.py"),
+        ("tests/test_records.py", "tests/test_checkpoints.py", "tests/test_distill.py", "tests/test_serial.py",
+         "tests/test_identities.py"),
     ),
     "prune": Part(
-        ("edgeqa.compress.prune_structured.*", "edgeqa.compress.prune_magnitude.*"),
-        ("tests/test_prune.py", "tests/test_prune_choice.py"),
+        ("edgeqa.compress.prune_structured.*", "edgeqa.compress.prune_magnitude.*", "edgeqa.compress.prune_config.*"),
+        ("tests/test_prune.py", "tests/test_prune_choice.py", "tests/test_prune_methods.py", "tests/test_identities.py"),
     ),
     "quantize": Part(
         (
             "edgeqa.export.quantize.xǁQuantizeConfigǁ*",
             "edgeqa.export.quantize.x_preset*",
             "edgeqa.export.quantize.x_excluded_nodes*",
+            "edgeqa.export.quantize.xǁPresetǁ*",
+            "edgeqa.export.quantize.x_register_preset*",
+            "edgeqa.export.quantize.x_describe_preset*",
         ),
-        ("tests/test_quantize_config.py",),
+        ("tests/test_quantize_config.py", "tests/test_cpu.py"),
     ),
     # The rest of the library, as time allows: the distillation losses and the data-parallel batch order.
     "losses": Part(("edgeqa.compress.losses.*",), ("tests/test_distill.py",)),

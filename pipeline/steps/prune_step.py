@@ -25,7 +25,7 @@ from edgeqa.compress.student import save_student
 from edgeqa.pipeline.context import RecipeRun
 from edgeqa.pipeline.records import make_once
 from edgeqa.pipeline.step import BASE_VARIANT, MadeStep, register_step, window_identity
-from edgeqa.pipeline.steps.distill import distill_config, train_once
+from edgeqa.pipeline.steps.distill_step import distill_config, train_once
 
 
 @register_step

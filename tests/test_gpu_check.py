@@ -1,0 +1,81 @@
+"""The GPU check's pieces that run here, each against values worked out by hand: the recipe shortened for the
+lease, the per-stage rates from a clock and the loop's records, and what may travel to the device machine. The
+device half itself runs end to end on the CPU in test_distill_runs.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import TOY_QAS, make_tiny_qa_model, write_squad
+from edgeqa.bench.files import EdgeQAError
+from edgeqa.compress import gpu_check
+
+
+def test_the_recipe_is_shortened_to_the_steps_asked_and_keeps_its_settings(tmp_path):
+    cfg = gpu_check.distill_settings(gpu_check.RECIPE, tmp_path / "train.json.gz", (200, 400), 20000, 1000)
+    # recipes/distill-3l-gpu.yaml: layers 0, 2, 4; batch 32; two stages at lr 2e-4 and 1e-4
+    assert cfg.student.layers == (0, 2, 4) and cfg.train.batch_size == 32 and cfg.train.freeze_word_embeddings
+    assert [(s.max_steps, s.lr) for s in cfg.stages] == [(200, 2.0e-4), (400, 1.0e-4)]
+    assert (cfg.train.data, cfg.train.limit) == (str(tmp_path / "train.json.gz"), 20000)
+    assert (cfg.train.eval_every, cfg.train.eval_limit, cfg.train.checkpoint_every) == (0, 1000, 400)
+    assert cfg.stages[0].loss.hidden == 1.0 and cfg.stages[1].loss.soft == 0.8
+    with pytest.raises(EdgeQAError, match="2 stages, but 3 step counts were given"):
+        gpu_check.distill_settings(gpu_check.RECIPE, tmp_path / "t", (1, 2, 3), 10, 5)
+
+
+def test_stage_rates_count_the_steps_after_the_first(tmp_path):
+    cfg = gpu_check.distill_settings(gpu_check.RECIPE, tmp_path / "t", (5, 11), 100, 10)
+    info = {"steps": [5, 11], "device": "cuda", "precision": {"asked": "auto"}, "bf16": True, "windows": 999,
+            "questions": 100, "train_seconds": 9.0, "best": {"f1": 50.0}}  # fmt: skip
+    (tmp_path / "training.json").write_text(json.dumps(info))
+    log = [{"stage": 0, "windows_per_s": 1.0}, {"stage": 0, "windows_per_s": 64.0}, {"stage": 0, "windows_per_s": 96.0},
+           {"stage": 1, "windows_per_s": 5.0}, {"stage": 1, "windows_per_s": 320.0}, {"step": 3}]  # fmt: skip
+    (tmp_path / "train_log.jsonl").write_text("\n".join(json.dumps(x) for x in log))
+    clock = gpu_check._Clock()
+    clock.marks = {0: {"first": 10.0, "last": 12.0}, 1: {"first": 20.0, "last": 25.0}}
+    figures = gpu_check._training_figures(tmp_path, cfg, clock)
+    # stage 0: 4 steps after the first in 2 s = 2 steps/s, 64 windows/s at batch 32; stage 1: 10 in 5 s = 2, 64
+    assert [(s["steps"], s["steps_per_s"], s["windows_per_s"]) for s in figures["stages"]] == [
+        (5, 2.0, 64.0),
+        (11, 2.0, 64.0),
+    ]
+    # the loop's own log, its first entry per stage left out (warm-up): median of 64 and 96, and of 320 alone
+    assert [s["logged_windows_per_s_median"] for s in figures["stages"]] == [80.0, 320.0]
+    assert (figures["steps_per_s"], figures["windows_per_s"]) == (2.0, 64.0)  # 14 steps in 7 s
+    assert figures["training"]["windows"] == 999 and figures["in_training_eval"] == {"f1": 50.0}
+    clock.marks = {0: {"first": 10.0, "last": 10.0}}  # one stage never timed: no rate rather than a division by 0
+    figures = gpu_check._training_figures(tmp_path, cfg, clock)
+    assert [s["steps_per_s"] for s in figures["stages"]] == [None, None] and figures["steps_per_s"] is None
+
+
+def test_what_travels_is_fp16_within_the_limit_and_nothing_else(tmp_path, monkeypatch):
+    shared = tmp_path / "shared"
+    make_tiny_qa_model(shared / gpu_check.TEACHER)
+    with pytest.raises(EdgeQAError, match=r"train-v1.1.rebuilt.json.gz: missing; give the shared folder"):
+        gpu_check.prepare(shared, tmp_path / ".gpu")
+    (shared / gpu_check.TRAIN).parent.mkdir(parents=True)
+    write_squad(shared / gpu_check.TRAIN, TOY_QAS, gz=True)
+    write_squad(shared / gpu_check.DEV, TOY_QAS, gz=True)
+    monkeypatch.setattr(gpu_check, "MAX_MB", 0.001)
+    with pytest.raises(EdgeQAError, match=r"MB would not travel with the checkout \(at most 0.001 MB\)"):
+        gpu_check.prepare(shared, tmp_path / ".gpu")
+    assert not (tmp_path / ".gpu").exists()  # nothing half-written
+    monkeypatch.setattr(gpu_check, "MAX_MB", 60.0)
+    manifest = gpu_check.prepare(shared, tmp_path / ".gpu")
+    original = load_file(shared / gpu_check.TEACHER / "model.safetensors")
+    carried = load_file(tmp_path / ".gpu" / "teacher" / "model.safetensors")
+    assert set(carried) == set(original) and all(carried[k].dtype == torch.float16 for k in carried)
+    assert sum(manifest["files"].values()) / 1e6 == pytest.approx(manifest["total_mb"], abs=0.05)
+    back = gpu_check.teacher_fp32(tmp_path / ".gpu" / "teacher", tmp_path / "fp32")
+    restored = load_file(back / "model.safetensors")
+    assert all(torch.equal(restored[k], original[k].half().float()) for k in original)  # fp16 rounding only
+
+
+def test_weights_that_do_not_fit_fp16_are_refused(tmp_path):
+    save_file({"w": torch.tensor([1.0, 70000.0])}, str(tmp_path / "big.safetensors"))  # fp16's largest is 65504
+    with pytest.raises(EdgeQAError, match="w do not fit torch.float16"):
+        gpu_check._convert_weights(tmp_path / "big.safetensors", tmp_path / "out.safetensors", torch.float16)
