@@ -69,12 +69,22 @@ PARTS: dict[str, Part] = {
             "edgeqa.compress.trainset.x_build_cache*",
             "edgeqa.bench.serial.*",
         ),
-        ("tests/test_records.py", "tests/test_checkpoints.py", "tests/test_distill.py", "tests/test_serial.py",
-         "tests/test_identities.py"),
+        (
+            "tests/test_records.py",
+            "tests/test_checkpoints.py",
+            "tests/test_distill.py",
+            "tests/test_serial.py",
+            "tests/test_identities.py",
+        ),
     ),
     "prune": Part(
         ("edgeqa.compress.prune_structured.*", "edgeqa.compress.prune_magnitude.*", "edgeqa.compress.prune_config.*"),
-        ("tests/test_prune.py", "tests/test_prune_choice.py", "tests/test_prune_methods.py", "tests/test_identities.py"),
+        (
+            "tests/test_prune.py",
+            "tests/test_prune_choice.py",
+            "tests/test_prune_methods.py",
+            "tests/test_identities.py",
+        ),
     ),
     "quantize": Part(
         (
