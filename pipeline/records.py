@@ -43,17 +43,23 @@ def same_settings(a: dict[str, Any], b: dict[str, Any], paths: tuple[str, ...] =
 
 
 def make_once(
-    out: Path, kind: str, settings: dict[str, Any], make: Callable[[Path], None], remake_on_change: bool = False
+    out: Path,
+    kind: str,
+    settings: dict[str, Any],
+    make: Callable[[Path], None],
+    remake_on_change: bool = False,
+    description: str = "",
 ) -> Path:
     """Run `make(out)` unless `out` already holds this step's output made with the same settings from the same
     making of its source. Other settings are refused, unless `remake_on_change` (settings the machine chose, such
-    as an automatic preset, rather than the recipe)."""
+    as an automatic preset, rather than the recipe). `description`, the step's own words for what it made, is
+    kept in the record beside the settings, not compared."""
     record = {"step": kind, **settings}
     source_made = made_id(Path(settings["from"])) if "from" in settings else None
     if (out / "step.json").exists():
         previous = upgrade(read_json(out / "step.json", "step record"))
         made_from = previous.pop("source_made", None)
-        for key in ("made", "seconds"):  # what a making was, not what was asked
+        for key in ("made", "seconds", "description"):  # what a making was, not what was asked
             previous.pop(key, None)
         if not same_settings(previous, record) and not remake_on_change:
             raise EdgeQAError(
@@ -73,7 +79,8 @@ def make_once(
         started = time.perf_counter()
         make(stage)
         seconds = round(time.perf_counter() - started, 1)
-        write_json(stage / "step.json", {"version": RECORD_VERSION, **record, "source_made": source_made,
+        said = {"description": description} if description else {}
+        write_json(stage / "step.json", {"version": RECORD_VERSION, **record, **said, "source_made": source_made,
                                          "made": uuid.uuid4().hex, "seconds": seconds})  # fmt: skip
     return out
 

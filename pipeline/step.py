@@ -7,6 +7,7 @@
         fusions: tuple[str, ...] = FUSIONS
 
         def identity(self, run): ...   # what step.json records and compares: the same identity is made once
+        def describe(self, run): ...   # what it made, in one line, kept in step.json beside the identity
         def make(self, run, out): ...  # write the model into `out` (a staging folder, renamed into place)
 
 The recipe parser takes a step's allowed keys, its parsing and its reference checks from here, and `run_recipe`
@@ -84,6 +85,10 @@ class MadeStep(Step):
     def identity(self, run: RecipeRun) -> dict[str, Any]:
         return {"from": str(run.source(self.source).path)}
 
+    def describe(self, run: RecipeRun) -> str:
+        """What the step made, in one line, kept in its step.json (`description`) for a reader of the folder."""
+        return f"{self.kind} of {self.source}"
+
     def make(self, run: RecipeRun, out: Path) -> None:
         raise NotImplementedError
 
@@ -93,5 +98,5 @@ class MadeStep(Step):
 
     def run(self, run: RecipeRun) -> None:
         make_once(run.model_dir(self.name), self.kind, self.identity(run), lambda out: self.make(run, out),
-                  remake_on_change=self.remade_when_machine_differs(run))  # fmt: skip
+                  remake_on_change=self.remade_when_machine_differs(run), description=self.describe(run))  # fmt: skip
         run.add(self.name)

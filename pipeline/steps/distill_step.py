@@ -52,7 +52,7 @@ def train_once(run: RecipeRun, step: MadeStep, settings: dict, train: Callable[[
                 record(tmp)
 
     if is_main_process():
-        make_once(run.model_dir(step.name), step.kind, settings, make)
+        make_once(run.model_dir(step.name), step.kind, settings, make, description=step.describe(run))
     elif not (run.model_dir(step.name) / "step.json").exists():
         train()
     run.add(step.name)
@@ -92,6 +92,16 @@ class DistillStep(MadeStep):
             raise EdgeQAError(f"{run.recipe.path}:{self.line}: {e}") from e
         if not Path(cfg.train.data).exists():
             raise EdgeQAError(f"{run.recipe.path}:{self.line}: training data {cfg.train.data} does not exist")
+
+    def describe(self, run: RecipeRun) -> str:
+        student = self.config.student
+        layers = student.num_hidden_layers or "the teacher's number of"
+        shape = (f"from {student.pretrained}" if student.pretrained else
+                 f"of teacher layers {list(student.layers)}" if student.layers else f"of {layers} layers")  # fmt: skip
+        losses = " then ".join("+".join(t for t in ("hard", "soft", "hidden", "attention", "embedding")
+                                        if getattr(s.loss, t)) for s in self.config.stages)  # fmt: skip
+        how = f"distilled from {self.source}" if self.config.needs_teacher else "trained on labels alone"
+        return f"student {shape}, {how} ({losses})"
 
     def run(self, run: RecipeRun) -> None:
         from edgeqa.compress.train import distill

@@ -29,5 +29,8 @@ class ExportStep(MadeStep):
     def identity(self, run: RecipeRun) -> dict[str, Any]:
         return {**super().identity(run), "opset": self.opset}
 
+    def describe(self, run: RecipeRun) -> str:
+        return f"ONNX export of {self.source} at opset {self.opset}, checked against PyTorch"
+
     def make(self, run: RecipeRun, out: Path) -> None:
         export_onnx(run.source(self.source).path, out, self.opset, **run.parity())

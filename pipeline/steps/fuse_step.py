@@ -29,5 +29,8 @@ class FuseStep(MadeStep):
     def identity(self, run: RecipeRun) -> dict[str, Any]:
         return {**super().identity(run), "fusions": list(self.fusions)}
 
+    def describe(self, run: RecipeRun) -> str:
+        return f"ONNX Runtime's {', '.join(self.fusions)} fusions of {self.source}"
+
     def make(self, run: RecipeRun, out: Path) -> None:
         fuse(run.source(self.source).path, out, fusions=self.fusions, **run.parity())

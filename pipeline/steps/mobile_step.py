@@ -19,6 +19,9 @@ from edgeqa.pipeline.step import MadeStep, register_step
 class MobileStep(MadeStep):
     kind: ClassVar[str] = "mobile"
 
+    def describe(self, run: RecipeRun) -> str:
+        return f"ONNX Runtime's mobile format (.ort) of {self.source}"
+
     def make(self, run: RecipeRun, out: Path) -> None:
         convert_to_ort(run.source(self.source).path, out)
         example = load_squad(run.recipe.eval.data, 1).examples[0]

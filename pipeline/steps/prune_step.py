@@ -58,6 +58,10 @@ class PruneStep(MadeStep):
     def references(self) -> list[str]:
         return [self.teacher]
 
+    def describe(self, run: RecipeRun) -> str:
+        recovery = f", recovered by distillation from {self.teacher}" if self.recovery is not None else ""
+        return f"{self.prune.describe({})} of {self.source}{recovery}"
+
     def check(self, run: RecipeRun) -> None:
         """What the source model's config can tell before any work: its type, and whether pruning empties a layer."""
         from transformers import AutoConfig
@@ -136,7 +140,7 @@ def _prune_without_recovery(run: RecipeRun, step: PruneStep, source: Path) -> No
     settings = {"from": str(source), **pcfg.to_dict()}
     if step.data:
         settings.update(data=step.data, **window_identity(run.recipe.qa))
-    make_once(run.model_dir(step.name), step.kind, settings, make)
+    make_once(run.model_dir(step.name), step.kind, settings, make, description=step.describe(run))
     run.add(step.name)
 
 

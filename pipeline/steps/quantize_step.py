@@ -48,6 +48,11 @@ class QuantizeStep(MadeStep):
             settings.update(window_identity(run.recipe.qa))
         return settings
 
+    def describe(self, run: RecipeRun) -> str:
+        how = f"preset {preset_record(self.preset)['description']}" if self.preset is not None else "settings as given"
+        bits = "7-bit" if self.config.reduce_range else "8-bit"
+        return f"{self.config.mode} int8 of {self.source} ({bits} weights, {how})"
+
     def remade_when_machine_differs(self, run: RecipeRun) -> bool:
         return self.preset == AUTO
 
