@@ -120,6 +120,14 @@ def test_impossible_students_are_refused_from_the_config(tmp_path, spec, message
         student_config(spec, teacher.config)
 
 
+def test_only_a_student_initialised_from_the_teacher_is_bound_to_its_depth(tmp_path):
+    teacher = load_torch_qa_model(make_tiny_qa_model(tmp_path / "t", layers=4)).config
+    assert student_config(StudentSpec(num_hidden_layers=6, init="random"), teacher).num_hidden_layers == 6
+    assert student_config(StudentSpec(num_hidden_layers=6, hidden_size=16), teacher).num_hidden_layers == 6  # narrower
+    with pytest.raises(EdgeQAError, match="student has 6 layers but the teacher only 4 to initialise them from"):
+        student_config(StudentSpec(num_hidden_layers=6), teacher)
+
+
 # --- refusals before training --------------------------------------------------------------------------------------
 
 

@@ -231,3 +231,28 @@ def test_ffn_pruning_may_keep_a_single_neuron(tiny):
     assert prune_ffn_(tiny, 1 - 1 / 128, scores) == 1  # 128 - round(127) = 1 neuron per layer
     assert torch.equal(tiny.bert.encoder.layer[0].intermediate.dense.weight, w0[[17]])
     assert torch.equal(tiny.bert.encoder.layer[1].intermediate.dense.weight, w1[[90]])
+
+
+def test_select_input_through_prune_now_keeps_the_largest_weight_times_input_rms(tmp_path, toy_squad):
+    """prune_now with `select: input` masks each matrix by |w_ij| x RMS(x_j), measured on the training windows it
+    is given: the same masks as ranking by hand with the same inputs, and not those of magnitude alone."""
+    from edgeqa.bench.engines import load_tokenizer
+    from edgeqa.bench.qa import QAConfig
+    from edgeqa.compress.prune import MagnitudeConfig, prune_now
+    from edgeqa.compress.prune_data import input_batches
+    from edgeqa.compress.trainset import load_trainset
+
+    folder = make_tiny_qa_model(tmp_path / "m", layers=2, hidden=32, heads=4, dropout=0.0)
+    model = load_torch_qa_model(folder).eval()
+    trainset = load_trainset(toy_squad, None, load_tokenizer(folder), QAConfig(max_length=64, doc_stride=16))
+    by_hand, plain = copy.deepcopy(model), copy.deepcopy(model)
+    cfg = MagnitudeConfig(sparsity=0.5, scope="layer", select="input", refit_batches=1)
+    prune_now(model, cfg, trainset)
+    layers = prunable_linears(by_hand)
+    apply_magnitude_masks(layers, 0.5, "layer", input_rms(by_hand, layers, input_batches(trainset, 1, seed=0)))
+    apply_magnitude_masks(prunable_linears(plain), 0.5, "layer")
+    chosen = {n: m.weight_mask for n, m in prunable_linears(model).items()}
+    assert all(torch.equal(chosen[n], m.weight_mask) for n, m in layers.items())
+    assert any(not torch.equal(chosen[n], m.weight_mask) for n, m in prunable_linears(plain).items())
+    with pytest.raises(EdgeQAError, match="select: input measures the layers' inputs on training windows"):
+        prune_now(load_torch_qa_model(folder), cfg)
