@@ -144,7 +144,7 @@ def stage(tests: tuple[str, ...] = ()) -> None:
     _sync(ROOT / "edgeqa", TREE / "edgeqa", keep=PACKAGES)
     for package in PACKAGES:
         _sync(ROOT / package, TREE / "edgeqa" / package)
-    for folder in ("tests", "recipes"):
+    for folder in ("tests", "recipes", "docs"):  # tests read recipes and check that docs name every key
         _sync(ROOT / folder, TREE / folder)
     text = (ROOT / "pyproject.toml").read_text()
     if tests:
