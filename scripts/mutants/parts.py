@@ -77,8 +77,45 @@ PARTS: dict[str, Part] = {
             "tests/test_identities.py",
         ),
     ),
+    # What chooses and removes weights, heads and neurons, and the methods' settings and descriptions; how a method
+    # rides recovery training (`follow`, `hooks`) is the training loop's, tested whole in test_prune_recipes.
     "prune": Part(
-        ("edgeqa.compress.prune_structured.*", "edgeqa.compress.prune_magnitude.*", "edgeqa.compress.prune_config.*"),
+        (
+            *(
+                f"edgeqa.compress.prune_magnitude.x_{f}*"
+                for f in (
+                    "prunable_linears",
+                    "cubic_sparsity",
+                    "cubic_done",
+                    "apply_magnitude_masks",
+                    "input_rms",
+                    "_masked_weight",
+                    "bake_masks",
+                    "sparsity_report",
+                    "describe_magnitude",
+                )
+            ),  # fmt: skip
+            *(
+                f"edgeqa.compress.prune_structured.x_{f}*"
+                for f in (
+                    "check_structured",
+                    "head_scores_by_magnitude",
+                    "ffn_scores_by_magnitude",
+                    "heads_to_remove",
+                    "prune_heads_",
+                    "prune_ffn_",
+                    "gradient_scores",
+                )
+            ),  # fmt: skip
+            "edgeqa.compress.prune_magnitude.xǁMagnitudeConfigǁvalidate*",
+            "edgeqa.compress.prune_magnitude.xǁMagnitudeConfigǁat_target*",
+            "edgeqa.compress.prune_magnitude.xǁMagnitudeConfigǁdescribe*",
+            "edgeqa.compress.prune_structured.xǁStructuredConfigǁvalidate*",
+            "edgeqa.compress.prune_structured.xǁStructuredConfigǁdescribe*",
+            "edgeqa.compress.prune_config.x_*",
+            "edgeqa.compress.prune_config.xǁPruneConfigǁ__post_init__*",
+            "edgeqa.compress.prune_config.xǁPruneConfigǁto_dict*",
+        ),
         (
             "tests/test_prune.py",
             "tests/test_prune_choice.py",
