@@ -119,7 +119,6 @@ PARTS: dict[str, Part] = {
         (
             "tests/test_prune.py",
             "tests/test_prune_choice.py",
-            "tests/test_prune_methods.py",
             "tests/test_identities.py",
         ),
     ),
