@@ -277,6 +277,25 @@ def test_gradient_importance_ranks_heads_and_neurons(tiny):
         ({"method": "pattern", "pattern": "4by1"}, "pattern must look like 4x1"),
         ({"method": "pattern", "pattern": "4x1", "refit": True}, r"takes no refit \(settings of magnitude\)"),
         ({"sparsity": "half"}, r"prune \(magnitude\).sparsity should be float"),
+        ({"method": "structured", "ffn": 1.0}, r"^ffn must be in \[0, 1\), got 1.0$"),
+        ({"sparsity": 0.5, "schedule": "cubic", "initial": -0.1}, r"^initial must be in \[0, 1\), got -0.1$"),
+        ({"update_every": 0}, r"^update_every must be positive, got 0$"),
+        ({"schedule": "weekly"}, r"^schedule must be 'oneshot' or 'cubic', got 'weekly'$"),
+        ({"scope": "row"}, r"^scope must be 'global' or 'layer', got 'row'$"),
+        ({"ramp": 0.0}, r"^ramp must be in \(0, 1\], got 0.0$"),
+        ({"ramp": 1.5}, r"^ramp must be in \(0, 1\], got 1.5$"),
+        (
+            {"method": "structured", "ffn": 0.5, "importance": "random"},
+            r"^importance must be 'magnitude' or 'gradient', got 'random'$",
+        ),
+        ({"method": "structured"}, r"^structured pruning needs heads > 0 or ffn > 0$"),
+        ({"select": "obs"}, r"^select: obs chooses the mask inside the refit, from its statistics: set refit: true$"),
+        ({"method": "random"}, r"^prune method must be one of magnitude, pattern, structured, got 'random'$"),
+        (
+            {"sparsity": 0.5, "amount": 3, "colour": 1},
+            r"^prune method magnitude takes no amount, colour; it takes exclude, include, initial, ramp, refit, "
+            r"refit_batches, refit_to, schedule, scope, select, sparsity, update_every$",
+        ),
         ({"sparsity": 0.5, "initial": 0.3}, "needs schedule: cubic"),
         ({"sparsity": 0.5, "initial": 0.6, "schedule": "cubic"}, "at most sparsity"),
         ({"method": "structured", "ffn": 0.5, "refit": True}, "prune method structured takes no refit"),
@@ -355,3 +374,40 @@ def test_input_rms_is_over_every_real_token_of_every_batch(tiny):
     whole = input_rms(tiny, layers, [both])
     for name in layers:
         torch.testing.assert_close(split[name], whole[name])  # two batches count as one of all their tokens
+
+
+def test_settings_at_the_edges_of_their_ranges_are_taken():
+    assert MagnitudeConfig(ramp=1.0).ramp == 1.0  # the whole recovery
+    assert MagnitudeConfig(sparsity=0.5, schedule="cubic", initial=0.5).initial == 0.5  # all at once, then held
+    assert MagnitudeConfig(include=["*query*"], exclude=["*layer.0.*"]) == MagnitudeConfig(
+        include=("*query*",), exclude=("*layer.0.*",)
+    )  # lists from code become tuples, as from a recipe: the frozen config hashes and compares
+
+
+def test_a_structured_record_is_described_by_what_is_left():
+    cfg = StructuredConfig(heads=0.25, ffn=0.5, importance="gradient")
+    assert cfg.describe({"heads_per_layer": [2, 4], "intermediate_size": 64}) == (
+        "structured (gradient): heads per layer [2, 4], FFN 64"
+    )
+    assert cfg.describe({}) == "structured (gradient): heads 0.25, FFN 0.5"  # before the model was measured
+
+
+def test_the_registry_names_every_key_and_refuses_a_second_registration():
+    from edgeqa.compress.prune import prune_keys
+    from edgeqa.compress.prune_config import register_pruning
+
+    assert {"method", "backend", "sparsity", "heads", "pattern", "refit_to"} <= prune_keys()
+    with pytest.raises(ValueError, match="^pruning method 'magnitude' is registered twice$"):
+        register_pruning(MagnitudeConfig)
+
+
+def test_an_older_flat_record_reads_as_what_its_run_did():
+    # version 1 records lack initial, refit and refit_to; a refit then fitted each matrix
+    old = {"method": "magnitude", "sparsity": 0.5, "scope": "global", "schedule": "cubic", "refit": True,
+           "backend": "torch", "heads": 0.0}  # fmt: skip
+    cfg = prune_config_from_dict(old, record=True)
+    assert (cfg.refit_to, cfg.initial, cfg.refit_batches) == ("matrix", 0.0, 32)
+    with pytest.raises(EdgeQAError, match="takes no heads"):
+        prune_config_from_dict({**old, "heads": 0.5}, record=True)  # another method's setting, not at its default
+    with pytest.raises(EdgeQAError, match="takes no heads"):
+        prune_config_from_dict(old)  # a recipe names only its own method's settings
