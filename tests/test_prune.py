@@ -4,6 +4,8 @@ removal, and settings refused. End-to-end recovery runs are in test_prune_recipe
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 import torch
@@ -11,7 +13,13 @@ import torch
 from conftest import make_tiny_qa_model
 from edgeqa.bench.engines import load_torch_qa_model
 from edgeqa.bench.files import EdgeQAError
-from edgeqa.compress.prune import MagnitudeConfig, StructuredConfig, prune_config_from_dict
+from edgeqa.compress.prune import (
+    PRUNING_METHODS,
+    MagnitudeConfig,
+    PruneConfig,
+    StructuredConfig,
+    prune_config_from_dict,
+)
 from edgeqa.compress.prune_magnitude import (
     apply_magnitude_masks,
     bake_masks,
@@ -397,6 +405,17 @@ def test_the_registry_names_every_key_and_refuses_a_second_registration():
     from edgeqa.compress.prune_config import register_pruning
 
     assert {"method", "backend", "sparsity", "heads", "pattern", "refit_to"} <= prune_keys()
+
+    @dataclass(frozen=True, kw_only=True)
+    class Toy(PruneConfig):
+        method: ClassVar[str] = "toy"
+        share: float = 0.5
+
+    try:
+        assert register_pruning(Toy) is Toy and PRUNING_METHODS["toy"] is Toy
+        assert "share" in prune_keys() and prune_config_from_dict({"method": "toy", "share": 0.25}) == Toy(share=0.25)
+    finally:
+        PRUNING_METHODS.pop("toy", None)
     with pytest.raises(ValueError, match="^pruning method 'magnitude' is registered twice$"):
         register_pruning(MagnitudeConfig)
 
