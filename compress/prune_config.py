@@ -63,12 +63,14 @@ def prune_config_from_dict(raw: dict[str, Any], record: bool = False) -> PruneCo
     elif backend != "torch":
         raise EdgeQAError(f"backend must be 'torch' or 'neural-compressor' (for method: magnitude), got {backend!r}")
     if method not in PRUNING_METHODS:
-        raise EdgeQAError(f"prune method must be one of {', '.join(PRUNING_METHODS)}, got {method!r}")
+        raise EdgeQAError(f"prune method must be one of {', '.join(sorted(PRUNING_METHODS))}, got {method!r}")
     cls = PRUNING_METHODS[method]
     own = {f.name for f in dataclasses.fields(cls)}
     foreign = sorted(k for k in set(raw) - own if not (record and k in FLAT_V2 and raw[k] == FLAT_V2[k]))
     if foreign:
-        others = [m for m, c in PRUNING_METHODS.items() if set(foreign) <= {f.name for f in dataclasses.fields(c)}]
+        others = [
+            m for m, c in sorted(PRUNING_METHODS.items()) if set(foreign) <= {f.name for f in dataclasses.fields(c)}
+        ]
         where = f" (settings of {' or '.join(others)})" if others else ""
         raise EdgeQAError(
             f"prune method {method} takes no {', '.join(foreign)}{where}; it takes {', '.join(sorted(own))}"

@@ -119,6 +119,7 @@ PARTS: dict[str, Part] = {
         (
             "tests/test_prune.py",
             "tests/test_prune_choice.py",
+            "tests/test_prune_settings.py",
             "tests/test_identities.py",
         ),
     ),
