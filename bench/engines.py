@@ -217,6 +217,15 @@ def resolve_model(path: str | Path) -> tuple[str, Path, Path]:
     raise EdgeQAError(f"{path}: not a model folder (no {ONNX_NAME} or {ORT_NAME}, nor config.json with weights)")
 
 
+def weight_files(path: str | Path) -> list[Path]:
+    """The files that hold a model's weights, as it ships: model.onnx (and its external data), model.ort, or the
+    PyTorch weight files."""
+    backend, model_path, folder = resolve_model(path)
+    if backend == "onnxruntime":
+        return [model_path, *folder.glob(model_path.name + ".data"), *folder.glob("*.onnx_data")]
+    return [folder / w for w in TORCH_WEIGHTS if (folder / w).exists()]
+
+
 # Ops that quantize activations with a scale computed from the whole input tensor, batch included: each window's
 # answer then depends on the windows batched with it.
 BATCH_DEPENDENT_OPS = (b"DynamicQuantizeLinear", b"DynamicQuantizeMatMul")

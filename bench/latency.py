@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from edgeqa.bench.cpu import this_cpu
-from edgeqa.bench.engines import TORCH_WEIGHTS, load_qa_model, resolve_model
+from edgeqa.bench.engines import load_qa_model, weight_files
 from edgeqa.bench.files import EdgeQAError, check_field_types
 from edgeqa.bench.serial import config_from_dict, config_to_dict
 
@@ -117,13 +117,7 @@ def peak_rss_mb() -> float:
 
 def model_file_size(path: str | Path) -> int:
     """Bytes of the weights that ship: model.onnx (+ external data) or the PyTorch weight files."""
-
-    backend, model_path, folder = resolve_model(path)
-    if backend == "onnxruntime":
-        files = [model_path, *folder.glob(model_path.name + ".data"), *folder.glob("*.onnx_data")]
-    else:
-        files = [folder / w for w in TORCH_WEIGHTS if (folder / w).exists()]
-    return sum(f.stat().st_size for f in files)
+    return sum(f.stat().st_size for f in weight_files(path))
 
 
 def time_shape(

@@ -50,6 +50,11 @@ class LossConfig:
                 raise EdgeQAError(f"layer_map maps student layer numbers to teacher layer numbers: {e}") from e
 
     @property
+    def terms(self) -> tuple[str, ...]:
+        """The terms this loss weighs (positive weight), in TERMS order."""
+        return tuple(t for t in TERMS if getattr(self, t))
+
+    @property
     def needs_teacher(self) -> bool:
         return bool(self.soft or self.intermediate)
 

@@ -7,6 +7,7 @@ Each method is one config class in its own module, registered with `compress.pru
 - `prune_structured.StructuredConfig` (`method: structured`): attention heads and feed-forward neurons removed so
   the matrices really shrink;
 - `prune_inc.PatternConfig` (`method: pattern`): neural-compressor's block and N:M patterns during training.
+The two that zero weights along a schedule share their settings and checks through `ScheduledSparsity`.
 Importing this module registers them all. `prune_now` applies a config at once, `pruning_hooks` follows it
 through recovery training.
 """

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from edgeqa.bench.files import EdgeQAError
-from edgeqa.compress.prune_config import DEFAULT_INCLUDE, PruneConfig, register_pruning
-from edgeqa.compress.prune_magnitude import cubic_done, describe_magnitude, prunable_linears, skeleton
+from edgeqa.compress.prune_config import register_pruning
+from edgeqa.compress.prune_magnitude import ScheduledSparsity, describe_magnitude, prunable_linears, skeleton
 
 if TYPE_CHECKING:
     from edgeqa.compress.train_config import DistillConfig, Hooks
@@ -39,27 +39,17 @@ INC_STATE = ("global_step", "masks", "current_sparsity_ratio", "init_sparsity_ra
 
 @register_pruning
 @dataclass(frozen=True, kw_only=True)
-class PatternConfig(PruneConfig):
-    """Block or N:M pattern pruning by neural-compressor, during recovery training only (needs `edgeqa[prune]`)."""
+class PatternConfig(ScheduledSparsity):
+    """Block or N:M pattern pruning by neural-compressor, during recovery training only (needs `edgeqa[prune]`);
+    `scope: layer` is neural-compressor's local scope."""
 
     method: ClassVar[str] = "pattern"
     needs_training: ClassVar[bool] = True
-    sparsity: float = 0.5
-    scope: str = "global"  # "global" or "layer" (neural-compressor's local scope)
-    schedule: str = "oneshot"  # "oneshot" or "cubic"
-    ramp: float = 0.7
-    update_every: int = 50
-    include: tuple[str, ...] = DEFAULT_INCLUDE
-    exclude: tuple[str, ...] = ()
     pattern: str = "1x1"  # "NxM" blocks (4x1: 4 output rows) or "N:M" (2:4 along the input)
     criterion: str = "magnitude"  # "magnitude" or "snip_momentum" (|weight x gradient|)
 
     def validate(self) -> None:
-        if self.scope not in ("global", "layer") or self.schedule not in ("oneshot", "cubic"):
-            raise EdgeQAError(f"scope must be global or layer, schedule oneshot or cubic; got {self.scope!r}, "
-                              f"{self.schedule!r}")  # fmt: skip
-        if not 0 < self.ramp <= 1:
-            raise EdgeQAError(f"ramp must be in (0, 1], got {self.ramp!r}")
+        super().validate()
         if not re.fullmatch(r"\d+x\d+|\d+:\d+", self.pattern):
             raise EdgeQAError(f"pattern must look like 4x1 (blocks) or 2:4 (N of every M), got {self.pattern!r}")
         if self.criterion not in ("magnitude", "snip_momentum"):
@@ -71,12 +61,6 @@ class PatternConfig(PruneConfig):
     def check_recovery(self, recovery: DistillConfig) -> None:
         if len(recovery.stages) != 1:
             raise EdgeQAError("neural-compressor pruning runs over one training stage; give exactly one")
-
-    def sparsity_scope(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        return self.include, self.exclude
-
-    def at_target(self, step: int, total: int) -> bool:
-        return self.schedule != "cubic" or cubic_done(step, total, self.ramp, self.update_every)
 
     def describe(self, record: dict[str, Any]) -> str:
         return describe_magnitude(self, self.sparsity, "" if self.pattern == "1x1" else self.pattern)

@@ -181,24 +181,18 @@ def sparsity_report(model, include=DEFAULT_INCLUDE, exclude=()) -> dict[str, Any
     }
 
 
-@register_pruning
 @dataclass(frozen=True, kw_only=True)
-class MagnitudeConfig(PruneConfig):
-    """Unstructured magnitude pruning in PyTorch: see the module docstring."""
+class ScheduledSparsity(PruneConfig):
+    """What the methods that zero weights of the selected layers along a schedule share: the magnitude method here
+    and the pattern method (`prune_inc`)."""
 
-    method: ClassVar[str] = "magnitude"
     sparsity: float = 0.5  # share of the selected weights set to zero at the end
     scope: str = "global"  # "global" (one threshold) or "layer" (one per matrix)
     schedule: str = "oneshot"  # "oneshot" or "cubic" (during recovery)
     ramp: float = 0.7  # cubic: share of the recovery steps over which sparsity rises to its target
-    initial: float = 0.0  # cubic: sparsity applied at once before the first step (Zhu and Gupta's s_i)
     update_every: int = 50  # cubic: steps between mask updates
     include: tuple[str, ...] = DEFAULT_INCLUDE  # module-name globs of the nn.Linear layers to prune
     exclude: tuple[str, ...] = ()
-    select: str = added_later("magnitude")  # which weights go inside each matrix: "magnitude", "input" or "obs"
-    refit: bool = False  # least-squares refit of the kept weights whenever the sparsity rises
-    refit_batches: int = 32  # refit and select: input: batches of 16 training windows to fit or measure on
-    refit_to: str = "model"  # refit: match the dense "model" on its own inputs, or each dense "matrix" on today's
 
     def validate(self) -> None:
         if self.scope not in ("global", "layer"):
@@ -207,6 +201,28 @@ class MagnitudeConfig(PruneConfig):
             raise EdgeQAError(f"schedule must be 'oneshot' or 'cubic', got {self.schedule!r}")
         if not 0 < self.ramp <= 1:
             raise EdgeQAError(f"ramp must be in (0, 1], got {self.ramp!r}")
+
+    def sparsity_scope(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return self.include, self.exclude
+
+    def at_target(self, step: int, total: int) -> bool:
+        return self.schedule != "cubic" or cubic_done(step, total, self.ramp, self.update_every)
+
+
+@register_pruning
+@dataclass(frozen=True, kw_only=True)
+class MagnitudeConfig(ScheduledSparsity):
+    """Unstructured magnitude pruning in PyTorch: see the module docstring."""
+
+    method: ClassVar[str] = "magnitude"
+    initial: float = 0.0  # cubic: sparsity applied at once before the first step (Zhu and Gupta's s_i)
+    select: str = added_later("magnitude")  # which weights go inside each matrix: "magnitude", "input" or "obs"
+    refit: bool = False  # least-squares refit of the kept weights whenever the sparsity rises
+    refit_batches: int = 32  # refit and select: input: batches of 16 training windows to fit or measure on
+    refit_to: str = "model"  # refit: match the dense "model" on its own inputs, or each dense "matrix" on today's
+
+    def validate(self) -> None:
+        super().validate()
         if self.initial and (self.schedule != "cubic" or self.initial > self.sparsity):
             raise EdgeQAError(f"initial sparsity {self.initial} needs schedule: cubic and at most sparsity")
         if self.select not in SELECTIONS:
@@ -228,9 +244,6 @@ class MagnitudeConfig(PruneConfig):
         for name in prunable_linears(skeleton(config), self.include, self.exclude):
             if self.refit:
                 block_of(name)
-
-    def sparsity_scope(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        return self.include, self.exclude
 
     def apply(self, model, trainset=None, gradual: bool = False) -> dict[str, Any]:
         layers = prunable_linears(model, self.include, self.exclude)
@@ -270,9 +283,6 @@ class MagnitudeConfig(PruneConfig):
 
     def _input_rms(self, model, layers, trainset, seed: int) -> dict:
         return input_rms(model, layers, input_batches(trainset, self.refit_batches, seed=seed))
-
-    def at_target(self, step: int, total: int) -> bool:
-        return self.schedule != "cubic" or cubic_done(step, total, self.ramp, self.update_every)
 
     def baked(self, student):
         baked = copy.deepcopy(student)

@@ -118,8 +118,6 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     for key in ("per_channel", "reduce_range", "exclude", "op_types"):
         if getattr(args, key) not in (None, []):
             raw[key] = getattr(args, key)
-    if args.mode == "static" and not args.calibration_data:
-        raise EdgeQAError("--mode static needs --calibration-data (a SQuAD file to calibrate on)")
     parity = args.parity_data if args.parity_limit > 0 else None
     out = quantize(args.model, args.out, args.preset, args.calibration_data, parity, args.parity_limit, **raw)
     info = read_json(out / "quantization.json", "quantization record")["preset"]

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeqa.bench.engines import resolve_model
+from edgeqa.bench.engines import weight_files
 from edgeqa.bench.squad import load_squad
 from edgeqa.pipeline.records import made_id
 from edgeqa.pipeline.step import BASE_VARIANT
@@ -27,14 +27,12 @@ class Variant:
     @property
     def made(self) -> str | None:
         """What its scores and timings are cached against: the identity of the step that made it; for a given model
-        no step made, its weights file's size and time (replaced in place, it is measured again)."""
+        no step made, its weight files' names, sizes and times (replaced in place, it is measured again)."""
         made = made_id(self.path)
         if made is None and self.given:
-            weights = resolve_model(self.path)[1]
-            weights = weights / "model.safetensors" if weights.is_dir() else weights
-            if weights.exists():
-                stat = weights.stat()
-                return f"file {weights.name} {stat.st_size} {stat.st_mtime_ns}"
+            return "files " + " ".join(
+                f"{f.name} {f.stat().st_size} {f.stat().st_mtime_ns}" for f in weight_files(self.path)
+            )
         return made
 
 

@@ -65,6 +65,7 @@ CASES = [
     ([*QUANTIZE, "--preset", "avx9000"], "invalid choice: 'avx9000'"),
     ([*QUANTIZE, "--mode", "sometimes"], "invalid choice: 'sometimes'"),
     ([*QUANTIZE, "--calibration-method", "guess"], "invalid choice: 'guess'"),
+    ([*QUANTIZE, "--mode", "static"], "static quantization needs calibration data (a SQuAD file)"),
     ([*QUANTIZE, "--calibration-samples", "0"], "must be at least 1"),
     ([*QUANTIZE, "--parity-limit", "-2"], "must be at least 0"),
     (["quantize", "--model", "{tmp}/absent", "{tmp}/out"], "absent"),

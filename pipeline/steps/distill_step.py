@@ -98,8 +98,7 @@ class DistillStep(MadeStep):
         layers = student.num_hidden_layers or "the teacher's number of"
         shape = (f"from {student.pretrained}" if student.pretrained else
                  f"of teacher layers {list(student.layers)}" if student.layers else f"of {layers} layers")  # fmt: skip
-        losses = " then ".join("+".join(t for t in ("hard", "soft", "hidden", "attention", "embedding")
-                                        if getattr(s.loss, t)) for s in self.config.stages)  # fmt: skip
+        losses = " then ".join("+".join(s.loss.terms) for s in self.config.stages)
         how = f"distilled from {self.source}" if self.config.needs_teacher else "trained on labels alone"
         return f"student {shape}, {how} ({losses})"
 

@@ -108,7 +108,8 @@ PARTS: dict[str, Part] = {
                 )
             ),  # fmt: skip
             "edgeqa.compress.prune_magnitude.xǁMagnitudeConfigǁvalidate*",
-            "edgeqa.compress.prune_magnitude.xǁMagnitudeConfigǁat_target*",
+            "edgeqa.compress.prune_magnitude.xǁScheduledSparsityǁvalidate*",
+            "edgeqa.compress.prune_magnitude.xǁScheduledSparsityǁat_target*",
             "edgeqa.compress.prune_magnitude.xǁMagnitudeConfigǁdescribe*",
             "edgeqa.compress.prune_structured.xǁStructuredConfigǁvalidate*",
             "edgeqa.compress.prune_structured.xǁStructuredConfigǁdescribe*",
