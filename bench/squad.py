@@ -99,7 +99,7 @@ def parse_squad(doc: Any, source: str) -> SquadDataset:
                 texts, starts = [], []
                 for i, ans in enumerate(answers):
                     texts.append(need(ans, "text", str, f"{where}.answers[{i}]"))
-                    starts.append(int(ans.get("answer_start", -1)) if isinstance(ans, dict) else -1)
+                    starts.append(int(ans.get("answer_start", -1)))  # `need` has checked it is an object
                 if qid in seen:
                     raise EdgeQAError(f"{source}: question id {qid!r} appears twice (second at {where})")
                 seen.add(qid)

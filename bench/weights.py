@@ -52,12 +52,14 @@ def _matrices_onnx(path: Path) -> tuple[dict[str, tuple[int, int]], int]:
 
     model = onnx.load(str(path))
     inits = {i.name: i for i in model.graph.initializer}
-    zero_points: dict[str, np.ndarray] = {}
+    zero_points: dict[str, tuple[np.ndarray, int]] = {}  # weight: (zero points, the axis they run along)
     for node in model.graph.node:
         if node.op_type in ("DequantizeLinear", "MatMulInteger") and len(node.input) >= 3:
+            # DequantizeLinear's axis defaults to 1; MatMulInteger's B has one zero point per column (axis 1).
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
             for weight, zp in ((node.input[0], node.input[2]), (node.input[1], node.input[-1])):
                 if weight in inits and zp in inits:
-                    zero_points[weight] = numpy_helper.to_array(inits[zp])
+                    zero_points[weight] = numpy_helper.to_array(inits[zp]), axis
     first_quant_input = {"DequantizeLinear": 1, "QuantizeLinear": 1, "MatMulInteger": 2}  # scales, zero points
     quant_params = {
         name
@@ -76,8 +78,9 @@ def _matrices_onnx(path: Path) -> tuple[dict[str, tuple[int, int]], int]:
         if len(init.dims) != 2 or min(init.dims) < MIN_DIM:
             continue
         arr = numpy_helper.to_array(init)
-        zp = zero_points.get(name, np.zeros((), dtype=arr.dtype))
-        zp = zp.reshape(1, -1) if zp.ndim == 1 and zp.size == arr.shape[1] else zp
+        zp, axis = zero_points.get(name, (np.zeros((), dtype=arr.dtype), 1))
+        if zp.ndim == 1:  # one zero point per row (axis 0) or per column
+            zp = zp.reshape((-1, 1) if axis % 2 == 0 else (1, -1))
         module = consumer.get(name, "").strip("/").rpartition("/")[0].replace("/", ".")
         out[name if not name.startswith("onnx::") or not module else module] = (int((arr == zp).sum()), arr.size)
     return out, params
@@ -114,17 +117,17 @@ def weight_stats(path: str | Path) -> dict[str, Any]:
     if backend == "onnxruntime":
         weights_file = model_path
         matrices, params = _matrices_onnx(model_path) if model_path.suffix == ".onnx" else ({}, None)
-    else:
-        weights_file = next((folder / w for w in TORCH_WEIGHTS if (folder / w).exists()), None)
+    else:  # resolve_model has found one of them
+        weights_file = next(folder / w for w in TORCH_WEIGHTS if (folder / w).exists())
         matrices, params = _matrices_torch(folder)
     zeros = sum(z for z, _ in matrices.values())
     size = sum(n for _, n in matrices.values())
     layers = _by_layer(matrices)
     layer_zeros, layer_size = sum(z for z, _ in layers.values()), sum(n for _, n in layers.values())
     return {
-        "file": weights_file.name if weights_file else None,
-        "file_bytes": weights_file.stat().st_size if weights_file else None,
-        "gzip_bytes": gzip_size(weights_file) if weights_file else None,
+        "file": weights_file.name,
+        "file_bytes": weights_file.stat().st_size,
+        "gzip_bytes": gzip_size(weights_file),
         "parameters": params,
         "matrix_sparsity": round(zeros / size, 4) if size else None,
         # What the pruners target: the encoder layers' matrices (embeddings and the QA head stay dense).

@@ -121,7 +121,7 @@ class DistillConfig:
         train = config_from_dict(TrainConfig, dict(d["train"]), "train")
         stages = tuple(
             config_from_dict(Stage, {**raw, "loss": dict(raw.get("loss") or {})}, f"stage {i}")
-            for i, raw in enumerate(d.get("stages") or [{"loss": d.get("loss") or {"hard": 1.0}}])
+            for i, raw in enumerate(d["stages"] if "stages" in d else [{"loss": d.get("loss") or {"hard": 1.0}}])
         )
         return cls(StudentSpec.from_dict(dict(d.get("student") or {})), train, stages)
 

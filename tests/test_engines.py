@@ -234,3 +234,139 @@ def test_an_onnx_session_runs_as_the_folder_asks(tmp_path):
     assert str(opts.execution_mode).endswith("ORT_SEQUENTIAL")
     assert engine.session.get_providers() == ["CPUExecutionProvider"]
     assert engine.disabled_optimizers == ["ConstantFolding"]
+
+
+def test_answers_follow_the_settings_they_are_given(tiny_qa_model, monkeypatch):
+    """`predict` hands its window settings, batch size, null answers and progress bar on to the span search and the
+    model; the answer texts come back by question id."""
+    from edgeqa.bench import engines
+    from edgeqa.bench.qa import QAConfig
+    from edgeqa.bench.squad import SquadExample
+    from edgeqa.bench.tokenizer import load_qa_tokenizer
+
+    seen = {}
+    real_logits = engines.QAModel.logits
+
+    def logits(self, features, batch_size=16, progress=True):
+        seen["logits"] = (batch_size, progress, len(features))
+        return real_logits(self, features, batch_size, False)
+
+    def best_spans(start, end, features, contexts, cfg, allow_null):
+        seen["spans"] = (cfg, allow_null, contexts)
+        return [engines.Answer(f"answer {i}", 1.0, 0.5, 0, 1) for i in range(len(contexts))]
+
+    monkeypatch.setattr(engines.QAModel, "logits", logits)
+    monkeypatch.setattr(engines, "best_spans", best_spans)
+    examples = [SquadExample(f"q{i}", "who?", "ann wrote the book.", (), ()) for i in range(2)]
+    cfg = QAConfig(max_length=32, doc_stride=8, max_answer_length=5)
+    model = engines.QAModel(_IdsEngine(), load_qa_tokenizer(tiny_qa_model), tiny_qa_model)
+    answers = engines.predict(model, examples, cfg, batch_size=3, allow_null=True, progress=True)
+    assert answers == {"q0": "answer 0", "q1": "answer 1"}
+    assert seen["logits"] == (3, True, 2) and seen["spans"] == (cfg, True, ["ann wrote the book."] * 2)
+
+
+def test_the_vocabulary_size_a_config_gives(tmp_path):
+    from edgeqa.bench.engines import _config_vocab
+
+    assert _config_vocab(tmp_path) is None  # no config.json
+    for text, vocab in (('{"vocab_size": 30522}', 30522), ('{"vocab_size": "99"}', 99), ("{}", None),
+                        ('{"vocab_size": "many"}', None)):  # fmt: skip
+        (tmp_path / "config.json").write_text(text)
+        assert _config_vocab(tmp_path) == vocab
+
+
+def test_a_transformers_tokenizer_loads_or_names_the_folder(tiny_qa_model, tmp_path):
+    from edgeqa.bench.engines import load_tokenizer
+
+    assert load_tokenizer(tiny_qa_model).is_fast
+    with pytest.raises(EdgeQAError, match=rf"^{tmp_path}: cannot load a tokenizer from this folder: "):
+        load_tokenizer(tmp_path)
+
+
+def test_threads_default_to_the_physical_cores(monkeypatch):
+    import os
+
+    import psutil
+
+    from edgeqa.bench.engines import default_threads
+
+    monkeypatch.setattr(psutil, "cpu_count", lambda logical=True: None if logical else 3)
+    assert default_threads() == 3
+    monkeypatch.setattr(psutil, "cpu_count", lambda logical=True: None)  # unknown: the logical count
+    monkeypatch.setattr(os, "cpu_count", lambda: 5)
+    assert default_threads() == 5
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert default_threads() == 1
+
+
+def test_a_model_folder_opens_with_the_engine_its_files_ask_for(tiny_qa_model, tmp_path, caplog):
+    """A PyTorch folder opens as torch (or torch-int8), the same folder with a model.onnx as onnxruntime with the
+    threads asked for; ONNX refuses torch int8, and a config whose vocabulary is smaller than the tokenizer's is
+    refused by the folder's name; each load says what it opened."""
+    import json
+    import shutil
+
+    from edgeqa.bench.engines import load_qa_model
+
+    caplog.set_level("INFO", logger="edgeqa.bench.engines")
+    torch_model = load_qa_model(tiny_qa_model, threads=1)
+    assert torch_model.engine.backend == "torch" and torch_model.source == tiny_qa_model
+    assert load_qa_model(tiny_qa_model, threads=1, torch_int8=True).engine.backend == "torch-int8"
+    assert caplog.records[0].getMessage() == f"loaded torch model from {tiny_qa_model} (1 threads)"
+    folder = tmp_path / "onnx"
+    shutil.copytree(tiny_qa_model, folder)
+    _onnx_file(folder / "model.onnx", ["input_ids", "attention_mask"], ["start_logits", "end_logits"])
+    onnx_model = load_qa_model(folder, threads=2)
+    assert onnx_model.engine.backend == "onnxruntime" and onnx_model.engine.path == folder / "model.onnx"
+    assert onnx_model.engine.session.get_session_options().intra_op_num_threads == 2
+    assert onnx_model.source == folder and len(onnx_model.tokenizer) == len(torch_model.tokenizer)
+    with pytest.raises(EdgeQAError) as e:
+        load_qa_model(folder, threads=1, torch_int8=True)
+    assert str(e.value) == f"{folder}: torch int8 applies to PyTorch folders, not ONNX models"
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "vocab_size": 10}))
+    with pytest.raises(EdgeQAError) as e:
+        load_qa_model(folder, threads=1)
+    assert str(e.value) == (f"{folder}: the tokenizer has {len(torch_model.tokenizer)} tokens but the model's "
+                            "vocabulary has 10; they do not belong together")  # fmt: skip
+    (folder / "config.json").write_text(json.dumps({**config, "architectures": ["BertForMaskedLM"]}))
+    with pytest.raises(EdgeQAError, match="not a question-answering model"):
+        load_qa_model(folder, threads=1)
+
+
+def test_stage_times_are_differences_of_the_clock(tiny_qa_model, monkeypatch):
+    """On a clock that reads 1, 3, 7 and 15 s around the three stages: 2 s tokenising, 4 in the model, 8 searching."""
+    from edgeqa.bench import engines
+    from edgeqa.bench.squad import SquadExample
+    from edgeqa.bench.tokenizer import load_qa_tokenizer
+
+    ticks = iter([1.0, 3.0, 7.0, 15.0])
+    monkeypatch.setattr(engines.time, "perf_counter", lambda: next(ticks))
+    timings = {}
+    model = engines.QAModel(_IdsEngine(), load_qa_tokenizer(tiny_qa_model), tiny_qa_model)
+    model.answer([SquadExample("q", "who?", "ann wrote.", (), ())], progress=False, timings=timings)
+    assert timings == {"tokenize_s": 2.0, "model_s": 4.0, "postprocess_s": 8.0, "windows": 1}
+
+
+def test_padding_uses_the_tokenizers_pad_id_or_0(tiny_qa_model):
+    from edgeqa.bench.engines import QAModel
+    from edgeqa.bench.qa import QAConfig, tokenize
+    from edgeqa.bench.tokenizer import load_qa_tokenizer
+
+    tok = load_qa_tokenizer(tiny_qa_model)
+    features = tokenize(tok, ["who?", "who lived in the city by the river?"], ["the king lived."] * 2,
+                        QAConfig(max_length=64, doc_stride=16))  # fmt: skip
+    padded = []
+
+    class Engine(_IdsEngine):
+        def __call__(self, inputs):
+            padded.append(inputs["input_ids"][-1].tolist())
+            return super().__call__(inputs)
+
+    QAModel(Engine(), tok, tiny_qa_model).logits(features, batch_size=2, progress=False)
+    short = min(len(ids) for ids in features.input_ids)
+    assert set(padded[0][short:]) == {tok.pad_token_id} == {0}  # [PAD] is id 0 in the tiny vocabulary
+    tok.pad_token = None  # a tokenizer without a pad token pads with 0
+    padded.clear()
+    QAModel(Engine(), tok, tiny_qa_model).logits(features, batch_size=2, progress=False)
+    assert set(padded[0][short:]) == {0}

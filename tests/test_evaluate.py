@@ -29,18 +29,25 @@ def fake_model(monkeypatch):
     0.25 s in the span search; what it was loaded and asked with is kept."""
     calls = {}
 
+    loaded = _Model()
+
     def load(model, threads, torch_int8):
         calls["load"] = (str(model), threads, torch_int8)
-        return _Model()
+        return loaded
 
     def predict(qa, examples, cfg, batch_size, allow_null, progress, timings):
+        assert qa is loaded
         calls["predict"] = ([e.id for e in examples], cfg, batch_size, allow_null, progress)
-        timings.update(tokenize_s=0.5, model_s=2.0, postprocess_s=0.25, windows=7)
+        timings.update(calls.get("timings", {"tokenize_s": 0.5, "model_s": 2.0, "postprocess_s": 0.25, "windows": 7}))
         return {e.id: "paris" for e in examples}
+
+    def depends(model, torch_int8):
+        assert model == "m", model
+        return torch_int8
 
     monkeypatch.setattr(evaluate_module, "load_qa_model", load)
     monkeypatch.setattr(evaluate_module, "predict", predict)
-    monkeypatch.setattr(evaluate_module, "answers_depend_on_batch", lambda model, torch_int8: torch_int8)
+    monkeypatch.setattr(evaluate_module, "answers_depend_on_batch", depends)
     return calls
 
 
@@ -83,3 +90,24 @@ def test_a_failed_evaluation_leaves_no_new_folder_and_a_bad_batch_is_refused(tmp
         evaluate("m", toy_squad, batch_size=0, out_dir=tmp_path / "b")
     assert str(e.value) == "batch size must be positive, got 0" and not (tmp_path / "b").exists()
     assert "load" not in fake_model  # refused before any model was loaded
+
+
+def test_times_are_rounded_and_the_overhead_never_divides_by_zero(toy_squad, fake_model, monkeypatch):
+    """(0.1 + 0.2) / 0.7 = 0.4286 to four places; stage times to three (0.12345 s reads 0.123); the wall time,
+    3.12345 - 1 s on a fake clock, 2.123. A model stage of 0 s counts as 1 ns."""
+    ticks = iter([1.0, 3.12345])
+    monkeypatch.setattr(evaluate_module.time, "perf_counter", lambda: next(ticks))
+    fake_model["timings"] = {"tokenize_s": 0.1, "model_s": 0.7, "postprocess_s": 0.2, "windows": 3, "x_s": 0.12345}
+    metrics = evaluate("m", toy_squad)
+    assert metrics["overhead_share"] == 0.4286 and metrics["timings"]["x_s"] == 0.123 and metrics["seconds"] == 2.123
+    assert fake_model["predict"][4] is True  # a bar unless asked for none
+    monkeypatch.setattr(evaluate_module.time, "perf_counter", lambda: 0.0)
+    fake_model["timings"] = {"tokenize_s": 0.5, "model_s": 0.0, "postprocess_s": 0.0, "windows": 3}
+    assert evaluate("m", toy_squad)["overhead_share"] == 0.5e9
+    fake_model["timings"] = {"tokenize_s": 0.5, "model_s": 0.5, "postprocess_s": 0.25, "windows": 3}
+    assert evaluate("m", toy_squad)["overhead_share"] == 1.5
+
+
+def test_an_engine_without_a_thread_count_records_none(toy_squad, fake_model, monkeypatch):
+    monkeypatch.delattr(_Engine, "threads")
+    assert evaluate("m", toy_squad)["threads"] is None

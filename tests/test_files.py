@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import os
 from dataclasses import dataclass
+from typing import Optional
 
 import pytest
 
@@ -96,7 +97,6 @@ def test_each_way_a_json_file_can_fail_is_one_line_naming_it(tmp_path):
     (tmp_path / "cut.json.gz").write_bytes(gzip.compress(b'{"a": 1}')[:12])
     assert error(tmp_path / "cut.json.gz").startswith(f"{tmp_path / 'cut.json.gz'}: cannot read SQuAD file: ")
     assert error(tmp_path / "none.json", "JSON file") == f"{tmp_path / 'none.json'}: no such JSON file"
-    assert read_json.__defaults__ == ("JSON file",)
 
 
 def test_an_unreadable_json_file_says_permission_denied(tmp_path, monkeypatch):
@@ -162,3 +162,137 @@ def test_temporaries_sit_beside_their_target_named_after_it_and_their_writer(tmp
         atomic_dir(tmp_path / "plain"),
     ):
         pass
+
+
+# --- telling a failed write as one line, and the checks around it --------------------------------------------------
+
+
+def test_which_failures_are_write_failures_and_how_each_is_told(tmp_path, monkeypatch):
+    import errno
+
+    from edgeqa.bench import files
+
+    target, tmp = tmp_path / "model", tmp_path / ".model.1.abcd1234.tmp"
+    monkeypatch.setattr(files, "_out_of_space", lambda folder: False)
+    full = OSError(errno.ENOSPC, "No space left on device", "/anywhere")
+    assert str(files._write_error(full, target, tmp)) == f"{target}: cannot write: No space left on device"
+    ours = OSError(errno.EROFS, "Read-only file system", str(tmp / "model.onnx"))
+    assert str(files._write_error(ours, target, tmp)) == f"{target}: cannot write: Read-only file system"
+    theirs = OSError(errno.EACCES, "Permission denied", str(tmp_path / "input.json"))  # reading an input failed
+    assert files._write_error(theirs, target, tmp) is None
+    assert files._write_error(OSError(errno.EACCES, "Permission denied"), target, tmp) is None  # no file named
+    assert files._write_error(OSError(errno.ENOENT, "No such file", str(tmp)), target, tmp) is None
+    assert files._write_error(RuntimeError("protobuf: truncated"), target, tmp) is None
+    assert files._write_error(EdgeQAError("told already"), target, tmp) is None
+    monkeypatch.setattr(files, "_out_of_space", lambda folder: folder == tmp_path)
+    told = files._write_error(RuntimeError("  protobuf: truncated\nsecond line"), target, tmp)
+    assert str(told) == f"{target}: cannot write: No space left on device (RuntimeError: protobuf: truncated)"
+    assert str(files._write_error(ValueError(""), target, tmp)) == (
+        f"{target}: cannot write: No space left on device (ValueError: )")  # fmt: skip
+    assert files._write_error(EdgeQAError("told already"), target, tmp) is None
+
+
+def test_a_temporary_is_named_after_what_it_becomes():
+    from pathlib import Path
+
+    from edgeqa.bench.files import _final
+
+    assert _final(Path("/r/.model.onnx.12.abcd1234.tmp")) == Path("/r/model.onnx")
+    assert _final(Path("/r/..onnx.3.abcd1234.tmp.45.zz99yy88.tmp")) == Path("/r/onnx")  # a temporary's temporary
+    assert _final(Path("/r/model.onnx")) == Path("/r/model.onnx")
+
+
+def test_a_disk_is_full_below_256_kib_free(monkeypatch, tmp_path):
+    import types
+
+    from edgeqa.bench import files
+
+    def statvfs(free):
+        return lambda folder: types.SimpleNamespace(f_bavail=free // 4096, f_frsize=4096)
+
+    monkeypatch.setattr(files.os, "statvfs", statvfs(256 * 1024))
+    assert not files._out_of_space(tmp_path)  # exactly 256 KiB: not yet
+    monkeypatch.setattr(files.os, "statvfs", statvfs(256 * 1024 - 4096))
+    assert files._out_of_space(tmp_path)
+
+    def gone(folder):
+        raise FileNotFoundError(folder)
+
+    monkeypatch.setattr(files.os, "statvfs", gone)
+    assert not files._out_of_space(tmp_path)
+
+
+def test_a_writer_is_alive_while_its_process_runs(monkeypatch):
+    import subprocess
+    import sys
+
+    from edgeqa.bench import files
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert files._alive(child.pid) and child.poll() is None  # asked, not signalled
+    finally:
+        child.kill()
+        child.wait()
+    assert not files._alive(child.pid)
+
+    def foreign(pid, signal):
+        raise PermissionError("another user's process")
+
+    monkeypatch.setattr(files.os, "kill", foreign)
+    assert files._alive(12345)
+
+
+def test_stale_temporaries_are_looked_for_below_only_when_asked(tmp_path, caplog):
+    import subprocess
+    import sys
+
+    gone = int(subprocess.run([sys.executable, "-c", "print(__import__('os').getpid())"], capture_output=True,
+                              text=True).stdout)  # fmt: skip
+    (tmp_path / "sub").mkdir()
+    deep = tmp_path / "sub" / f".a.{gone}.abcd1234.tmp"
+    deep.write_text("x")
+    top = tmp_path / f".b.{gone}.abcd1234.tmp"
+    top.mkdir()
+    from edgeqa.bench.files import remove_stale_temporaries
+
+    caplog.set_level("INFO", logger="edgeqa.bench.files")
+    assert remove_stale_temporaries(tmp_path, recursive=False) == [top] and deep.exists()
+    assert [r.getMessage() for r in caplog.records] == [f"removed 1 temporaries left by killed runs under {tmp_path}"]
+    assert remove_stale_temporaries(tmp_path) == [deep] and not deep.exists()
+    assert remove_stale_temporaries(tmp_path / "none") == []
+
+
+def test_a_folder_that_cannot_be_written_is_named_with_the_reason(tmp_path, monkeypatch):
+    """(Simulated: the suite runs as root, which writes anywhere; test_writes mounts a real read-only file system.)"""
+    import types
+
+    from edgeqa.bench import files
+
+    (tmp_path / "out").mkdir()
+    assert check_writable_dir(tmp_path / "out") == tmp_path / "out"  # an existing folder is fine
+    monkeypatch.setattr(files.os, "access", lambda path, mode: mode != os.W_OK | os.X_OK)
+    for flag, why in ((os.ST_RDONLY, "read-only file system"), (0, "permission denied")):
+        monkeypatch.setattr(files.os, "statvfs", lambda path, flag=flag: types.SimpleNamespace(f_flag=flag)
+                            if path == tmp_path / "out" else pytest.fail(f"statvfs({path})"))  # fmt: skip
+        with pytest.raises(EdgeQAError) as e:
+            check_writable_dir(tmp_path / "out")
+        assert str(e.value) == f"{tmp_path / 'out'}: output folder is not writable ({why})"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(EdgeQAError) as e:
+        check_writable_dir(tmp_path / "file")
+    assert str(e.value) == f"{tmp_path / 'file'}: output path exists and is not a folder"
+
+
+@dataclass(frozen=True)
+class Outer:
+    inner: Settings = Settings()
+    table: dict | None = None
+    old_style: Optional[int] = None  # noqa: UP045 (how a hint reads when typing names it)
+
+
+def test_nested_settings_and_typing_names_read_as_written():
+    check_field_types(Outer(inner=Settings(), table={"a": 1}), "outer")  # nested configs check themselves
+    with pytest.raises(EdgeQAError) as e:
+        check_field_types(Outer(old_style="a"), "outer")
+    assert str(e.value) == "outer.old_style should be Optional[int], got 'a'"

@@ -282,3 +282,27 @@ def test_a_hub_id_without_the_datasets_package_says_what_to_install(monkeypatch)
     with pytest.raises(EdgeQAError) as e:
         squad.load_squad("squad")
     assert str(e.value) == "squad: loading hub datasets needs `pip install edgeqa[hub]`"
+
+
+def test_an_unanswerable_question_anywhere_makes_the_file_v2_and_needs_no_answers():
+    from edgeqa.bench.squad import parse_squad
+
+    qas = [{"id": "a", "question": "Why?", "is_impossible": True},  # no "answers" key at all
+           {"id": "b", "question": "Who?", "answers": [{"text": "Ann", "answer_start": 0}]}]  # fmt: skip
+    doc = {"data": [{"paragraphs": [{"context": "Ann wrote it.", "qas": qas}]}]}
+    ds = parse_squad(doc, "f.json")
+    assert ds.version == "2.0" and ds.examples[0].answers == () and ds.examples[1].title == ""
+
+
+def test_a_question_without_its_text_is_named(tmp_path):
+    from edgeqa.bench.squad import parse_squad
+
+    with pytest.raises(EdgeQAError) as e:
+        parse_squad(_doc([{"id": "a", "answers": []}]), "f.json")
+    assert str(e.value) == 'f.json: not a SQuAD file: data[0].paragraphs[0].qas[0] has no "question"'
+
+
+def test_loading_says_how_many_questions_of_which_version(toy_squad, caplog):
+    caplog.set_level("INFO", logger="edgeqa.bench.squad")
+    load_squad(toy_squad, limit=2)
+    assert [r.getMessage() for r in caplog.records] == [f"loaded 2 questions from {toy_squad} (SQuAD v1.1)"]

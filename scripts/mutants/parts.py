@@ -150,6 +150,7 @@ PARTS: dict[str, Part] = {
     "files": Part(("edgeqa.bench.files.*",), ("tests/test_files.py", "tests/test_writes.py")),
     "weights": Part(("edgeqa.bench.weights.*",), ("tests/test_weights.py",)),
     "engines": Part(("edgeqa.bench.engines.*",), ("tests/test_engines.py",)),
+    "students": Part(("edgeqa.compress.student.*", "edgeqa.compress.train_config.*"), ("tests/test_students.py",)),
     # Reading SQuAD and scoring a model on it, the one place EM/F1 come from.
     "squad": Part(
         ("edgeqa.bench.squad.*", "edgeqa.bench.evaluate.*"), ("tests/test_squad.py", "tests/test_evaluate.py")
