@@ -261,8 +261,6 @@ def check_writable_dir(path: str | Path) -> Path:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise EdgeQAError(f"{path}: cannot create output folder: {e.strerror or e}") from e
-    if not path.is_dir():
-        raise EdgeQAError(f"{path}: output path exists and is not a folder")
     if not os.access(path, os.W_OK | os.X_OK):
         why = "read-only file system" if os.statvfs(path).f_flag & os.ST_RDONLY else "permission denied"
         raise EdgeQAError(f"{path}: output folder is not writable ({why})")

@@ -146,6 +146,13 @@ def test_which_backend_a_path_names(tmp_path, tiny_qa_model):
     (tiny_qa_model / "model.onnx.data").write_bytes(b"x")
     assert weight_files(tiny_qa_model) == [tiny_qa_model / "model.onnx", tiny_qa_model / "model.onnx.data"]
     assert resolve_model(tiny_qa_model / "model.ort") == ("onnxruntime", tiny_qa_model / "model.ort", tiny_qa_model)
+    assert resolve_model(tiny_qa_model / "model.onnx")[:2] == ("onnxruntime", tiny_qa_model / "model.onnx")
+    (tiny_qa_model / "weights.onnx_data").write_bytes(b"x")
+    assert weight_files(tiny_qa_model)[2:] == [tiny_qa_model / "weights.onnx_data"]
+    (tmp_path / "config-only").mkdir()
+    (tmp_path / "config-only" / "config.json").write_text("{}")
+    with pytest.raises(EdgeQAError, match="not a model folder"):
+        resolve_model(tmp_path / "config-only")  # a config without weights is no PyTorch model
     for path, message in (
         (tmp_path / "none", f"{tmp_path / 'none'}: no such model file or folder"),
         (tiny_qa_model / "config.json", f"{tiny_qa_model / 'config.json'}: expected a model folder, an .onnx or an "
@@ -203,6 +210,7 @@ def test_an_onnx_model_must_take_qa_inputs_and_give_start_and_end_logits(tmp_pat
         _onnx_file(tmp_path / "a.onnx", ["input_ids", "attention_mask"], ["start_logits", "end_logits"]), 1
     )
     assert good.input_names == ("input_ids", "attention_mask") and good.backend == "onnxruntime"
+    assert good.disabled_optimizers == []  # no session.json: every optimiser on
     ids = np.array([[5, 6, 7]], dtype=np.int64)
     start, end = good({"input_ids": ids, "attention_mask": np.ones_like(ids)})
     assert start.tolist() == [[5.0, 6.0, 7.0]] and end.tolist() == [[5.0, 6.0, 7.0]]
@@ -217,6 +225,9 @@ def test_an_onnx_model_must_take_qa_inputs_and_give_start_and_end_logits(tmp_pat
         with pytest.raises(EdgeQAError) as e:
             OrtEngine(_onnx_file(tmp_path / f"{name}.onnx", inputs, outputs), 1)
         assert str(e.value).startswith(f"{tmp_path / name}.onnx: {message}")
+    extra = OrtEngine(_onnx_file(tmp_path / "f.onnx", ["input_ids"], ["start_logits", "end_logits", "extra"]), 1)
+    start, end = extra({"input_ids": ids})  # a third output is allowed, and not asked for
+    assert start.tolist() == [[5.0, 6.0, 7.0]] and end.tolist() == [[5.0, 6.0, 7.0]]
     (tmp_path / "e.onnx").write_bytes(b"not a model")
     with pytest.raises(EdgeQAError, match=r"e.onnx: ONNX Runtime cannot load this model: "):
         OrtEngine(tmp_path / "e.onnx", 1)
@@ -263,6 +274,25 @@ def test_answers_follow_the_settings_they_are_given(tiny_qa_model, monkeypatch):
     answers = engines.predict(model, examples, cfg, batch_size=3, allow_null=True, progress=True)
     assert answers == {"q0": "answer 0", "q1": "answer 1"}
     assert seen["logits"] == (3, True, 2) and seen["spans"] == (cfg, True, ["ann wrote the book."] * 2)
+    engines.predict(model, examples)  # the defaults: batches of 16, a progress bar, no null answers
+    assert seen["logits"] == (16, True, 2) and seen["spans"] == (QAConfig(), False, ["ann wrote the book."] * 2)
+    model.answer(examples)
+    assert seen["logits"] == (16, True, 2) and seen["spans"][1] is False
+
+
+def test_inference_shows_a_bar_of_windows_unless_asked_not_to(tiny_qa_model, capsys):
+    from edgeqa.bench.engines import QAModel
+    from edgeqa.bench.qa import QAConfig, tokenize
+    from edgeqa.bench.tokenizer import load_qa_tokenizer
+
+    tok = load_qa_tokenizer(tiny_qa_model)
+    features = tokenize(tok, ["who?"] * 3, ["the king lived."] * 3, QAConfig(max_length=64, doc_stride=16))
+    model = QAModel(_IdsEngine(), tok, tiny_qa_model)
+    model.logits(features, batch_size=2, progress=True)
+    bar = capsys.readouterr().err
+    assert "fake inference: 100%" in bar and "3/3" in bar and "window/s" in bar
+    model.logits(features, batch_size=2, progress=False)
+    assert capsys.readouterr().err == ""
 
 
 def test_the_vocabulary_size_a_config_gives(tmp_path):
@@ -290,7 +320,7 @@ def test_threads_default_to_the_physical_cores(monkeypatch):
 
     from edgeqa.bench.engines import default_threads
 
-    monkeypatch.setattr(psutil, "cpu_count", lambda logical=True: None if logical else 3)
+    monkeypatch.setattr(psutil, "cpu_count", lambda logical=True: 3 if logical is False else None)
     assert default_threads() == 3
     monkeypatch.setattr(psutil, "cpu_count", lambda logical=True: None)  # unknown: the logical count
     monkeypatch.setattr(os, "cpu_count", lambda: 5)
@@ -370,3 +400,35 @@ def test_padding_uses_the_tokenizers_pad_id_or_0(tiny_qa_model):
     padded.clear()
     QAModel(Engine(), tok, tiny_qa_model).logits(features, batch_size=2, progress=False)
     assert set(padded[0][short:]) == {0}
+
+
+def test_a_torch_folder_that_is_not_a_qa_model_is_refused_by_what_it_lacks(tmp_path, tiny_qa_model):
+    import json
+
+    from edgeqa.bench.engines import load_torch_qa_model
+
+    with pytest.raises(EdgeQAError) as e:
+        load_torch_qa_model(tiny_qa_model / "config.json")
+    assert str(e.value) == f"{tiny_qa_model / 'config.json'}: expected a transformers model folder, got a file"
+    encoder = make_tiny_qa_model(tmp_path / "encoder", qa_head=False)
+    config = json.loads((encoder / "config.json").read_text())
+    (encoder / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "architectures"}))
+    with pytest.raises(EdgeQAError) as e:
+        load_torch_qa_model(encoder)
+    assert str(e.value) == (f"{encoder}: has no trained question-answering head (missing weights: qa_outputs.bias, "
+                            "qa_outputs.weight)")  # fmt: skip
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(EdgeQAError, match=rf"^{tmp_path / 'broken'}: cannot load as a question-answering model: "):
+        load_torch_qa_model(tmp_path / "broken")
+
+
+def test_a_slow_tokenizer_is_refused(monkeypatch, tmp_path):
+    import transformers
+
+    from edgeqa.bench.engines import load_tokenizer
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda folder: type("Slow", (), {})())
+    with pytest.raises(EdgeQAError) as e:
+        load_tokenizer(tmp_path)
+    assert str(e.value) == f"{tmp_path}: the tokenizer is not a fast tokenizer; QA needs character offsets"

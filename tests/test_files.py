@@ -230,7 +230,9 @@ def test_a_writer_is_alive_while_its_process_runs(monkeypatch):
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        assert files._alive(child.pid) and child.poll() is None  # asked, not signalled
+        assert files._alive(child.pid)
+        with pytest.raises(subprocess.TimeoutExpired):  # asked, not signalled: it sleeps on
+            child.wait(timeout=0.5)
     finally:
         child.kill()
         child.wait()

@@ -250,7 +250,7 @@ def test_a_subprocess_benchmark_reads_the_last_line_and_tells_a_failure(monkeypa
 
     def run(cmd, capture_output, text, cwd):
         ran.append(cmd)
-        return subprocess.CompletedProcess(cmd, 0, stdout='warming up\n{"model": "m"}\n', stderr="")
+        return subprocess.CompletedProcess(cmd, 0, stdout='loading\nwarming up\n{"model": "m"}\n', stderr="")
 
     monkeypatch.setattr(latency.subprocess, "run", run)
     cfg = LatencyConfig(repeats=3)
