@@ -168,6 +168,5 @@ def default_layer_map(n_student: int, n_teacher: int) -> dict[int, int]:
 
 
 def save_student(model, tokenizer, folder: Path) -> None:
-    model.config.architectures = [model.__class__.__name__]
-    model.save_pretrained(folder)
+    model.save_pretrained(folder)  # which records the class in config.json's architectures
     tokenizer.save_pretrained(folder)

@@ -237,13 +237,15 @@ def test_a_row_without_the_primary_shape_is_refused_by_name():
     ("change", "twin"),
     [({}, "fp32"), ({"parameters": 22_600_001}, None), ({"backend": "torch"}, None), ({"mb": 99.0}, "fp32"),
      ({"mb": 98.9}, None), ({"fusion": {"model_type": "bert"}}, None), ({"quantization": {"mode": "dynamic"}}, None),
+     ({"fusion": {"model_type": "bert"}, "both": True}, "fp32"),
      ({"zeros": 0.05}, None), ({"zeros": 0.051}, "fp32")],
 )  # fmt: skip
 def test_a_sparse_rows_twin_runs_the_same_kernels(change, twin):
     """The twin: same backend, parameters, fusion and quantization, file size within 1% of the larger (100 vs 99 MB
     is 1%, vs 98.9 MB 1.1%), and zeros above 5% of the matrices in the sparse row only."""
+    dense_extra = {"fusion": change["fusion"]} if change.get("both") else {}  # fused alike: the same kernels
     dense = make_row("fp32", _bench("a", 100, 1.0, [_lat(1, 384, 40.0)]), {"exact_match": 1, "f1": 80.0},
-                     {"weights": {"parameters": 22_600_000, "matrix_sparsity": 0.0}})  # fmt: skip
+                     {"weights": {"parameters": 22_600_000, "matrix_sparsity": 0.0}, **dense_extra})  # fmt: skip
     bench = {**_bench("b", 90, 1.0, [_lat(1, 384, 30.0)]), "backend": change.get("backend", "onnxruntime"),
              "file_bytes": int(change.get("mb", 100) * MB)}  # fmt: skip
     weights = {"parameters": change.get("parameters", 22_600_000), "matrix_sparsity": change.get("zeros", 0.5)}

@@ -264,3 +264,40 @@ def test_a_distill_section_reads_one_loss_or_stages_and_refuses_the_rest():
         with pytest.raises(EdgeQAError) as e:
             DistillConfig.from_dict(raw)
         assert str(e.value) == message
+
+
+def test_the_edges_of_a_students_shape():
+    """1 is the smallest of each size."""
+    assert StudentSpec(num_hidden_layers=1, hidden_size=1, num_attention_heads=1, intermediate_size=1).hidden_size == 1
+
+
+def test_depth_against_the_teacher_and_what_a_build_says(teacher, caplog):
+    """The teacher's own depth may be copied whole; a deeper student, even of layers that exist (repeated), has more
+    layers than the teacher has to start them from."""
+    assert student_config(StudentSpec(num_hidden_layers=4), teacher.config).num_hidden_layers == 4
+    with pytest.raises(EdgeQAError) as e:
+        student_config(StudentSpec(layers=[0, 0, 1, 1, 2]), teacher.config)
+    assert str(e.value) == "student has 5 layers but the teacher only 4 to initialise them from"
+    caplog.set_level("INFO", logger="edgeqa.compress.student")
+    student = build_student(StudentSpec(layers=[3, 1]), teacher)
+    total = len(student.state_dict())
+    assert [r.getMessage() for r in caplog.records] == [
+        f"student: {total} of {total} tensors copied from the teacher (layers (3, 1))"]  # fmt: skip
+
+
+def test_settings_name_their_section_and_serialise():
+    from edgeqa.compress.losses import LossConfig
+    from edgeqa.compress.train_config import DistillConfig, Stage, TrainConfig
+
+    for precision in ("auto", "bf16", "fp32"):
+        assert TrainConfig(data="t", precision=precision).precision == precision
+    with pytest.raises(EdgeQAError, match=r"^unknown student setting\(s\): depth \(allowed: "):
+        StudentSpec.from_dict({"depth": 2})
+    with pytest.raises(EdgeQAError, match=r"^unknown train setting\(s\): epochs \(allowed: "):
+        DistillConfig.from_dict({"train": {"data": "t", "epochs": 2}})
+    with pytest.raises(EdgeQAError, match=r"^unknown stage 1 setting\(s\): decay \(allowed: "):
+        DistillConfig.from_dict({"train": {"data": "t"}, "stages": [{"loss": {"hard": 1}}, {"loss": {"hard": 1},
+                                                                                           "decay": 0.1}]})  # fmt: skip
+    assert TrainConfig(data="t", limit=5).to_dict()["limit"] == 5 and "dropout" not in TrainConfig(data="t").to_dict()
+    assert Stage(LossConfig(hard=1.0), lr=0.5).to_dict()["lr"] == 0.5
+    assert StudentSpec(layers=[0, 2]).to_dict()["layers"] == [0, 2]

@@ -74,6 +74,7 @@ def _onnx_model(path):
         numpy_helper.from_array(np.array(0.1, np.float32), "w8_scale"),
         numpy_helper.from_array(np.array(3, np.int8), "w8_zp"),
         numpy_helper.from_array(rows, "rows_quantized"),
+        numpy_helper.from_array(rows, "rows_again"),  # the same, its axis counted from the end (-2: rows)
         numpy_helper.from_array(np.ones(16, np.float32), "rows_scale"),
         numpy_helper.from_array(np.arange(16, dtype=np.int8), "rows_zp"),
         numpy_helper.from_array(uint8_w, "qa_outputs.w_quantized"),
@@ -93,6 +94,7 @@ def _onnx_model(path):
         helper.make_node("DequantizeLinear", ["bert.encoder.layer.1.output.w_quantized", "w8_scale", "w8_zp"], ["w8f"],
                          name="/bert/encoder/layer.1/output/dq"),
         helper.make_node("DequantizeLinear", ["rows_quantized", "rows_scale", "rows_zp"], ["rf"], axis=0),
+        helper.make_node("DequantizeLinear", ["rows_again", "rows_scale", "rows_zp"], ["rf2"], axis=-2),
         helper.make_node("MatMulInteger", ["xq", "qa_outputs.w_quantized", "xq_zp", "wu8_zp"], ["c"]),
         helper.make_node("MatMulInteger", ["xq", "dyn_w", "xq_zp", "computed_zp"], ["e"]),
         helper.make_node("Gemm", ["x", "gemm_w", "gemm_b"], ["g"]),
@@ -104,18 +106,19 @@ def _onnx_model(path):
 
 
 def test_an_onnx_file_counts_int8_zeros_at_their_zero_points(tmp_path):
-    """Parameters: six 16 x 16 matrices (1,536), the 16 x 24 one (384), the Gemm's 16 bias values and the 8 x 8
-    constant: 2,000; scales and zero points are not parameters. Matrices: 33 + 128 + 128 + 192 + 0 + 16 + 0 = 497
-    zeros of 1,920 = 0.2589; encoder layers 0 and 1: 161 of 512 = 0.3145, layer 0 33 / 256 = 0.1289."""
+    """Parameters: seven 16 x 16 matrices (1,792), the 16 x 24 one (384), the Gemm's 16 bias values and the 8 x 8
+    constant: 2,256; scales and zero points are not parameters. Matrices: 33 + 128 + 128 + 128 + 192 + 0 + 16 + 0 =
+    625 zeros of 2,176 = 0.2872; encoder layers 0 and 1: 161 of 512 = 0.3145, layer 0 33 / 256 = 0.1289."""
     _onnx_model(tmp_path / "model.onnx")
     stats = weight_stats(tmp_path)
-    assert stats["file"] == "model.onnx" and stats["parameters"] == 2000
-    assert stats["matrix_sparsity"] == 0.2589 and stats["encoder_sparsity"] == 0.3145
+    assert stats["file"] == "model.onnx" and stats["parameters"] == 2256
+    assert stats["matrix_sparsity"] == 0.2872 and stats["encoder_sparsity"] == 0.3145
     assert stats["per_layer_sparsity"] == {"0": 0.1289, "1": 0.5}
     assert stats["per_matrix_sparsity"] == {
         "bert.encoder.layer.0.attention.self.query": 0.1289,  # named after its node, not "onnx::MatMul_7"
         "bert.encoder.layer.1.output.w_quantized": 0.5,  # its own name, though its node has a path
         "rows_quantized": 0.5,
+        "rows_again": 0.5,
         "qa_outputs.w_quantized": 0.5,
         "dyn_w": 0.0,
         "gemm_w": 0.0625,
