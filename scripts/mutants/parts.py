@@ -143,13 +143,14 @@ PARTS: dict[str, Part] = {
     ),
     # What a user reads: the report's rows, front, targets, warnings and files, and the latency statistics.
     "report": Part(
-        ("edgeqa.bench.report.*", "edgeqa.bench.markdown.*"), ("tests/test_report_contents.py", "tests/test_report.py")
+        ("edgeqa.bench.report.*", "edgeqa.bench.markdown.*"),
+        ("tests/test_report_contents.py", "tests/test_report_plots.py", "tests/test_report.py"),
     ),
     "latency": Part(("edgeqa.bench.latency.*",), ("tests/test_latency.py", "tests/test_promises_scoring.py")),
     # Settings checks, JSON reading and the atomic writers every artefact goes through.
     "files": Part(("edgeqa.bench.files.*",), ("tests/test_files.py", "tests/test_writes.py")),
     "weights": Part(("edgeqa.bench.weights.*",), ("tests/test_weights.py",)),
-    "engines": Part(("edgeqa.bench.engines.*",), ("tests/test_engines.py",)),
+    "engines": Part(("edgeqa.bench.engines.*",), ("tests/test_engines.py", "tests/test_engine_pieces.py")),
     "students": Part(("edgeqa.compress.student.*", "edgeqa.compress.train_config.*"), ("tests/test_students.py",)),
     # Reading SQuAD and scoring a model on it, the one place EM/F1 come from.
     "squad": Part(
