@@ -1,6 +1,5 @@
 """Reading SQuAD files: both layouts, gzip, subsets, and a clear error for every kind of bad file."""
 
-import json
 import time
 
 import pytest
@@ -49,28 +48,6 @@ def test_bad_files_name_the_file_and_the_problem(tmp_path, content, message):
     with pytest.raises(EdgeQAError, match=message) as err:
         load_squad(path)
     assert str(path) in str(err.value)
-
-
-def test_duplicate_ids_are_refused(tmp_path):
-    doc = {
-        "data": [
-            {
-                "paragraphs": [
-                    {
-                        "context": "c",
-                        "qas": [
-                            {"id": "x", "question": "q", "answers": []},
-                            {"id": "x", "question": "q", "answers": []},
-                        ],
-                    }
-                ]
-            }
-        ]
-    }
-    path = tmp_path / "dup.json"
-    path.write_text(json.dumps(doc))
-    with pytest.raises(EdgeQAError, match="appears twice"):
-        load_squad(path)
 
 
 def test_missing_file_and_truncated_gzip(tmp_path):
