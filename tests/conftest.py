@@ -15,6 +15,12 @@ from pathlib import Path
 
 import pytest
 
+if os.environ.get("EDGEQA_MUTANTS_PRELOAD"):  # scripts/mutants/parts.py: mutmut's fork server imports these once,
+    # instead of each mutant's process (transformers' model classes alone take 3 s here).
+    import onnx  # noqa: F401
+    import onnxruntime  # noqa: F401
+    from transformers import AutoModelForQuestionAnswering  # noqa: F401
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("EDGEQA_SHARED", REPO.parent / "shared"))
 TEACHER = SHARED / "models" / "minilm-l6-h384-squad1"

@@ -38,7 +38,10 @@ def test_assemble_logits_pads_with_minus_inf_past_each_window():
 
 def test_assemble_logits_refuses_a_window_of_the_wrong_length():
     saved = {"w0.start": np.zeros(4, np.float32), "w0.end": np.zeros(4, np.float32)}
-    with pytest.raises(EdgeQAError, match="window 0"):
+    with pytest.raises(EdgeQAError, match=r"^window 0: logits shaped \(4,\)/\(4,\), expected \(3,\)$"):
+        assemble_logits(saved, [3])
+    saved = {"w0.start": np.zeros(3, np.float32), "w0.end": np.zeros(4, np.float32)}  # only the end is wrong
+    with pytest.raises(EdgeQAError, match=r"^window 0: logits shaped \(3,\)/\(4,\), expected \(3,\)$"):
         assemble_logits(saved, [3])
 
 
@@ -47,7 +50,8 @@ def test_max_abs_diff_ignores_padding_and_needs_the_same_windows():
     b = np.array([[1.5, 2.0, -INF], [0.0, -0.25, 0.0]])
     assert max_abs_diff(a, b) == 0.5
     assert max_abs_diff(a, a) == 0.0
-    with pytest.raises(EdgeQAError, match="where windows end"):
+    assert max_abs_diff(np.full((1, 2), -INF), np.full((1, 2), -INF)) == 0.0  # nothing but padding: no difference
+    with pytest.raises(EdgeQAError, match="^the two runs disagree on where windows end$"):
         max_abs_diff(a, np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]]))
     with pytest.raises(EdgeQAError, match="shaped"):
         max_abs_diff(a, a[:1])
@@ -58,6 +62,8 @@ def test_same_answer_share_counts_exact_text_only():
     assert same_answer_share(ref, dict(ref)) == 1.0
     assert same_answer_share(ref, {**ref, "q2": "1966 "}) == pytest.approx(2 / 3)  # a space is a different answer
     assert same_answer_share({}, {}) == 1.0
+    with pytest.raises(EdgeQAError, match="^the two runs answered different questions$"):
+        same_answer_share(ref, {"q1": "Denver Broncos"})
     with pytest.raises(EdgeQAError, match="different questions"):
         same_answer_share(ref, {"q1": "Denver Broncos"})
 
@@ -91,7 +97,12 @@ def test_render_table_marks_x86_and_emulated_rows():
         {"model": "m", "profile": "neoverse-n1", "qemu_cpu": "neoverse-n1", "cpu_features": "fp asimddp", **common},
     ]
     lines = render_table(rows).splitlines()
-    assert len(lines) == 4 and lines[0].startswith("| model |")
+    assert lines[:2] == [
+        "| model | run (QEMU_CPU) | int8 features seen | identical answers vs x86 | max abs logit diff "
+        "| EM | F1 | x86 EM | x86 F1 |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    assert len(lines) == 4
     assert "| x86 (native) | x86 |" in lines[2]
     assert "| neoverse-n1 (neoverse-n1) | asimddp | 95.8% | 1.17e+00 | 75.00 | 80.12 | 76.00 | 81.00 |" in lines[3]
 

@@ -64,8 +64,14 @@ def test_render_table_describes_each_variant_and_run():
         {"model": "int8-w7-per-channel", "profile": "avx2", "qemu_cpu": "Haswell-noTSX", **common}
         | {"cpuid_features": "avx2", "u8s8_probe": "saturated"},
     ]
-    lines = render_table(rows).splitlines()
-    assert len(lines) == 4 and lines[0].count("|") == lines[1].count("|") == lines[2].count("|")
+    lines = render_table([*rows, {**rows[1], "cpuid_features": ""}]).splitlines()
+    assert lines[:2] == [
+        "| variant | weights | scales | run (QEMU_CPU) | cpuid int8 features | u8s8 pair sums "
+        "| identical answers vs native | max abs logit diff | EM | F1 | native EM | native F1 |",
+        "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    assert len(lines) == 5 and lines[0].count("|") == lines[1].count("|") == lines[2].count("|")
+    assert "| avx2 (Haswell-noTSX) | - | saturated |" in lines[4]  # no cpuid features seen (off x86)
     assert lines[2].startswith("| int8-w8-per-tensor | 8-bit | per-tensor | native | avx2 avx512f")
     assert lines[3] == (
         "| int8-w7-per-channel | 7-bit | per-channel | avx2 (Haswell-noTSX) | avx2 | saturated "

@@ -79,3 +79,63 @@ def test_weights_that_do_not_fit_fp16_are_refused(tmp_path):
     save_file({"w": torch.tensor([1.0, 70000.0])}, str(tmp_path / "big.safetensors"))  # fp16's largest is 65504
     with pytest.raises(EdgeQAError, match="w do not fit torch.float16"):
         gpu_check._convert_weights(tmp_path / "big.safetensors", tmp_path / "out.safetensors", torch.float16)
+
+
+def test_the_clock_times_each_stage_from_its_first_step_to_its_last(monkeypatch):
+    ticks = iter([1.0, 2.0, 3.0, 5.0, 8.0, 13.0])  # start, then each reading in turn
+    monkeypatch.setattr(gpu_check.time, "perf_counter", lambda: next(ticks))
+    clock = gpu_check._Clock()
+    hooks = clock.hooks()
+    hooks.start_stage(None, None, 0, 3)  # 2.0: training starts
+    for step in (1, 2, 3):  # 3.0 after the first step, none after the second, 5.0 after the last
+        hooks.after_step(None, 0, step, 3)
+    hooks.start_stage(None, None, 1, 2)  # a later stage leaves the training start alone
+    for step in (1, 2):  # 8.0, 13.0
+        hooks.after_step(None, 1, step, 2)
+    assert clock.start == 1.0 and clock.first_stage_at == 2.0
+    assert clock.marks == {0: {"first": 3.0, "last": 5.0}, 1: {"first": 8.0, "last": 13.0}}
+
+
+def test_without_cuda_the_check_refuses_unless_asked_and_names_what_is_missing(tmp_path):
+    assert not torch.cuda.is_available()  # these machines have no GPU
+    with pytest.raises(EdgeQAError) as e:
+        gpu_check.run_check(tmp_path, tmp_path / "out")
+    assert str(e.value) == "no CUDA device: this is the GPU check (--allow-cpu runs it on the CPU, to test it)"
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "train.json.gz").write_bytes(b"")
+    with pytest.raises(EdgeQAError) as e:
+        gpu_check.run_check(tmp_path, tmp_path / "out", allow_cpu=True)
+    hint = "missing; run `make gpu-check` where ../shared is, and carry .gpu"
+    assert str(e.value) == f"{tmp_path / 'dev.json.gz'}: {hint}"
+    assert not (tmp_path / "out").exists()  # refused before anything is written
+
+
+def test_a_failed_device_half_still_leaves_its_json_saying_why(tmp_path):
+    import transformers
+
+    out = tmp_path / "out"
+    with pytest.raises(EdgeQAError, match="missing"):
+        gpu_check.main(["run", "--folder", str(tmp_path / "none"), "--out", str(out), "--allow-cpu"])
+    result = json.loads((out / gpu_check.RESULT).read_text())
+    assert result["status"] == "failed" and result["torch"] == torch.__version__
+    assert result["transformers"] == transformers.__version__ and "device_name" not in result  # no CUDA here
+    missing = tmp_path / "none" / "teacher"
+    hint = "missing; run `make gpu-check` where ../shared is, and carry .gpu"
+    assert result["error"] == f"EdgeQAError: {missing}: {hint}"
+    assert result["traceback"].startswith("Traceback") and "run_check" in result["traceback"]
+
+
+def test_prepare_from_the_command_line_says_what_it_wrote(tmp_path, capsys):
+    shared = tmp_path / "shared"
+    make_tiny_qa_model(shared / gpu_check.TEACHER)
+    (shared / gpu_check.TRAIN).parent.mkdir(parents=True)
+    write_squad(shared / gpu_check.TRAIN, TOY_QAS, gz=True)
+    write_squad(shared / gpu_check.DEV, TOY_QAS, gz=True)
+    assert gpu_check.main(["prepare", "--shared", str(shared), "--out", str(tmp_path / ".gpu")]) == 0
+    out = capsys.readouterr().out
+    manifest = json.loads((tmp_path / ".gpu" / "manifest.json").read_text())
+    assert json.loads(out[: out.rindex("}") + 1]) == manifest and manifest["source"] == str(shared)
+    assert out.endswith(f"wrote {tmp_path / '.gpu'}: {manifest['total_mb']} MB; carry it to the device run "
+                        "(see compress/gpu_check.py)\n")  # fmt: skip
+    assert set(manifest["files"]) >= {"teacher/model.safetensors", "teacher/config.json", "teacher/vocab.txt"}
+    assert not any(name.endswith(".bin") for name in manifest["files"])

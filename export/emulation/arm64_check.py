@@ -304,9 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_logging(name: str) -> None:
-    """INFO for edgeqa's own loggers only: ONNX Runtime's quantizer logs a line per tensor on the root logger."""
+    """INFO for edgeqa's own loggers only (and the check's, `__main__` when run with -m): ONNX Runtime's quantizer
+    logs a line per tensor on the root logger."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for logger in ("bench", "export", name):
+    for logger in ("edgeqa", name):
         logging.getLogger(logger).setLevel(logging.INFO)
 
 

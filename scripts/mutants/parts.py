@@ -152,6 +152,36 @@ PARTS: dict[str, Part] = {
     "weights": Part(("edgeqa.bench.weights.*",), ("tests/test_weights.py",)),
     "engines": Part(("edgeqa.bench.engines.*",), ("tests/test_engines.py", "tests/test_engine_pieces.py")),
     "students": Part(("edgeqa.compress.student.*", "edgeqa.compress.train_config.*"), ("tests/test_students.py",)),
+    # The checks run by hand under qemu (`make arm64-check`, `make avx2-check`), end to end with a stand-in emulator.
+    "emulation": Part(
+        ("edgeqa.export.emulation.*",),
+        ("tests/test_arm64_check.py", "tests/test_avx2_check.py", "tests/test_emulation_main.py"),
+    ),
+    # The GPU check's two halves (its device half on the CPU) and the training-step timer, both run by hand.
+    "gpu": Part(
+        ("edgeqa.compress.gpu_check.*", "edgeqa.compress.step_time.*"),
+        ("tests/test_gpu_check.py", "tests/test_distill_runs.py"),
+    ),
+    # ONNX export and parity, fusion, the mobile format, and int8 quantization itself (its settings are `quantize`).
+    "export": Part(
+        (
+            "edgeqa.export.onnx.*",
+            "edgeqa.export.optimize.*",
+            "edgeqa.export.mobile.*",
+            "edgeqa.export.quantize.x_quantize*",
+            "edgeqa.export.quantize.x__quantize_static*",
+            "edgeqa.export.quantize.x_check_float_model*",
+            "edgeqa.export.quantize.x_calibration_inputs*",
+            "edgeqa.export.quantize.xǁ_SquadCalibrationǁ*",
+        ),
+        (
+            "tests/test_export.py",
+            "tests/test_promises_making.py",
+            "tests/test_quantize_config.py",
+            "tests/test_cpu.py",
+            "tests/test_torch_int8.py",
+        ),
+    ),
     # Reading SQuAD and scoring a model on it, the one place EM/F1 come from.
     "squad": Part(
         ("edgeqa.bench.squad.*", "edgeqa.bench.evaluate.*"), ("tests/test_squad.py", "tests/test_evaluate.py")
@@ -207,12 +237,18 @@ def stage(tests: tuple[str, ...] = ()) -> None:
         (TREE / "pyproject.toml").write_text(text)
 
 
+def _env() -> dict[str, str]:
+    """One thread per mutant process (two run at once on two cores); tests/conftest.py preloads the heavy modules
+    into mutmut's fork server when EDGEQA_MUTANTS_PRELOAD is set, so that each mutant does not import them again."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "EDGEQA_MUTANTS_PRELOAD": "1"}
+
+
 def run(names: list[str], children: int) -> None:
     unknown = [n for n in names if n not in PARTS]
     if unknown:
         sys.exit(f"mutants: unknown part {', '.join(unknown)}; the parts are {', '.join(PARTS)}")
     check_selection()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = _env()
     for name in names or list(PARTS):
         print(f"== part {name}: {' '.join(PARTS[name].globs)}", flush=True)
         stage(PARTS[name].tests)
@@ -225,7 +261,7 @@ def run(names: list[str], children: int) -> None:
 def retest(names: list[str], children: int) -> None:
     """Run mutmut again on the parts' mutants that were not killed (survived, timed out, not checked, no tests)."""
     check_selection()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = _env()
     for name in names or list(PARTS):
         before = saved(name)
         todo = sorted(m for m, s in before.items() if s not in ("killed", "timeout"))
@@ -299,7 +335,7 @@ def sample(size: int, seed: int, children: int) -> None:
     rest = _outside_parts(results())
     drawn = random.Random(seed).sample(rest, min(size, len(rest)))
     (TREE / "sample.json").write_text(json.dumps({"seed": seed, "of": len(rest), "mutants": sorted(drawn)}, indent=1))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = _env()
     for lo in range(0, len(drawn), 200):  # a bounded command line
         subprocess.run([str(MUTMUT), "run", "--max-children", str(children), *sorted(drawn)[lo : lo + 200]],
                        cwd=TREE, env=env, check=True)  # fmt: skip
