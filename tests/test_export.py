@@ -24,6 +24,8 @@ def exported(tiny_qa_model, toy_squad, tmp_path):
 def test_export_matches_pytorch_and_records_parity(tiny_qa_model, exported, toy_squad):
     parity = json.loads((exported / "parity.json").read_text())
     assert parity["ok"] and parity["max_abs_diff"] < 1e-4 and parity["same_answer_share"] == 1.0
+    assert parity["reference"] == str(tiny_qa_model) and (parity["tolerance"], parity["min_same_answer_share"]) == (
+        1e-3, 0.995)  # fmt: skip
     assert {"model.onnx", "config.json", "tokenizer.json"} <= {p.name for p in exported.iterdir()}
     graph = onnx.load(str(exported / "model.onnx")).graph
     dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input}

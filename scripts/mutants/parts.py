@@ -176,6 +176,10 @@ PARTS: dict[str, Part] = {
         ),
         (
             "tests/test_export.py",
+            "tests/test_fuse.py",
+            "tests/test_calibration.py",
+            "tests/test_static_int8.py",
+            "tests/test_quantize_records.py",
             "tests/test_promises_making.py",
             "tests/test_quantize_config.py",
             "tests/test_cpu.py",
