@@ -29,7 +29,9 @@ def test_export_matches_pytorch_and_records_parity(tiny_qa_model, exported, toy_
     assert {"model.onnx", "config.json", "tokenizer.json"} <= {p.name for p in exported.iterdir()}
     graph = onnx.load(str(exported / "model.onnx")).graph
     dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input}
-    assert dims["input_ids"] == ["batch", "sequence"]  # dynamic axes
+    assert dims == {n: ["batch", "sequence"] for n in ("input_ids", "attention_mask", "token_type_ids")}  # dynamic
+    outputs = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in graph.output}
+    assert outputs == {"start_logits": ["batch", "sequence"], "end_logits": ["batch", "sequence"]}
     ds = load_squad(toy_squad)
     torch_preds = predict(load_qa_model(tiny_qa_model, 1), ds.examples, progress=False)
     onnx_model = load_qa_model(exported, 1)
