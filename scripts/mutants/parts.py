@@ -272,9 +272,11 @@ def retest(names: list[str], children: int) -> None:
         if todo:
             stage(PARTS[name].tests)
             subprocess.run([str(MUTMUT), "run", "--max-children", str(children), *todo], cwd=TREE, env=env, check=True)
-            found = results()
-            (TREE / "results" / f"{name}.json").write_text(json.dumps({**before, **{m: found[m] for m in todo}},
-                                                                      indent=1, sort_keys=True))  # fmt: skip
+            # mutmut remakes the mutants of a changed function, under other names: keep the part's mutants as
+            # they are now, each with its earlier kill or its new result.
+            now = _of_part(results(), name)
+            merged = {m: before[m] if before.get(m) in ("killed", "timeout") else s for m, s in now.items()}
+            (TREE / "results" / f"{name}.json").write_text(json.dumps(merged, indent=1, sort_keys=True))
     summary(names or list(PARTS))
 
 
