@@ -321,6 +321,12 @@ def tiny_onnx_model(tmp_path_factory) -> tuple[Path, Path]:
     return torch_dir, export_onnx(torch_dir, root / "onnx")
 
 
+@pytest.fixture(scope="module")
+def onnx_dir(tiny_onnx_model) -> Path:
+    """The ONNX export of `tiny_onnx_model`, for tests that fuse or quantize it."""
+    return tiny_onnx_model[1]
+
+
 def write_recipe(path: Path, model: Path, data: Path, steps: str, name: str = "t", extra: str = "") -> Path:
     """A recipe for a tiny model: scored on `data`, parity on 3 questions, timed briefly at 32 tokens. `steps` is
     the list of steps (any indentation); `extra` more top-level sections."""

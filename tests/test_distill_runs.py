@@ -1,5 +1,5 @@
-"""Distillation end to end: a killed run resumed, two processes against one, the step timer, fine-tuning, a
-two-stage TinyBERT run, the shared teacher, and the GPU check's two halves on the CPU."""
+"""Distillation end to end: a killed run resumed, two processes against one, fine-tuning, a two-stage TinyBERT run
+and the shared teacher. (The step timer is in test_step_time.py, the GPU check's two halves in test_gpu_check.py.)"""
 
 from __future__ import annotations
 
@@ -26,7 +26,6 @@ from conftest import (
 )
 from edgeqa.bench.engines import load_tokenizer, load_torch_qa_model
 from edgeqa.bench.squad import load_squad
-from edgeqa.compress import forward
 from edgeqa.compress.student import StudentSpec, build_student
 from edgeqa.compress.train_config import TrainConfig
 from edgeqa.pipeline.run import run_recipe
@@ -130,46 +129,6 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, toy_train,
     assert info["bf16"] is False and info["precision"] == {"asked": "fp32", "chosen": "fp32", "reason": "given: fp32"}
 
 
-def _dropout_rates(model: torch.nn.Module) -> frozenset[float]:
-    """Every dropout rate in `model`: nn.Dropout modules and the float rates attention modules pass to SDPA."""
-    rates = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
-    for m in model.modules():
-        rates |= {
-            getattr(m, n) for n in ("dropout_prob", "attention_dropout") if isinstance(getattr(m, n, None), float)
-        }
-    return frozenset(rates)
-
-
-def test_step_timer_times_every_dropout_setting_on_the_loops_own_step(tmp_path, toy_train, capsys, monkeypatch):
-    """Checked on the models the loop's step receives, not on profiler operator names: those depend on the kernels
-    a CPU gets (an AVX2-only EPYC showed no `bernoulli` among them), and timings on the machine's load."""
-    from edgeqa.compress import step_time
-
-    assert step_time.micro_step is forward.micro_step  # the training loop's own step is what is timed
-    seen: dict[int, list[tuple[bool, frozenset[float]]]] = {}
-
-    def watched(model, *args, **kwargs):
-        seen.setdefault(id(model), []).append((model.training, _dropout_rates(model)))
-        return forward.micro_step(model, *args, **kwargs)
-
-    monkeypatch.setattr(step_time, "micro_step", watched)
-    model = make_tiny_qa_model(tmp_path / "m")  # BERT's default rates: 0.1 hidden and attention dropout
-    args = ["--model", str(model), "--data", str(toy_train), "--sparsity", "0.5", "--batch-size", "4"]
-    step_time.main([*args, "--steps", "2", "--rounds", "2", "--profile"])
-    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(out["seconds_per_step"]) == {"model's", "0.0"} and all(v > 0 for v in out["seconds_per_step"].values())
-    # One model per setting, each stepped in training mode 3 (burn-in) + 2 x 2 (rounds) + 2 (profiled) times, one
-    # at the model's own dropout everywhere, the other with every dropout at 0.
-    assert sorted(len(calls) for calls in seen.values()) == [9, 9]
-    assert all(len(set(calls)) == 1 for calls in seen.values())
-    assert {calls[0] for calls in seen.values()} == {(True, frozenset({0.1})), (True, frozenset({0.0}))}
-    # The profile: each setting's costliest operators (at most six), as shares of that setting's own time.
-    assert set(out["cpu_share"]) == {"model's", "0.0"}
-    for shares in out["cpu_share"].values():
-        assert 1 <= len(shares) <= 6 and all(isinstance(op, str) and op for op in shares)
-        assert all(0 <= v <= 1 for v in shares.values()) and 0 < sum(shares.values()) <= 1.01
-
-
 def test_finetuning_a_pretrained_encoder_without_teacher(tmp_path, toy_train, toy_squad):
     encoder = make_tiny_qa_model(tmp_path / "encoder", qa_head=False)
     block = f"""\
@@ -251,30 +210,3 @@ def test_finetuning_the_packaged_minilm_encoder(tmp_path, teacher):
     root = run_recipe(_recipe(tmp_path, teacher, TRAIN, DEV, block), tmp_path / "runs")
     student = load_torch_qa_model(root / "models" / "student")  # a QA model now, with its own head
     assert student.config.num_hidden_layers == 6 and (root / "models" / "student" / "tokenizer.json").exists()
-
-
-# --- the GPU check's two halves, on the CPU ------------------------------------------------------------------------
-
-
-def test_gpu_check_prepares_what_travels_and_its_device_half_runs(tmp_path):
-    from edgeqa.compress import gpu_check
-
-    shared = tmp_path / "shared"
-    make_tiny_qa_model(shared / gpu_check.TEACHER, layers=6)  # the recipe's student copies layers 0, 2, 4
-    (shared / gpu_check.DEV).parent.mkdir(parents=True)
-    write_squad(shared / gpu_check.TRAIN, TOY_QAS * 16, gz=True)
-    write_squad(shared / gpu_check.DEV, TOY_QAS, gz=True)
-    manifest = gpu_check.prepare(shared, tmp_path / ".gpu")
-    weights = load_file(tmp_path / ".gpu" / "teacher" / "model.safetensors")
-    assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float16}
-    assert {"train.json.gz", "dev.json.gz", "teacher/vocab.txt", "teacher/config.json"} <= set(manifest["files"])
-
-    result = gpu_check.run_check(
-        tmp_path / ".gpu", tmp_path / "out", steps=(2, 3), limit=40, eval_questions=3, allow_cpu=True
-    )
-    assert json.loads((tmp_path / "out" / "gpu_check.json").read_text()) == result
-    assert result["status"] == "done" and result["training"]["device"] == "cpu"
-    assert [s["steps"] for s in result["stages"]] == [2, 3] and all(s["steps_per_s"] > 0 for s in result["stages"])
-    assert result["eval_questions"] == 3 and 0 <= result["f1"] <= 100
-    assert result["f1"] == result["in_training_eval"]["f1"]  # the saved student scores as it did in training
-    assert result["training"]["precision"]["asked"] == "auto"

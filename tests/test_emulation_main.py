@@ -23,7 +23,7 @@ import pytest
 
 from conftest import TOY_QAS, make_tiny_qa_model, write_squad
 from edgeqa.bench.evaluate import evaluate
-from edgeqa.export.emulation import arm64_check, avx2_check
+from edgeqa.export.emulation import arm64_check, arm64_runner, avx2_check
 from edgeqa.export.emulation.arm64_report import probe_verdict
 from edgeqa.export.emulation.arm64_runner import run_probe
 from edgeqa.export.quantize import preset_record
@@ -122,8 +122,6 @@ def test_arm64_check_from_a_fresh_clone_makes_its_models_and_compares_every_run_
                 x86["exact_match"], x86["f1"])  # fmt: skip
         assert rows[(model, "sme")]["qemu_cpu"] == "max" and x86["qemu_cpu"] is None
     import onnxruntime
-
-    from edgeqa.export.emulation import arm64_runner
 
     for row in report["rows"]:  # what each run saw, from the runner's record
         assert (row["machine"], row["device"], row["onnxruntime"]) == (
@@ -259,8 +257,6 @@ def test_the_runner_from_its_command_line_records_what_it_was_asked(tmp_path):
     """The runner as the jobs start it (a file, its own arguments), here in-process, on a graph that echoes its ids."""
     from test_arm64_check import _echo_model
 
-    from edgeqa.export.emulation import arm64_runner
-
     _echo_model(tmp_path / "echo.onnx")
     ids = np.asarray([101, 7, 102], dtype=np.int64)
     np.savez(tmp_path / "in.npz", n_windows=np.asarray(1), **{"w0.input_ids": ids, "w0.token_type_ids": ids * 0})
@@ -276,8 +272,6 @@ def test_the_runner_from_its_command_line_records_what_it_was_asked(tmp_path):
 
 def test_the_runners_session_is_sequential_with_the_threads_and_kleidiai_setting_asked(tmp_path):
     from test_arm64_check import _echo_model
-
-    from edgeqa.export.emulation import arm64_runner
 
     _echo_model(tmp_path / "echo.onnx")
     opts = arm64_runner.open_session(tmp_path / "echo.onnx", 3, [], True).get_session_options()
@@ -296,7 +290,6 @@ def test_the_features_line_is_the_kernels_own(tmp_path):
     text = Path("/proc/cpuinfo").read_text()
     key = "flags" if platform.machine() == "x86_64" else "Features"
     first = next(line for line in text.splitlines() if line.split(":")[0].strip() == key)
-    from edgeqa.export.emulation import arm64_runner
 
     assert arm64_runner.cpu_features() == first.partition(":")[2].strip()
 
@@ -324,7 +317,6 @@ def test_the_checks_defaults_are_what_make_and_the_docs_say(monkeypatch):
 
 
 def test_the_runner_needs_its_inputs_model_and_output(tmp_path, capsys):
-    from edgeqa.export.emulation import arm64_runner
 
     for missing in ("--inputs", "--model", "--out"):
         argv = [a for name in ("--inputs", "--model", "--out") if name != missing for a in (name, str(tmp_path))]
@@ -335,8 +327,6 @@ def test_the_runner_needs_its_inputs_model_and_output(tmp_path, capsys):
 
 def test_the_features_line_on_an_arm_kernel_and_without_proc(monkeypatch):
     import io
-
-    from edgeqa.export.emulation import arm64_runner
 
     arm = "processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd asimddp i8mm sve\nCPU part\t: 0xd0c\n"
     monkeypatch.setattr(arm64_runner, "open", lambda *a, **k: io.StringIO(arm), raising=False)
@@ -351,7 +341,6 @@ def test_the_features_line_on_an_arm_kernel_and_without_proc(monkeypatch):
 
 def test_cpuid_features_are_read_on_x86_by_any_name_and_joined_by_spaces(monkeypatch):
     """On x86, as every machine of this project is: numpy reads SSE2 and AVX from cpuid."""
-    from edgeqa.export.emulation import arm64_runner
 
     monkeypatch.setattr(arm64_runner, "X86_CPUID_FEATURES", {"SSE2": "sse2", "AVX": "avx", "NOPE": "nope"})
     assert arm64_runner.cpuid_features() == "sse2 avx"  # every x86-64 processor has SSE2; AVX since 2011

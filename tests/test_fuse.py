@@ -21,11 +21,6 @@ from edgeqa.export.mobile import convert_to_ort
 from edgeqa.export.optimize import FUSIONS, fuse
 
 
-@pytest.fixture(scope="module")
-def onnx_dir(tiny_onnx_model):
-    return tiny_onnx_model[1]
-
-
 def _ops(folder) -> Counter:
     return Counter(n.op_type for n in onnx.load(folder / "model.onnx").graph.node)
 

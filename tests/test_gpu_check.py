@@ -139,3 +139,26 @@ def test_prepare_from_the_command_line_says_what_it_wrote(tmp_path, capsys):
                         "(see compress/gpu_check.py)\n")  # fmt: skip
     assert set(manifest["files"]) >= {"teacher/model.safetensors", "teacher/config.json", "teacher/vocab.txt"}
     assert not any(name.endswith(".bin") for name in manifest["files"])
+
+
+def test_the_check_prepared_here_trains_and_scores_on_the_cpu_when_allowed(tmp_path):
+    """Both halves end to end on a tiny teacher: what `make gpu-check` writes here, then the device half on it."""
+    shared = tmp_path / "shared"
+    make_tiny_qa_model(shared / gpu_check.TEACHER, layers=6)  # the recipe's student copies layers 0, 2, 4
+    (shared / gpu_check.DEV).parent.mkdir(parents=True)
+    write_squad(shared / gpu_check.TRAIN, TOY_QAS * 16, gz=True)
+    write_squad(shared / gpu_check.DEV, TOY_QAS, gz=True)
+    manifest = gpu_check.prepare(shared, tmp_path / ".gpu")
+    weights = load_file(tmp_path / ".gpu" / "teacher" / "model.safetensors")
+    assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float16}
+    assert {"train.json.gz", "dev.json.gz", "teacher/vocab.txt", "teacher/config.json"} <= set(manifest["files"])
+
+    result = gpu_check.run_check(
+        tmp_path / ".gpu", tmp_path / "out", steps=(2, 3), limit=40, eval_questions=3, allow_cpu=True
+    )
+    assert json.loads((tmp_path / "out" / "gpu_check.json").read_text()) == result
+    assert result["status"] == "done" and result["training"]["device"] == "cpu"
+    assert [s["steps"] for s in result["stages"]] == [2, 3] and all(s["steps_per_s"] > 0 for s in result["stages"])
+    assert result["eval_questions"] == 3 and 0 <= result["f1"] <= 100
+    assert result["f1"] == result["in_training_eval"]["f1"]  # the saved student scores as it did in training
+    assert result["training"]["precision"]["asked"] == "auto"

@@ -15,11 +15,6 @@ from edgeqa.bench.squad import load_squad
 from edgeqa.export.quantize import QuantizeConfig, preset_record, quantize
 
 
-@pytest.fixture(scope="module")
-def onnx_dir(tiny_onnx_model):
-    return tiny_onnx_model[1]
-
-
 def _ops(folder) -> Counter:
     return Counter(n.op_type for n in onnx.load(str(folder / "model.onnx")).graph.node)
 

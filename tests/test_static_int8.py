@@ -17,11 +17,6 @@ from onnx import numpy_helper
 from edgeqa.export.quantize import QuantizeConfig, quantize
 
 
-@pytest.fixture(scope="module")
-def onnx_dir(tiny_onnx_model):
-    return tiny_onnx_model[1]
-
-
 def _static(onnx_dir, toy, out, **settings):
     cfg = QuantizeConfig(**{"mode": "static", "calibration_samples": 8, **settings})
     graph = onnx.load(str(quantize(onnx_dir, out, cfg, calibration_data=toy) / "model.onnx")).graph

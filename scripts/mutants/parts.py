@@ -160,7 +160,7 @@ PARTS: dict[str, Part] = {
     # The GPU check's two halves (its device half on the CPU) and the training-step timer, both run by hand.
     "gpu": Part(
         ("edgeqa.compress.gpu_check.*", "edgeqa.compress.step_time.*"),
-        ("tests/test_gpu_check.py", "tests/test_distill_runs.py"),
+        ("tests/test_gpu_check.py", "tests/test_step_time.py"),
     ),
     # ONNX export and parity, fusion, the mobile format, and int8 quantization itself (its settings are `quantize`).
     "export": Part(
