@@ -49,8 +49,7 @@ from edgeqa.compress.train_eval import score_student
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
-RECIPE = REPO / "recipes" / "distill-3l-gpu.yaml"
+RECIPE = Path("recipes") / "distill-3l-gpu.yaml"  # in the checkout both halves run from (a wheel has no recipes)
 TEACHER = Path("models") / "minilm-l6-h384-squad1"
 TRAIN = Path("data") / "squad" / "train-v1.1.rebuilt.json.gz"
 DEV = Path("data") / "squad" / "dev-v1.1.json.gz"
@@ -161,6 +160,7 @@ def run_check(
     limit: int = 20000,
     eval_questions: int = 1000,
     allow_cpu: bool = False,
+    recipe: Path = RECIPE,
 ) -> dict[str, Any]:
     """Train and score on the GPU; the result is returned and written to out/gpu_check.json."""
 
@@ -169,13 +169,15 @@ def run_check(
     for name in ("teacher", "train.json.gz", "dev.json.gz"):
         if not (folder / name).exists():
             raise EdgeQAError(f"{folder / name}: missing; run `make gpu-check` where ../shared is, and carry .gpu")
+    if not recipe.is_file():
+        raise EdgeQAError(f"{recipe}: no such recipe; run from the repository root, or give --recipe")
     result = _environment()
     _write(out, {**result, "status": "started"})
     clock = _Clock()
     with tempfile.TemporaryDirectory(prefix="edgeqa-gpu-check-") as scratch:
         work = Path(scratch)
         teacher = teacher_fp32(folder / "teacher", work / "teacher")
-        cfg = distill_settings(RECIPE, folder / "train.json.gz", steps, limit, eval_questions)
+        cfg = distill_settings(recipe, folder / "train.json.gz", steps, limit, eval_questions)
         best = distill(cfg, teacher, work / "student", str(folder / "dev.json.gz"), work / "cache", hooks=clock.hooks())
         trained_at = time.perf_counter()
         result.update(_training_figures(work / "student", cfg, clock))
@@ -271,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--limit", type=int, default=20000, help="first N train questions")
     r.add_argument("--eval-questions", type=int, default=1000)
     r.add_argument("--allow-cpu", action="store_true", help="run without CUDA (to test this script)")
+    r.add_argument("--recipe", default=str(RECIPE), help="the recipe whose distill step is trained")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.cmd == "prepare":
@@ -280,7 +283,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     out = Path(args.out)
     try:
-        result = run_check(Path(args.folder), out, tuple(args.steps), args.limit, args.eval_questions, args.allow_cpu)
+        result = run_check(
+            Path(args.folder),
+            out,
+            tuple(args.steps),
+            args.limit,
+            args.eval_questions,
+            args.allow_cpu,
+            Path(args.recipe),
+        )
     except BaseException as e:  # the device tool returns $OUT even then: say there what went wrong
         failed = {"status": "failed", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
         _write(out, {**_environment(), **failed})

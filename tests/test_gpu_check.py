@@ -10,13 +10,15 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import TOY_QAS, make_tiny_qa_model, write_squad
+from conftest import REPO, TOY_QAS, make_tiny_qa_model, write_squad
 from edgeqa.bench.files import EdgeQAError
 from edgeqa.compress import gpu_check
 
+RECIPE = REPO / gpu_check.RECIPE  # the tests run from any folder
+
 
 def test_the_recipe_is_shortened_to_the_steps_asked_and_keeps_its_settings(tmp_path):
-    cfg = gpu_check.distill_settings(gpu_check.RECIPE, tmp_path / "train.json.gz", (200, 400), 20000, 1000)
+    cfg = gpu_check.distill_settings(RECIPE, tmp_path / "train.json.gz", (200, 400), 20000, 1000)
     # recipes/distill-3l-gpu.yaml: layers 0, 2, 4; batch 32; two stages at lr 2e-4 and 1e-4
     assert cfg.student.layers == (0, 2, 4) and cfg.train.batch_size == 32 and cfg.train.freeze_word_embeddings
     assert [(s.max_steps, s.lr) for s in cfg.stages] == [(200, 2.0e-4), (400, 1.0e-4)]
@@ -24,11 +26,11 @@ def test_the_recipe_is_shortened_to_the_steps_asked_and_keeps_its_settings(tmp_p
     assert (cfg.train.eval_every, cfg.train.eval_limit, cfg.train.checkpoint_every) == (0, 1000, 400)
     assert cfg.stages[0].loss.hidden == 1.0 and cfg.stages[1].loss.soft == 0.8
     with pytest.raises(EdgeQAError, match="2 stages, but 3 step counts were given"):
-        gpu_check.distill_settings(gpu_check.RECIPE, tmp_path / "t", (1, 2, 3), 10, 5)
+        gpu_check.distill_settings(RECIPE, tmp_path / "t", (1, 2, 3), 10, 5)
 
 
 def test_stage_rates_count_the_steps_after_the_first(tmp_path):
-    cfg = gpu_check.distill_settings(gpu_check.RECIPE, tmp_path / "t", (5, 11), 100, 10)
+    cfg = gpu_check.distill_settings(RECIPE, tmp_path / "t", (5, 11), 100, 10)
     info = {"steps": [5, 11], "device": "cuda", "precision": {"asked": "auto"}, "bf16": True, "windows": 999,
             "questions": 100, "train_seconds": 9.0, "best": {"f1": 50.0}}  # fmt: skip
     (tmp_path / "training.json").write_text(json.dumps(info))
@@ -107,6 +109,10 @@ def test_without_cuda_the_check_refuses_unless_asked_and_names_what_is_missing(t
         gpu_check.run_check(tmp_path, tmp_path / "out", allow_cpu=True)
     hint = "missing; run `make gpu-check` where ../shared is, and carry .gpu"
     assert str(e.value) == f"{tmp_path / 'dev.json.gz'}: {hint}"
+    (tmp_path / "dev.json.gz").write_bytes(b"")
+    with pytest.raises(EdgeQAError) as e:  # the default recipe is the checkout's: run from elsewhere, it is missing
+        gpu_check.run_check(tmp_path, tmp_path / "out", allow_cpu=True, recipe=tmp_path / "none.yaml")
+    assert str(e.value) == f"{tmp_path / 'none.yaml'}: no such recipe; run from the repository root, or give --recipe"
     assert not (tmp_path / "out").exists()  # refused before anything is written
 
 
@@ -154,7 +160,7 @@ def test_the_check_prepared_here_trains_and_scores_on_the_cpu_when_allowed(tmp_p
     assert {"train.json.gz", "dev.json.gz", "teacher/vocab.txt", "teacher/config.json"} <= set(manifest["files"])
 
     result = gpu_check.run_check(
-        tmp_path / ".gpu", tmp_path / "out", steps=(2, 3), limit=40, eval_questions=3, allow_cpu=True
+        tmp_path / ".gpu", tmp_path / "out", steps=(2, 3), limit=40, eval_questions=3, allow_cpu=True, recipe=RECIPE
     )
     assert json.loads((tmp_path / "out" / "gpu_check.json").read_text()) == result
     assert result["status"] == "done" and result["training"]["device"] == "cpu"
