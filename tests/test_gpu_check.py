@@ -5,6 +5,7 @@ device half itself runs end to end on the CPU in test_distill_runs.py."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -168,3 +169,36 @@ def test_the_check_prepared_here_trains_and_scores_on_the_cpu_when_allowed(tmp_p
     assert result["eval_questions"] == 3 and 0 <= result["f1"] <= 100
     assert result["f1"] == result["in_training_eval"]["f1"]  # the saved student scores as it did in training
     assert result["training"]["precision"]["asked"] == "auto"
+
+
+def test_the_device_half_passes_its_command_line_on_and_prints_what_it_wrote(tmp_path, monkeypatch, capsys):
+    """The defaults the module's docstring and scripts/gpu_check.sh rely on, and each option reaching the check."""
+    seen = []
+
+    def check(folder, out, steps, limit, eval_questions, allow_cpu, recipe):
+        seen.append((folder, out, steps, limit, eval_questions, allow_cpu, recipe))
+        return {"status": "done", "f1": 1.5}
+
+    monkeypatch.setattr(gpu_check, "run_check", check)
+    monkeypatch.delenv("OUT", raising=False)
+    assert gpu_check.main(["run"]) == 0
+    assert seen.pop() == (Path(".gpu"), Path("runs/gpu-check"), (200, 400), 20000, 1000, False, gpu_check.RECIPE)
+    assert capsys.readouterr().out == '{\n "status": "done",\n "f1": 1.5\n}\n'  # the result, as written
+    monkeypatch.setenv("OUT", str(tmp_path / "out"))  # the device tool's result folder
+    argv = ["run", "--folder", "f", "--steps", "3", "4", "5", "--limit", "7", "--eval-questions", "9", "--allow-cpu"]
+    assert gpu_check.main([*argv, "--recipe", "r.yaml"]) == 0
+    assert seen.pop() == (Path("f"), tmp_path / "out", (3, 4, 5), 7, 9, True, Path("r.yaml"))
+    with pytest.raises(SystemExit) as e:  # a half must be named
+        gpu_check.main([])
+    assert e.value.code == 2
+
+
+def test_prepare_reads_the_shared_folder_from_the_environment_by_default(tmp_path, monkeypatch, capsys):
+    seen = []
+    monkeypatch.setattr(gpu_check, "prepare", lambda shared, out: seen.append((shared, out)) or {"total_mb": 1.0})
+    monkeypatch.delenv("EDGEQA_SHARED", raising=False)
+    assert gpu_check.main(["prepare"]) == 0
+    monkeypatch.setenv("EDGEQA_SHARED", str(tmp_path))
+    assert gpu_check.main(["prepare"]) == 0
+    assert seen == [(Path("../shared"), Path(".gpu")), (tmp_path, Path(".gpu"))]
+    assert capsys.readouterr().out.startswith('{\n "total_mb": 1.0\n}\n')  # the manifest, indented as written

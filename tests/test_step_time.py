@@ -55,3 +55,26 @@ def test_step_timer_times_every_dropout_setting_on_the_loops_own_step(tmp_path, 
     for shares in out["cpu_share"].values():
         assert 1 <= len(shares) <= 6 and all(isinstance(op, str) and op for op in shares)
         assert all(0 <= v <= 1 for v in shares.values()) and 0 < sum(shares.values()) <= 1.01
+
+
+def test_the_timer_command_times_the_models_own_dropout_beside_none_with_its_defaults(monkeypatch, capsys):
+    seen = []
+
+    def timed(model, data, dropouts, sparsity, batch_size, steps, rounds, profile):
+        seen.append((model, data, dropouts, sparsity, batch_size, steps, rounds, profile, torch.get_num_threads()))
+        return {"seconds_per_step": {"model's": 0.5, "0.0": 0.25}}
+
+    monkeypatch.setattr(step_time, "time_steps", timed)
+    threads = torch.get_num_threads()
+    try:
+        step_time.main(["--model", "m", "--data", "d"])
+        out = capsys.readouterr().out
+        step_time.main(["--model", "m", "--data", "d", "--sparsity", "0.8", "--batch-size", "4", "--steps", "5",
+                        "--rounds", "7", "--threads", "1", "--profile"])  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    # defaults: no masks, batch 16, 10 steps a round, 3 rounds, 2 threads (the machines' cores), no profile
+    assert seen == [("m", "d", [None, 0.0], 0.0, 16, 10, 3, False, 2), ("m", "d", [None, 0.0], 0.8, 4, 5, 7, True, 1)]
+    assert json.loads(out) == {"seconds_per_step": {"model's": 0.5, "0.0": 0.25}, "batch_size": 16, "sparsity": 0.0}
+    with pytest.raises(SystemExit):  # a model and a training file are required
+        step_time.main(["--model", "m"])

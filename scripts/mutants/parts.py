@@ -162,6 +162,30 @@ PARTS: dict[str, Part] = {
         ("edgeqa.compress.gpu_check.*", "edgeqa.compress.step_time.*"),
         ("tests/test_gpu_check.py", "tests/test_step_time.py"),
     ),
+    # The training loop and what it runs on: the loop, a run's setup and end, the passes the losses read, devices and
+    # precision, the dev-subset score, and the labelled windows and micro-batches (their order is `trainset`).
+    "training": Part(
+        (
+            "edgeqa.compress.train_loop.*",
+            "edgeqa.compress.train.*",
+            "edgeqa.compress.forward.*",
+            "edgeqa.compress.devices.*",
+            "edgeqa.compress.train_eval.*",
+            "edgeqa.compress.trainset.x_load_trainset*",
+            "edgeqa.compress.trainset.x_span_labels*",
+            "edgeqa.compress.trainset.x_as_is*",
+            "edgeqa.compress.trainset.xǁTrainSetǁ*",
+            "edgeqa.compress.trainset.xǁStepBatchesǁ*",
+        ),
+        (
+            "tests/test_train_loop.py",
+            "tests/test_forward.py",
+            "tests/test_trainset.py",
+            "tests/test_distill.py",
+            "tests/test_distill_setup.py",
+            "tests/test_devices.py",
+        ),
+    ),
     # ONNX export and parity, fusion, the mobile format, and int8 quantization itself (its settings are `quantize`).
     "export": Part(
         (

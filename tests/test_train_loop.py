@@ -1,0 +1,374 @@
+"""The training loop in process, against what its settings say by hand: when hooks run and with what, which steps
+log, evaluate and checkpoint, the learning rate each log line shows, the per-window loss it logs, what the result
+and training.json hold, and the loop's pieces (optimiser groups, step counts, the student's plan, the meter)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from conftest import TOY_QAS, make_tiny_qa_model, write_squad
+from edgeqa.bench.engines import load_tokenizer, load_torch_qa_model, model_input_names
+from edgeqa.bench.evaluate import evaluate
+from edgeqa.bench.files import EdgeQAError
+from edgeqa.bench.qa import QAConfig
+from edgeqa.bench.squad import load_squad
+from edgeqa.compress import train, train_eval, train_loop
+from edgeqa.compress.losses import LossConfig
+from edgeqa.compress.student import StudentSpec
+from edgeqa.compress.train_config import DistillConfig, Hooks, Stage, TrainConfig
+from edgeqa.compress.trainset import epoch_batches, load_trainset
+
+
+@pytest.fixture
+def toy_train(tmp_path) -> Path:
+    """48 answered questions, one window each at the default 384 tokens: 6 batches of 8 per epoch."""
+    return write_squad(tmp_path / "train.json", TOY_QAS * 16)
+
+
+def _cfg(train_file: Path, stages: list[dict], **train_settings) -> DistillConfig:
+    settings = {"data": str(train_file), "batch_size": 8, "precision": "fp32", **train_settings}
+    return DistillConfig.from_dict({"student": {"layers": [0, 1]}, "train": settings, "stages": stages})
+
+
+class _Recorder:
+    """Hooks that write down every call, and the loop's checkpoints and loss terms beside them."""
+
+    def __init__(self, keep_from_stage: int) -> None:
+        self.calls: list[tuple] = []
+        self.keep_from_stage = keep_from_stage
+
+    def hooks(self) -> Hooks:
+        return Hooks(
+            start_stage=lambda student, opt, si, total: self.calls.append(("start", si, total, type(opt).__name__)),
+            before_step=lambda si, step: self.calls.append(("before", si, step)),
+            before_optimizer=lambda: self.calls.append(("optimizer",)),
+            after_step=lambda student, si, step, total: self.calls.append(("after", si, step, total)),
+            to_save=self._to_save,
+            may_keep=lambda si, step, total: si >= self.keep_from_stage,
+            state=lambda: {"calls": len(self.calls)},
+            load_state=lambda s: self.calls.append(("load", s)),
+            fingerprint={"recorder": 1},
+        )
+
+    def _to_save(self, student):
+        self.calls.append(("save",))
+        return student
+
+
+def test_hooks_logs_evaluations_and_checkpoints_fall_on_the_steps_the_settings_name(
+    tmp_path, toy_train, toy_squad, monkeypatch
+):
+    teacher = make_tiny_qa_model(tmp_path / "teacher", layers=2)
+    stages = [
+        {"loss": {"hard": 1.0}, "max_steps": 5, "lr": 1.0e-3},  # warm-up: max(1, int(0.5)) = 1 step
+        {"loss": {"soft": 1.0, "temperature": 2.0}, "max_steps": 3, "lr": 2.0e-3},
+    ]
+    cfg = _cfg(toy_train, stages, log_every=2, eval_every=3, checkpoint_every=2, eval_limit=3)
+    recorder = _Recorder(keep_from_stage=1)
+    saved, losses = [], []
+    real_save, real_step = train_loop.save_checkpoint, train_loop.micro_step
+
+    def save(path, record, trainee, optimizer, scheduler, stage, step, best, history, starts, seconds, rngs, extra):
+        saved.append((stage, step, optimizer is None, rngs is None, extra, record["hooks"]))
+        real_save(path, record, trainee, optimizer, scheduler, stage, step, best, history, starts, seconds, rngs, extra)
+
+    def step(*args, **kwargs):
+        terms = real_step(*args, **kwargs)
+        losses.append({k: float(v.detach()) for k, v in terms.items()})
+        return terms
+
+    monkeypatch.setattr(train_loop, "save_checkpoint", save)
+    monkeypatch.setattr(train_loop, "micro_step", step)
+    work = tmp_path / "work"
+    best = train.distill(cfg, teacher, work, str(toy_squad), tmp_path / "cache", False, recorder.hooks())
+    assert best == work / "best"
+
+    # Hooks: each stage starts with a fresh AdamW, then per step: before (at the step's index), the optimiser
+    # hook, after (at the steps done); the result is saved through `to_save` at stage 2's evaluation only.
+    expected: list[tuple] = []
+    for si, total in ((0, 5), (1, 3)):
+        expected.append(("start", si, total, "AdamW"))
+        for s in range(total):
+            expected += [("before", si, s), ("optimizer",), ("after", si, s + 1, total)]
+            if (si, s + 1) == (1, 3):
+                expected.append(("save",))
+    assert recorder.calls == expected
+
+    # Checkpoints every 2 steps and at each stage's end, with the hooks' state; between the stages one without
+    # optimiser or RNG (the next stage starts afresh). The record carries the hooks' fingerprint.
+    calls_at = {2: 7, 4: 13, 5: 16}  # recorder calls made when stage 0's checkpoints are written
+    assert saved == [
+        *((0, s, False, False, {"calls": calls_at[s]}, {"recorder": 1}) for s in (2, 4, 5)),
+        (1, 0, True, True, None, {"recorder": 1}),
+        (1, 2, False, False, {"calls": 23}, {"recorder": 1}),
+        (1, 3, False, False, {"calls": 27}, {"recorder": 1}),
+    ]
+
+    # The log: a line every 2 steps and at each stage's end, an evaluation every 3 steps and at the end of a
+    # predicting stage; the learning rate after the step's update: lr x (total - step) / (total - warm-up).
+    history = [json.loads(x) for x in (work / "train_log.jsonl").read_text().splitlines()]
+    shape = [(h["stage"], h["step"], "eval" in h) for h in history]
+    assert shape == [(0, 2, False), (0, 3, True), (0, 4, False), (0, 5, False), (0, 5, True),
+                     (1, 2, False), (1, 3, False), (1, 3, True)]  # fmt: skip
+    lines = [h for h in history if "eval" not in h]
+    assert [h["lr"] for h in lines] == pytest.approx([1e-3 * 3 / 4, 1e-3 * 1 / 4, 0.0, 2e-3 * 1 / 2, 0.0])
+    assert [sorted(h) for h in lines] == [sorted(["stage", "step", "lr", "windows_per_s", "hard", "loss"])] * 3 + [
+        sorted(["stage", "step", "lr", "windows_per_s", "soft", "loss"])
+    ] * 2
+    # Each line's terms are its step's, per window (one micro-batch of 8 windows per step, 8 steps in all).
+    assert len(losses) == 8
+    for h in lines:
+        i = (5 if h["stage"] else 0) + h["step"] - 1
+        term = "soft" if h["stage"] else "hard"
+        assert h["loss"] == pytest.approx(round(losses[i]["loss"] / 8, 5), abs=1e-5)
+        assert h[term] == pytest.approx(round(losses[i][term] / 8, 5), abs=1e-5)
+        assert h["windows_per_s"] > 0
+
+    # The result: stage 2's model (stage 1 may not be kept), scored on the 3 dev questions.
+    evals = [h for h in history if "eval" in h]
+    assert all(e["eval"]["questions"] == 3 for e in evals)
+    info = json.loads((work / "training.json").read_text())
+    assert info["best"] == {"f1": evals[-1]["eval"]["f1"], "exact": evals[-1]["eval"]["exact"], "stage": 1, "step": 3}
+    student = load_torch_qa_model(work / "best")
+    assert info["parameters"] == sum(p.numel() for p in student.parameters())
+    assert (info["steps"], info["windows"], info["questions"], info["processes"]) == ([5, 3], 48, 48, 1)
+    assert info["starts"] == [{"stage": 0, "step": 0, "steps_run": 8}]
+    assert (info["device"], info["bf16"], info["teacher"]) == ("cpu", False, str(teacher))
+    assert info["precision"] == {"asked": "fp32", "chosen": "fp32", "reason": "given: fp32"}
+    assert info["config"] == cfg.to_dict() and set(info["cpu"]) >= {"isa", "flags"}
+    assert (work / "checkpoint.pt").exists() and not list(work.glob("*.tmp*"))
+
+
+def test_a_stage_kept_from_the_first_evaluation_on_keeps_only_a_better_score(
+    tmp_path, toy_train, toy_squad, monkeypatch
+):
+    """The best is kept when its F1 is strictly higher: scores 10, 30, 30, 20 keep the second."""
+    teacher = make_tiny_qa_model(tmp_path / "teacher", layers=2)
+    scores = iter([10.0, 30.0, 30.0, 20.0])
+    saved = []
+
+    def score(student, tokenizer, examples, names, tc, device):
+        return {"exact": 1.0, "f1": next(scores), "questions": len(examples)}
+
+    monkeypatch.setattr(train_loop, "score_student", score)
+    monkeypatch.setattr(train_loop, "save_model", lambda student, tok, folder, hooks: saved.append(folder))
+    cfg = _cfg(toy_train, [{"loss": {"hard": 1.0}, "max_steps": 4}], eval_every=1, eval_limit=2)
+    train.distill(cfg, teacher, tmp_path / "work", str(toy_squad), progress=False)
+    info = json.loads((tmp_path / "work" / "training.json").read_text())
+    assert info["best"] == {"f1": 30.0, "exact": 1.0, "stage": 0, "step": 2}
+    assert saved == [tmp_path / "work" / "best"] * 2  # at steps 1 and 2 only
+
+
+def test_without_evaluation_the_last_weights_are_the_result_and_the_windows_are_recorded(tmp_path, toy_train):
+    teacher = make_tiny_qa_model(tmp_path / "teacher", layers=2)
+    cfg = _cfg(toy_train, [{"loss": {"hard": 1.0}, "max_steps": 3}], record_windows=True, seed=5)
+    work = tmp_path / "work"
+    train.distill(cfg, teacher, work, None, progress=False)
+    info = json.loads((work / "training.json").read_text())
+    assert info["best"] == {"f1": -1.0, "step": None}
+    assert not any("eval" in json.loads(x) for x in (work / "train_log.jsonl").read_text().splitlines())
+    checkpoint = torch.load(work / "checkpoint.pt", weights_only=False)
+    saved = load_torch_qa_model(work / "best").state_dict()
+    weights = {k.removeprefix("student."): v for k, v in checkpoint["model"].items()}
+    assert all(torch.equal(saved[k], weights[k]) for k in saved)  # the weights of the last step
+    # Every step's windows, sorted, as the epoch order of seed 5, stage 0 gives them.
+    lines = [json.loads(x) for x in (work / "windows-0.jsonl").read_text().splitlines()]
+    lengths = load_trainset(toy_train, None, load_tokenizer(teacher), QAConfig()).lengths
+    order = epoch_batches(lengths, 8, 5, 0, 0)
+    assert [(x["stage"], x["step"]) for x in lines] == [(0, 1), (0, 2), (0, 3)]
+    assert [x["windows"] for x in lines] == [sorted(int(i) for i in order[k]) for k in range(3)]
+
+
+def test_optimizer_groups_exempt_biases_and_layer_norms_from_weight_decay_and_skip_frozen_weights(tmp_path):
+    model = load_torch_qa_model(make_tiny_qa_model(tmp_path / "m"))
+    model.get_input_embeddings().weight.requires_grad_(False)
+    opt = train_loop.make_optimizer(model, 3e-4, 0.05)
+    decay, no_decay = opt.param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert (decay["weight_decay"], no_decay["weight_decay"], decay["lr"], no_decay["lr"]) == (0.05, 0.0, 3e-4, 3e-4)
+    decayed = sorted(names[id(p)] for p in decay["params"])
+    exempt = sorted(names[id(p)] for p in no_decay["params"])
+    matrices = [n for n, p in model.named_parameters() if p.ndim == 2 and "word_embeddings" not in n]
+    assert decayed == sorted(matrices)  # position and token-type embeddings, every dense weight, the QA head's
+    assert exempt == sorted(n for n, p in model.named_parameters() if p.ndim == 1)  # biases, LayerNorm weights
+    assert "bert.embeddings.word_embeddings.weight" not in decayed + exempt  # frozen: in no group
+
+
+@pytest.mark.parametrize(
+    "stage, windows, steps",
+    [
+        ({"epochs": 1.0}, 50, 6),  # 50 // 8 = 6 full batches per epoch
+        ({"epochs": 2.5}, 50, 15),
+        ({"epochs": 0.5}, 50, 3),
+        ({"epochs": 0.01}, 50, 1),  # round(0.06) = 0: at least one step
+        ({"max_steps": 7, "epochs": 0.5}, 50, 7),  # max_steps overrides epochs
+        ({"epochs": 1.0}, 8, 1),
+    ],
+)
+def test_a_stage_runs_its_epochs_of_full_batches_or_its_max_steps(stage, windows, steps):
+    assert train._steps(Stage(loss=LossConfig(hard=1.0), **stage), windows, 8) == steps
+
+
+def test_fewer_windows_than_one_batch_are_refused_by_name():
+    with pytest.raises(EdgeQAError) as e:
+        train._steps(Stage(loss=LossConfig(hard=1.0)), 7, 8)
+    assert str(e.value) == "train.batch_size 8 is larger than the 7 training windows"
+
+
+def test_the_student_plan_maps_layers_only_for_transfer_and_refuses_what_cannot_transfer(tmp_path):
+    teacher = load_torch_qa_model(make_tiny_qa_model(tmp_path / "t", layers=6, heads=4)).config
+    hard, hidden = {"loss": {"hard": 1.0}}, {"loss": {"hidden": 1.0}}
+    given = {"loss": {"attention": 1.0, "layer_map": {0: 0, 1: 5}}}
+    spec = {"student": {"layers": [0, 2]}, "train": {"data": "t.json"}, "stages": [hard, hidden, given]}
+    s_cfg, maps = train.check_student(DistillConfig.from_dict(spec), teacher)
+    assert s_cfg.num_hidden_layers == 2
+    assert maps == [{}, {0: 2, 1: 5}, {0: 0, 1: 5}]  # TinyBERT's uniform map: the last teacher layer of each block
+    pretrained = {**spec, "student": {"pretrained": str(make_tiny_qa_model(tmp_path / "p"))}, "stages": [hard, hidden]}
+    with pytest.raises(EdgeQAError) as e:  # a pretrained student needs no teacher, but hidden-state transfer does
+        train.check_student(DistillConfig.from_dict(pretrained), None)
+    assert str(e.value) == "stage 1: intermediate-layer transfer needs a teacher"
+    narrow = {**spec, "student": {"num_hidden_layers": 2, "num_attention_heads": 2, "init": "random"}}
+    assert train.check_student(DistillConfig.from_dict({**narrow, "stages": [hard, hidden]}), teacher)[1][1] == {
+        0: 2,
+        1: 5,
+    }  # hidden states transfer at any head count
+    with pytest.raises(EdgeQAError) as e:
+        train.check_student(DistillConfig.from_dict(narrow), teacher)
+    assert str(e.value) == "stage 2: attention transfer needs as many heads in the student (2) as in the teacher (4)"
+    bad = {**spec, "stages": [{"loss": {"hidden": 1.0, "layer_map": {0: 6}}}]}
+    with pytest.raises(EdgeQAError, match="stage 0 layer_map"):
+        train.check_student(DistillConfig.from_dict(bad), teacher)
+
+
+def test_a_plan_that_needs_a_teacher_refuses_to_start_without_one(tmp_path):
+    cfg = DistillConfig(StudentSpec(layers=(0,)), TrainConfig(data="t.json"), (Stage(LossConfig(hard=1.0)),))
+    with pytest.raises(EdgeQAError) as e:
+        train.check_plan(cfg, None)
+    assert str(e.value) == "these losses or this student need a teacher, and none was given"
+    folder = make_tiny_qa_model(tmp_path / "t")
+    teacher, tokenizer, s_cfg, maps = train.check_plan(cfg, folder)
+    assert teacher.config.num_hidden_layers == 2 and s_cfg.num_hidden_layers == 1 and maps == [{}]
+    assert tokenizer.vocab == load_tokenizer(folder).vocab
+
+
+def test_the_trainee_projects_a_narrow_students_hidden_states_and_taps_the_mapped_layers(tmp_path, toy_train):
+    teacher = load_torch_qa_model(make_tiny_qa_model(tmp_path / "t", layers=4, hidden=32, heads=4))
+    spec = {"num_hidden_layers": 2, "hidden_size": 16, "num_attention_heads": 4, "init": "random"}
+    stages = [{"loss": {"hidden": 1.0, "attention": 1.0, "layer_map": {0: 1, 1: 3}}}, {"loss": {"hard": 1.0}}]
+    train_settings = {"data": str(toy_train), "seed": 7, "dropout": 0.0, "freeze_word_embeddings": True}
+    cfg = DistillConfig.from_dict({"student": spec, "train": train_settings, "stages": stages})
+    s_cfg, maps = train.check_student(cfg, teacher.config)
+    prepared = []
+    hooks = Hooks(prepare=lambda student, trainset: prepared.append((student, trainset)))
+    trainee, taps = train._build_trainee(cfg, teacher, s_cfg, maps, "the trainset", hooks, "cpu")
+    assert prepared == [(trainee.student, "the trainset")]
+    torch.manual_seed(7)  # the projection is drawn from the training seed
+    expected = torch.nn.Linear(16, 32)
+    assert torch.equal(trainee.projection.weight, expected.weight) and torch.equal(
+        trainee.projection.bias, expected.bias
+    )
+    assert sorted(trainee.taps.q) == [] and trainee.taps is not None  # filled on the first forward pass
+    assert taps is not None and taps.heads == 4
+    inputs = {"input_ids": torch.tensor([[2, 7, 8, 3]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+    out = trainee(inputs, hidden=True, scores=True)
+    teacher(**inputs)
+    assert sorted(out["scores"]) == [0, 1] and sorted(taps.q) == [1, 3]  # student layers 0, 1; teacher 1, 3
+    assert [h.shape[-1] for h in out["hidden"]] == [32] * 3  # embeddings and 2 layers, projected to 32
+    assert not trainee.student.get_input_embeddings().weight.requires_grad
+    assert {m.p for m in trainee.student.modules() if isinstance(m, torch.nn.Dropout)} == {0.0}
+    same_width = {**spec, "hidden_size": 32}
+    cfg = DistillConfig.from_dict({"student": same_width, "train": {"data": str(toy_train)}, "stages": stages})
+    s_cfg, maps = train.check_student(cfg, teacher.config)
+    assert train._build_trainee(cfg, teacher, s_cfg, maps, None, Hooks(), "cpu")[0].projection is None
+    hard_only = DistillConfig.from_dict({"student": spec, "train": {"data": str(toy_train)}, "stages": stages[1:]})
+    trainee, taps = train._build_trainee(hard_only, teacher, *train.check_student(hard_only, teacher.config), None,
+                                         Hooks(), "cpu")  # fmt: skip
+    assert (trainee.projection, trainee.taps, taps) == (None, None, None)
+    assert {m.p for m in trainee.student.modules() if isinstance(m, torch.nn.Dropout)} == {0.1}  # the model's own
+
+
+def test_the_meter_counts_windows_per_second_since_its_last_reset(monkeypatch):
+    now = iter([10.0, 14.0, 15.0, 15.0])
+    monkeypatch.setattr(train_loop.time, "perf_counter", lambda: next(now))
+    meter = train_loop._Meter()  # 10.0
+    meter.windows = 32
+    assert meter.rate() == 8.0  # 32 windows in 4 s
+    meter.reset()  # 15.0
+    assert (meter.windows, meter.since) == (0, 15.0)
+    meter.windows = 5
+    assert meter.rate() == 5 / 1e-9  # no time passed: no division by zero
+
+
+def test_a_log_line_gives_each_term_per_window_and_resets_the_meter(monkeypatch):
+    now = iter([0.0, 2.0, 2.0])
+    monkeypatch.setattr(train_loop.time, "perf_counter", lambda: next(now))
+    meter = train_loop._Meter()
+    meter.windows = 20
+    bar = SimpleNamespace(postfix=None)
+    bar.set_postfix = lambda **kw: setattr(bar, "postfix", kw)
+    run = SimpleNamespace(history=[])
+    kept = {"loss": [torch.tensor(6.0), torch.tensor(2.0)], "hard": [torch.tensor(4.0), torch.tensor(1.0)]}
+    train_loop._log_step(run, bar, meter, 1, 7, 5e-4, kept, 8)
+    # loss (6 + 2) / 8 = 1.0; hard (4 + 1) / 8 = 0.625; 20 windows in 2 s
+    assert run.history == [{"stage": 1, "step": 7, "lr": 5e-4, "windows_per_s": 10.0, "loss": 1.0, "hard": 0.625}]
+    assert bar.postfix == {"loss": "1.000", "win_s": "10.0"}
+    assert (meter.windows, meter.since) == (0, 2.0)
+
+
+def test_write_log_keeps_one_json_line_per_entry(tmp_path):
+    history = [{"stage": 0, "step": 2, "loss": 1.5}, {"stage": 0, "step": 2, "eval": {"f1": 3.0}}]
+    train_loop.write_log(tmp_path, history)
+    assert (tmp_path / "train_log.jsonl").read_text() == "".join(json.dumps(h) + "\n" for h in history)
+
+
+def test_clipping_bounds_the_gradient_norm_of_the_trained_weights(tmp_path, toy_train, monkeypatch):
+    """max_grad_norm clips the gradients of the weights that train, before the optimiser sees them."""
+    teacher = make_tiny_qa_model(tmp_path / "teacher", layers=2)
+    norms = []
+
+    def before_optimizer():
+        grads = [p.grad for p in trainee_params() if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+
+    seen = {}
+
+    def start(student, optimizer, si, total):
+        seen["student"] = student
+
+    def trainee_params():
+        return [p for p in seen["student"].parameters() if p.requires_grad]
+
+    hooks = Hooks(start_stage=start, before_optimizer=before_optimizer)
+    for clip in (1e-3, 1e3):
+        cfg = _cfg(toy_train, [{"loss": {"hard": 1.0}, "max_steps": 2}], max_grad_norm=clip)
+        train.distill(cfg, teacher, tmp_path / f"w{clip}", None, progress=False, hooks=hooks)
+    assert all(n == pytest.approx(1e-3, rel=1e-4) for n in norms[:2])  # clipped to the norm asked
+    assert all(n > 1e-2 for n in norms[2:])  # a tiny random model's gradients are far above 1e-3: left alone
+    assert math.isfinite(sum(norms))
+
+
+def test_the_dev_subset_score_in_training_is_the_score_edgeqa_eval_gives(tmp_path, toy_squad, monkeypatch):
+    folder = make_tiny_qa_model(tmp_path / "m", seed=3)
+    model = load_torch_qa_model(folder)
+    examples = load_squad(toy_squad).examples
+    batch_sizes = []
+    real = train_eval.QAModel.answer
+
+    def answer(self, examples, cfg, batch_size, progress):
+        batch_sizes.append(batch_size)
+        return real(self, examples, cfg, batch_size=batch_size, progress=progress)
+
+    expected = evaluate(folder, toy_squad, cfg=QAConfig(max_length=32, doc_stride=8), progress=False)
+    assert 0 < expected["f1"] < 100 and expected["f1"] != round(expected["f1"], 3)  # rounding shows
+    monkeypatch.setattr(train_eval.QAModel, "answer", answer)
+    tc = TrainConfig(data="unused", max_length=32, doc_stride=8)
+    got = train_eval.score_student(model, load_tokenizer(folder), examples, model_input_names(model), tc)
+    assert got == {"exact": round(expected["exact_match"], 3), "f1": round(expected["f1"], 3), "questions": 3}
+    assert batch_sizes == [32]  # windows per pass on the CPU
+    assert not model.training  # scored in inference mode; the loop puts it back to training itself
