@@ -285,6 +285,16 @@ class MagnitudeConfig(ScheduledSparsity):
         return input_rms(model, layers, input_batches(trainset, self.refit_batches, seed=seed))
 
     def baked(self, student):
+        import torch
+        from torch.nn.utils import prune as torch_prune
+
+        # A masked weight is `weight_orig * weight_mask`, recomputed before each forward pass; after a training
+        # step it holds that step's autograd graph, which a copy cannot take (unless an inference pass since, as
+        # an evaluation, replaced it). So it is made again, outside autograd, before the copy.
+        with torch.no_grad():
+            for m in student.modules():
+                if isinstance(m, torch.nn.Linear) and torch_prune.is_pruned(m):
+                    m.weight = m.weight_orig * m.weight_mask
         baked = copy.deepcopy(student)
         bake_masks(baked)
         return baked

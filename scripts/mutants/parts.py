@@ -186,6 +186,47 @@ PARTS: dict[str, Part] = {
             "tests/test_devices.py",
         ),
     ),
+    # The least-squares refit of what magnitude masks keep, and OBS's choice of the mask inside it.
+    "refit": Part(("edgeqa.compress.prune_refit.*",), ("tests/test_prune.py", "tests/test_prune_apply.py")),
+    # The methods as the pipeline applies them and recovery carries them (what `prune` leaves out: what chooses the
+    # weights), the windows pruning reads, and the verbs the pipeline calls.
+    "methods": Part(
+        (
+            "edgeqa.compress.prune.*",
+            "edgeqa.compress.prune_data.*",
+            "edgeqa.compress.prune_inc.*",
+            "edgeqa.compress.prune_magnitude.x_skeleton*",
+            *(
+                f"edgeqa.compress.prune_magnitude.xǁMagnitudeConfigǁ{f}*"
+                for f in ("data_windows", "why_data", "check_model", "apply", "follow", "_input_rms", "baked")
+            ),
+            "edgeqa.compress.prune_magnitude.xǁScheduledSparsityǁsparsity_scope*",
+            *(
+                f"edgeqa.compress.prune_structured.xǁStructuredConfigǁ{f}*"
+                for f in ("data_windows", "check_model", "check_recovery", "apply", "record")
+            ),
+            "edgeqa.compress.prune_structured.x_span_loss*",
+            *(
+                f"edgeqa.compress.prune_config.xǁPruneConfigǁ{f}*"
+                for f in (
+                    "validate",
+                    "needs_data",
+                    "data_windows",
+                    "check_model",
+                    "check_recovery",
+                    "apply",
+                    "follow",
+                    "at_target",
+                    "sparsity_scope",
+                    "record",
+                    "describe",
+                    "hooks",
+                    "baked",
+                )
+            ),
+        ),  # fmt: skip
+        ("tests/test_prune_apply.py", "tests/test_prune_methods.py", "tests/test_prune_settings.py"),
+    ),
     # ONNX export and parity, fusion, the mobile format, and int8 quantization itself (its settings are `quantize`).
     "export": Part(
         (
