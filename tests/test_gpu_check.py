@@ -202,3 +202,67 @@ def test_prepare_reads_the_shared_folder_from_the_environment_by_default(tmp_pat
     assert gpu_check.main(["prepare"]) == 0
     assert seen == [(Path("../shared"), Path(".gpu")), (tmp_path, Path(".gpu"))]
     assert capsys.readouterr().out.startswith('{\n "total_mb": 1.0\n}\n')  # the manifest, indented as written
+
+
+def test_the_check_writes_started_first_then_its_figures_and_the_seconds_of_each_phase(tmp_path, monkeypatch):
+    """run_check's own steps with training and scoring stood in for: what each is handed, and the clock's phases."""
+    import inspect
+
+    folder = tmp_path / ".gpu"
+    make_tiny_qa_model(folder / "teacher")
+    gpu_check._convert_weights(folder / "teacher" / "model.safetensors", folder / "teacher" / "model.safetensors",
+                               torch.float16)  # fmt: skip
+    for name in ("train.json.gz", "dev.json.gz"):
+        (folder / name).write_bytes(b"")
+    ticks = iter([100.0, 103.0, 110.0, 111.5])  # the clock's start, the first stage, training's end, the very end
+    monkeypatch.setattr(gpu_check.time, "perf_counter", lambda: next(ticks))
+    handed = {}
+
+    def distill(cfg, teacher, work, dev, cache, hooks):
+        handed.update(cfg=cfg, teacher=teacher, work=work, dev=dev, cache=cache)
+        handed["written"] = json.loads((tmp_path / "out" / gpu_check.RESULT).read_text())
+        handed["dtypes"] = {v.dtype for v in load_file(teacher / "model.safetensors").values()}
+        hooks.start_stage(None, None, 0, 7)
+        return work / "best"
+
+    monkeypatch.setattr(gpu_check, "distill", distill)
+    monkeypatch.setattr(gpu_check, "_training_figures", lambda work, cfg, clock: {"training": {"device": "cpu"}})
+    monkeypatch.setattr(gpu_check, "_final_eval", lambda best, cfg, dev, device: {"f1": 12.5, "best": best.name})
+    result = gpu_check.run_check(folder, tmp_path / "out", (3, 4), 17, 9, allow_cpu=True, recipe=RECIPE)
+    assert handed["written"] == {
+        "torch": torch.__version__,
+        "transformers": result["transformers"],
+        "status": "started",
+    }
+    scratch = handed["work"].parent
+    assert scratch.name.startswith("edgeqa-gpu-check-") and not scratch.exists()  # a scratch folder, removed after
+    assert (handed["teacher"], handed["cache"], handed["dev"]) == (scratch / "teacher", scratch / "cache",
+                                                                   str(folder / "dev.json.gz"))  # fmt: skip
+    assert handed["dtypes"] == {torch.float32}  # the carried fp16 teacher, made fp32 again
+    assert (handed["cfg"].train.limit, handed["cfg"].train.eval_limit) == (17, 9)
+    assert [s.max_steps for s in handed["cfg"].stages] == [3, 4]
+    assert result["seconds"] == {"before_training": 3.0, "training_with_evaluation": 7.0, "total": 11.5}
+    assert (result["status"], result["f1"], result["best"]) == ("done", 12.5, "best")
+    assert json.loads((tmp_path / "out" / gpu_check.RESULT).read_text()) == result
+    defaults = {k: p.default for k, p in inspect.signature(gpu_check.run_check).parameters.items()}
+    assert (defaults["steps"], defaults["limit"], defaults["eval_questions"]) == ((200, 400), 20000, 1000)
+
+
+def test_on_a_gpu_the_record_names_the_device_its_memory_and_the_peak_used(tmp_path, monkeypatch):
+    import types
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda i: types.SimpleNamespace(name=f"GPU {i}", total_memory=80 * 2**30 + 2**28))  # fmt: skip
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    env = gpu_check._environment()
+    assert (env["device_name"], env["gpu_memory_gib"], env["cuda"]) == ("GPU 0", 80.2, "12.8")  # 80.25 to one place
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: 3 * 2**30 + 2**27)
+    cfg = gpu_check.distill_settings(RECIPE, tmp_path / "t", (2, 2), 10, 5)
+    info = {"steps": [2, 2], "device": "cuda:0", "precision": {}, "bf16": True, "windows": 1, "questions": 1,
+            "train_seconds": 1.0, "best": {}}  # fmt: skip
+    (tmp_path / "training.json").write_text(json.dumps(info))
+    (tmp_path / "train_log.jsonl").write_text("")
+    figures = gpu_check._training_figures(tmp_path, cfg, gpu_check._Clock())
+    assert figures["peak_gpu_memory_gib"] == 3.12  # 3.125 GiB to two places
