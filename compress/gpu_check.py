@@ -209,10 +209,12 @@ def _training_figures(work: Path, cfg, clock: _Clock) -> dict[str, Any]:
     info = json.loads((work / "training.json").read_text())
     history = [json.loads(x) for x in (work / "train_log.jsonl").read_text().splitlines()]
     batch = cfg.train.batch_size
-    stages = []
+    stages, timed = [], []  # timed: (steps after the first, their seconds) of each stage the clock timed
     for si, stage in enumerate(cfg.stages):
         marks, n = clock.marks.get(si, {}), info["steps"][si]
         seconds = marks.get("last", 0.0) - marks.get("first", 0.0)
+        if n > 1 and seconds > 0:
+            timed.append((n - 1, seconds))
         logged = [h["windows_per_s"] for h in history if h.get("stage") == si and "windows_per_s" in h][1:]
         stages.append(
             {
@@ -223,9 +225,7 @@ def _training_figures(work: Path, cfg, clock: _Clock) -> dict[str, Any]:
                 "logged_windows_per_s_median": round(statistics.median(logged), 1) if logged else None,
             }
         )
-    timed = [s for s in stages if s["steps_per_s"]]
-    total_steps = sum(s["steps"] - 1 for s in timed)
-    total_seconds = sum((s["steps"] - 1) / s["steps_per_s"] for s in timed)
+    total_steps, total_seconds = sum(n for n, _ in timed), sum(s for _, s in timed)
     figures: dict[str, Any] = {
         "training": {k: info[k] for k in ("device", "precision", "bf16", "windows", "questions", "train_seconds")},
         "stages": stages,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -266,3 +267,91 @@ def test_on_a_gpu_the_record_names_the_device_its_memory_and_the_peak_used(tmp_p
     (tmp_path / "train_log.jsonl").write_text("")
     figures = gpu_check._training_figures(tmp_path, cfg, gpu_check._Clock())
     assert figures["peak_gpu_memory_gib"] == 3.12  # 3.125 GiB to two places
+
+
+def test_the_fp16_copy_keeps_integer_tensors_and_names_at_most_three_that_do_not_fit(tmp_path):
+    from safetensors import safe_open
+
+    tensors = {"w": torch.tensor([0.5, -2.0]), "ids": torch.arange(4, dtype=torch.int64)}
+    save_file(tensors, str(tmp_path / "in.safetensors"))
+    gpu_check._convert_weights(tmp_path / "in.safetensors", tmp_path / "out.safetensors", torch.float16)
+    out = load_file(tmp_path / "out.safetensors")
+    assert out["w"].dtype == torch.float16 and out["ids"].dtype == torch.int64 and out["ids"].tolist() == [0, 1, 2, 3]
+    with safe_open(tmp_path / "out.safetensors", "pt") as f:
+        assert f.metadata() == {"format": "pt"}  # what transformers' loader asks of a PyTorch safetensors file
+    big = {name: torch.tensor([1e6]) for name in ("a", "b", "c", "d")}
+    save_file(big, str(tmp_path / "big.safetensors"))
+    with pytest.raises(EdgeQAError) as e:
+        gpu_check._convert_weights(tmp_path / "big.safetensors", tmp_path / "x.safetensors", torch.float16)
+    assert str(e.value) == f"{tmp_path / 'big.safetensors'}: a, b, c do not fit torch.float16"
+
+
+def test_the_fp32_teacher_is_made_again_into_any_folder_also_one_there_already(tmp_path):
+    make_tiny_qa_model(tmp_path / "t")
+    dest = tmp_path / "scratch" / "new" / "teacher"  # parents made
+    gpu_check.teacher_fp32(tmp_path / "t", dest)
+    gpu_check.teacher_fp32(tmp_path / "t", dest)  # a second run over the first one's folder
+    assert {v.dtype for v in load_file(dest / "model.safetensors").values()} == {torch.float32}
+    assert (dest / "config.json").read_text() == (tmp_path / "t" / "config.json").read_text()
+
+
+def test_what_travels_is_the_teachers_tokenizer_and_config_files_only_and_its_size_is_exact(tmp_path, monkeypatch):
+    shared = tmp_path / "shared"
+    teacher = make_tiny_qa_model(shared / gpu_check.TEACHER)
+    (teacher / "spiece.model").write_bytes(b"sentencepiece")  # a Unigram tokenizer's model travels
+    (teacher / "notes.md").write_text("not needed")
+    (teacher / "extra.json").mkdir()  # a folder, whatever its name
+    (shared / gpu_check.TRAIN).parent.mkdir(parents=True)
+    write_squad(shared / gpu_check.TRAIN, TOY_QAS, gz=True)
+    write_squad(shared / gpu_check.DEV, TOY_QAS, gz=True)
+    manifest = gpu_check.prepare(shared, tmp_path / "a")
+    assert "teacher/spiece.model" in manifest["files"] and "teacher/notes.md" not in manifest["files"]
+    assert not any(name.startswith("teacher/extra.json") for name in manifest["files"])
+    total = sum(manifest["files"].values())
+    assert manifest["total_mb"] == round(total / 1e6, 1)
+    monkeypatch.setattr(gpu_check, "MAX_MB", total / 1e6)  # exactly at the limit: it travels
+    gpu_check.prepare(shared, tmp_path / "b")
+    monkeypatch.setattr(gpu_check, "MAX_MB", total / 1e6 - 1e-7)
+    with pytest.raises(EdgeQAError) as e:
+        gpu_check.prepare(shared, tmp_path / "c")
+    assert str(e.value).startswith(f"{tmp_path / 'c'}: {total / 1e6:.1f} MB would not travel")
+
+
+def test_a_recipes_step_name_and_source_are_left_out_of_the_shortened_settings(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("steps:\n  - distill:\n      name: s\n      from: teacher\n      student: {layers: [0]}\n"
+                      "      train: {data: x}\n      stages: [{loss: {hard: 1.0}}]\n")  # fmt: skip
+    cfg = gpu_check.distill_settings(recipe, tmp_path / "t.json", (4,), 10, 3)
+    assert cfg.student.layers == (0,) and cfg.stages[0].max_steps == 4
+
+
+def test_the_final_score_is_the_saved_students_on_the_first_questions_and_its_rate(tmp_path, monkeypatch):
+    from edgeqa.bench.evaluate import evaluate
+
+    best = make_tiny_qa_model(tmp_path / "best", seed=3)
+    dev = write_squad(tmp_path / "dev.json", TOY_QAS)
+    cfg = gpu_check.distill_settings(RECIPE, tmp_path / "t", (2, 2), 10, 2)  # the first 2 dev questions
+    ticks = iter([10.0, 11.23456])
+    monkeypatch.setattr(gpu_check, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))  # the check's clock
+    result = gpu_check._final_eval(best, cfg, dev, "cpu")
+    expected = evaluate(best, dev, limit=2, cfg=cfg.train.qa, progress=False)
+    assert result == {"f1": round(expected["f1"], 3), "exact": round(expected["exact_match"], 3),
+                      "eval_questions": 2, "eval_seconds": 1.23, "eval_questions_per_s": 1.6}  # fmt: skip
+
+
+def test_stage_rates_are_rounded_as_recorded_and_a_stage_of_one_step_has_none(tmp_path):
+    cfg = gpu_check.distill_settings(RECIPE, tmp_path / "t", (4, 1), 100, 10)
+    info = {"steps": [4, 1], "device": "cpu", "precision": {}, "bf16": False, "windows": 1, "questions": 1,
+            "train_seconds": 1.0, "best": {}}  # fmt: skip
+    (tmp_path / "training.json").write_text(json.dumps(info))
+    log = [{"stage": 0, "windows_per_s": 1.0}, {"stage": 0, "windows_per_s": 10.123}, {"stage": 0, "windows_per_s": 3}]
+    (tmp_path / "train_log.jsonl").write_text("\n".join(json.dumps(x) for x in log))
+    clock = gpu_check._Clock()
+    clock.marks = {0: {"first": 1.0, "last": 1.7}, 1: {"first": 2.0, "last": 2.0}}  # 3 steps in 0.7 s; one step
+    figures = gpu_check._training_figures(tmp_path, cfg, clock)
+    first, second = figures["stages"]
+    assert first["loss"] == cfg.stages[0].loss.to_dict()
+    # 3 / 0.7 = 4.2857 steps/s; x 32 windows = 137.14 windows/s; median of 10.123 and 3 = 6.5615
+    assert (first["steps_per_s"], first["windows_per_s"], first["logged_windows_per_s_median"]) == (4.29, 137.1, 6.6)
+    assert (second["steps_per_s"], second["windows_per_s"]) == (None, None)
+    assert (figures["steps_per_s"], figures["windows_per_s"]) == (4.29, 137.1)  # from the clock, not rounded rates

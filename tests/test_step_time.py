@@ -78,3 +78,18 @@ def test_the_timer_command_times_the_models_own_dropout_beside_none_with_its_def
     assert json.loads(out) == {"seconds_per_step": {"model's": 0.5, "0.0": 0.25}, "batch_size": 16, "sparsity": 0.0}
     with pytest.raises(SystemExit):  # a model and a training file are required
         step_time.main(["--model", "m"])
+
+
+def test_each_setting_gets_the_median_of_its_rounds_seconds_per_step(tmp_path, toy_train, monkeypatch):
+    from types import SimpleNamespace
+
+    from edgeqa.compress.devices import precision_for
+
+    # rounds 1 and 2, each setting in turn: the model's dropout, then none; each reading pair is one setting's round
+    ticks = iter([0.0, 0.2, 0.2, 0.3, 0.3, 0.7, 0.7, 0.8])
+    monkeypatch.setattr(step_time, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
+    model = make_tiny_qa_model(tmp_path / "m")
+    out = step_time.time_steps(str(model), str(toy_train), [None, 0.0], batch_size=4, steps=2, rounds=2, burn_in=1)
+    # the model's: 0.2 / 2 and 0.4 / 2 per step, median 0.15; none: 0.1 / 2 twice
+    assert out["seconds_per_step"] == {"model's": 0.15, "0.0": 0.05}
+    assert out["precision"] == precision_for("auto", "cpu").to_dict() and "cpu_share" not in out
