@@ -160,6 +160,16 @@ def test_loss_config_rejects_nonsense():
     with pytest.raises(EdgeQAError, match="unknown loss setting"):
         LossConfig.from_dict({"hard": 1.0, "kd": 1.0})
     assert LossConfig.from_dict(LossConfig(hard=1, layer_map={0: 1}).to_dict()) == LossConfig(hard=1, layer_map={0: 1})
+    with pytest.raises(EdgeQAError) as e:
+        LossConfig()
+    assert str(e.value) == "a loss needs at least one positive weight among hard, soft, hidden, attention, embedding"
+    with pytest.raises(EdgeQAError) as e:
+        LossConfig(soft=1.0, temperature=0.0)  # a division by zero in the softened distributions
+    assert str(e.value) == "temperature must be positive, got 0.0"
+    assert LossConfig(hidden=1.0, layer_map={"0": "2", 1: 5.0}).layer_map == {0: 2, 1: 5}  # YAML may quote numbers
+    with pytest.raises(EdgeQAError) as e:
+        LossConfig(hidden=1.0, layer_map={0: "top"})
+    assert str(e.value).startswith("layer_map maps student layer numbers to teacher layer numbers: invalid literal")
 
 
 def _label_texts(ts, examples, tokenizer, cfg) -> list[tuple[str, str]]:
