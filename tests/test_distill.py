@@ -225,6 +225,25 @@ def test_step_sampler_gives_each_process_its_share_of_the_epoch_batches_from_any
     assert all(np.array_equal(np.concatenate(a), np.concatenate(b)) for a, b in zip(resumed, steps[13:], strict=True))
 
 
+def test_an_epoch_is_full_batches_of_similar_length_in_random_order():
+    lengths = np.random.default_rng(0).permutation(np.arange(10, 52))  # 42 windows, every length once
+    batches = epoch_batches(lengths, 4, seed=1, stage=0, epoch=0)  # one chunk (50 batches of 4 hold 200)
+    # The 42 by length, longest first, cut into 10 batches of 4: the two shortest are left for another epoch.
+    by_length = np.argsort(-lengths)
+    expected = {frozenset(by_length[i : i + 4].tolist()) for i in range(0, 40, 4)}
+    assert {frozenset(b.tolist()) for b in batches} == expected and len(batches) == 10
+    assert [sorted(lengths[b].tolist()) for b in batches] != sorted(sorted(lengths[b].tolist()) for b in batches)
+    assert [b.tolist() for b in epoch_batches(lengths, 4, 1, 0, 0)] == [b.tolist() for b in batches]  # seeded
+    for other in ((2, 0, 0), (1, 1, 0), (1, 0, 1)):  # another seed, stage or epoch: another order
+        assert [b.tolist() for b in epoch_batches(lengths, 4, *other)] != [b.tolist() for b in batches]
+    # Several chunks (50 batches of 2 = 100 windows each): 100 + 100 + 5 windows give 50 + 50 + 2 full batches.
+    many = epoch_batches(np.random.default_rng(1).integers(5, 60, size=205), 2, seed=0, stage=0, epoch=0)
+    assert len(many) == 102 and all(len(b) == 2 for b in many)
+    assert len(set(np.concatenate(many).tolist())) == 204  # no window twice; one of the last chunk left out
+    one_process = list(StepSampler(lengths, 4, seed=1, stage=0, start=0, total=3))  # rank 0 of 1 by default
+    assert [np.concatenate(m).tolist() for m in one_process] == [b.tolist() for b in batches[:3]]
+
+
 def test_loader_workers_pad_the_same_batches_as_the_training_process(tiny_qa_model, toy_train):
     """The GPU path pads in worker processes: the same tensors, in the same order, as padding in the loop."""
     ts = load_trainset(toy_train, None, load_tokenizer(tiny_qa_model), QAConfig(max_length=24, doc_stride=4))
