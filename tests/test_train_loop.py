@@ -41,6 +41,7 @@ class _Recorder:
 
     def __init__(self, keep_from_stage: int) -> None:
         self.calls: list[tuple] = []
+        self.asked: list[tuple] = []  # may_keep's questions
         self.keep_from_stage = keep_from_stage
 
     def hooks(self) -> Hooks:
@@ -50,11 +51,15 @@ class _Recorder:
             before_optimizer=lambda: self.calls.append(("optimizer",)),
             after_step=lambda student, si, step, total: self.calls.append(("after", si, step, total)),
             to_save=self._to_save,
-            may_keep=lambda si, step, total: si >= self.keep_from_stage,
+            may_keep=self._may_keep,
             state=lambda: {"calls": len(self.calls)},
             load_state=lambda s: self.calls.append(("load", s)),
             fingerprint={"recorder": 1},
         )
+
+    def _may_keep(self, si: int, step: int, total: int) -> bool:
+        self.asked.append((si, step, total))
+        return si >= self.keep_from_stage
 
     def _to_save(self, student):
         self.calls.append(("save",))
@@ -69,7 +74,7 @@ def test_hooks_logs_evaluations_and_checkpoints_fall_on_the_steps_the_settings_n
         {"loss": {"hard": 1.0}, "max_steps": 5, "lr": 1.0e-3},  # warm-up: max(1, int(0.5)) = 1 step
         {"loss": {"soft": 1.0, "temperature": 2.0}, "max_steps": 3, "lr": 2.0e-3},
     ]
-    cfg = _cfg(toy_train, stages, log_every=2, eval_every=3, checkpoint_every=2, eval_limit=3)
+    cfg = _cfg(toy_train, stages, log_every=2, eval_every=3, checkpoint_every=2, eval_limit=3, seed=7)
     recorder = _Recorder(keep_from_stage=1)
     saved, losses = [], []
     real_save, real_step = train_loop.save_checkpoint, train_loop.micro_step
@@ -83,6 +88,8 @@ def test_hooks_logs_evaluations_and_checkpoints_fall_on_the_steps_the_settings_n
         losses.append({k: float(v.detach()) for k, v in terms.items()})
         return terms
 
+    seeds, real_seed = [], torch.manual_seed
+    monkeypatch.setattr(train_loop.torch, "manual_seed", lambda s: seeds.append(s) or real_seed(s))
     monkeypatch.setattr(train_loop, "save_checkpoint", save)
     monkeypatch.setattr(train_loop, "micro_step", step)
     work = tmp_path / "work"
@@ -99,6 +106,9 @@ def test_hooks_logs_evaluations_and_checkpoints_fall_on_the_steps_the_settings_n
             if (si, s + 1) == (1, 3):
                 expected.append(("save",))
     assert recorder.calls == expected
+
+    assert recorder.asked == [(0, 3, 5), (0, 5, 5), (1, 3, 3)]  # at each evaluation: may this one be kept?
+    assert seeds[-2:] == [7 * 1000 + 0 * 10, 7 * 1000 + 1 * 10]  # dropout masks: seed x 1000 + stage x 10 + rank
 
     # Checkpoints every 2 steps and at each stage's end, with the hooks' state; between the stages one without
     # optimiser or RNG (the next stage starts afresh). The record carries the hooks' fingerprint.
