@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -382,3 +383,64 @@ def test_the_dev_subset_score_in_training_is_the_score_edgeqa_eval_gives(tmp_pat
     assert got == {"exact": round(expected["exact_match"], 3), "f1": round(expected["f1"], 3), "questions": 3}
     assert batch_sizes == [32]  # windows per pass on the CPU
     assert not model.training  # scored in inference mode; the loop puts it back to training itself
+
+
+def test_each_step_is_cut_into_its_micro_batches_and_logs_fall_every_log_every_steps(tmp_path, toy_train, monkeypatch):
+    teacher = make_tiny_qa_model(tmp_path / "teacher", layers=2)
+    sizes, real = [], train_loop.micro_step
+
+    def step(model, teacher, taps, batch, *args):
+        sizes.append(len(batch["labels"]))
+        return real(model, teacher, taps, batch, *args)
+
+    monkeypatch.setattr(train_loop, "micro_step", step)
+    cfg = _cfg(toy_train, [{"loss": {"hard": 1.0}, "max_steps": 7}], micro_batch_size=3, log_every=3)
+    train.distill(cfg, teacher, tmp_path / "w", None, progress=False)
+    assert sizes == [3, 3, 2] * 7  # 8 windows a step, in passes of 3, 3 and 2
+    history = [json.loads(x) for x in (tmp_path / "w" / "train_log.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [3, 6, 7]  # every third step, and the last
+
+
+def test_the_loader_pads_ahead_in_workers_into_pinned_memory_only_on_cuda(tmp_path, toy_train, monkeypatch):
+    ts = load_trainset(toy_train, None, load_tokenizer(make_tiny_qa_model(tmp_path / "m")), QAConfig())
+    cfg = _cfg(toy_train, [{"loss": {"soft": 1.0}}, {"loss": {"hidden": 1.0, "soft": 1.0}}], micro_batch_size=3)
+    logits = np.zeros((len(ts), 2, 384), dtype=np.float16)
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+
+    def loader(device: str, si: int = 0):
+        dist = train_loop.Dist(device=device)
+        run = SimpleNamespace(tc=cfg.train, dist=dist, cfg=cfg, trainset=ts, logits=logits, pad_id=0)
+        return train_loop._step_loader(run, si, 2, 6)
+
+    cpu = loader("cpu")
+    assert (cpu.num_workers, cpu.pin_memory, cpu.prefetch_factor) == (0, False, None)
+    assert "TOKENIZERS_PARALLELISM" not in train_loop.os.environ
+    assert len(cpu) == 4 and cpu.dataset.logits is logits  # steps 2 to 6; a predictions-only stage reads the cache
+    assert [len(m["labels"]) for m in next(iter(cpu))] == [3, 3, 2]
+    assert loader("cpu", si=1).dataset.logits is None  # beside hidden states the teacher runs along: no cache
+    gpu = loader("cuda:1")
+    assert (gpu.num_workers, gpu.pin_memory, gpu.prefetch_factor) == (train_loop.LOADER_WORKERS, True, 4)
+    assert train_loop.os.environ["TOKENIZERS_PARALLELISM"] == "false"  # forked workers never tokenise
+
+
+def test_a_resumed_run_hands_its_hooks_the_state_they_saved(tmp_path, toy_train, monkeypatch):
+    teacher = make_tiny_qa_model(tmp_path / "teacher", layers=2)
+    cfg = _cfg(toy_train, [{"loss": {"hard": 1.0}, "max_steps": 5}], checkpoint_every=2)
+    real, calls = train_loop.micro_step, {"n": 0}
+
+    def dies_at_step_4(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:  # its checkpoint at step 2 is the last one
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_loop, "micro_step", dies_at_step_4)
+    first = _Recorder(keep_from_stage=0)
+    with pytest.raises(KeyboardInterrupt):
+        train.distill(cfg, teacher, tmp_path / "w", None, progress=False, hooks=first.hooks())
+    monkeypatch.setattr(train_loop, "micro_step", real)
+    again = _Recorder(keep_from_stage=0)
+    train.distill(cfg, teacher, tmp_path / "w", None, progress=False, hooks=again.hooks())
+    # saved at step 2 after start, 2 x (before, optimizer, after): 7 calls; handed back before the first step
+    assert again.calls[:2] == [("start", 0, 5, "AdamW"), ("load", {"calls": 7})]
+    assert [c for c in again.calls if c[0] == "after"] == [("after", 0, s, 5) for s in (3, 4, 5)]
