@@ -75,7 +75,7 @@ def test_hooks_logs_evaluations_and_checkpoints_fall_on_the_steps_the_settings_n
         {"loss": {"hard": 1.0}, "max_steps": 5, "lr": 1.0e-3},  # warm-up: max(1, int(0.5)) = 1 step
         {"loss": {"soft": 1.0, "temperature": 2.0}, "max_steps": 3, "lr": 2.0e-3},
     ]
-    cfg = _cfg(toy_train, stages, log_every=2, eval_every=3, checkpoint_every=2, eval_limit=3, seed=7)
+    cfg = _cfg(toy_train, stages, log_every=2, eval_every=3, checkpoint_every=2, eval_limit=2, seed=7)
     recorder = _Recorder(keep_from_stage=1)
     saved, losses = [], []
     real_save, real_step = train_loop.save_checkpoint, train_loop.micro_step
@@ -141,9 +141,9 @@ def test_hooks_logs_evaluations_and_checkpoints_fall_on_the_steps_the_settings_n
         assert h[term] == pytest.approx(round(losses[i][term] / 8, 5), abs=1e-5)
         assert h["windows_per_s"] > 0
 
-    # The result: stage 2's model (stage 1 may not be kept), scored on the 3 dev questions.
+    # The result: stage 2's model (stage 1 may not be kept), scored on the first 2 of the 3 dev questions.
     evals = [h for h in history if "eval" in h]
-    assert all(e["eval"]["questions"] == 3 for e in evals)
+    assert all(e["eval"]["questions"] == 2 for e in evals)
     info = json.loads((work / "training.json").read_text())
     assert info["best"] == {"f1": evals[-1]["eval"]["f1"], "exact": evals[-1]["eval"]["exact"], "stage": 1, "step": 3}
     student = load_torch_qa_model(work / "best")
@@ -394,9 +394,12 @@ def test_each_step_is_cut_into_its_micro_batches_and_logs_fall_every_log_every_s
         return real(model, teacher, taps, batch, *args)
 
     monkeypatch.setattr(train_loop, "micro_step", step)
-    cfg = _cfg(toy_train, [{"loss": {"hard": 1.0}, "max_steps": 7}], micro_batch_size=3, log_every=3)
+    cfg = _cfg(toy_train, [{"loss": {"hard": 1.0}, "max_steps": 7}], micro_batch_size=3, log_every=3, limit=20)
     train.distill(cfg, teacher, tmp_path / "w", None, progress=False)
     assert sizes == [3, 3, 2] * 7  # 8 windows a step, in passes of 3, 3 and 2
+    info = json.loads((tmp_path / "w" / "training.json").read_text())
+    assert (info["questions"], info["windows"]) == (20, 20)  # the first 20 questions, one window each
+    assert not (tmp_path / "w" / "cache").exists()  # no soft loss: no teacher logits computed
     history = [json.loads(x) for x in (tmp_path / "w" / "train_log.jsonl").read_text().splitlines()]
     assert [h["step"] for h in history] == [3, 6, 7]  # every third step, and the last
 
@@ -425,7 +428,8 @@ def test_the_loader_pads_ahead_in_workers_into_pinned_memory_only_on_cuda(tmp_pa
 
 def test_a_resumed_run_hands_its_hooks_the_state_they_saved(tmp_path, toy_train, monkeypatch):
     teacher = make_tiny_qa_model(tmp_path / "teacher", layers=2)
-    cfg = _cfg(toy_train, [{"loss": {"hard": 1.0}, "max_steps": 5}], checkpoint_every=2)
+    stages = [{"loss": {"hard": 1.0}, "max_steps": 5}, {"loss": {"soft": 1.0}, "max_steps": 2}]
+    cfg = _cfg(toy_train, stages, checkpoint_every=2)
     real, calls = train_loop.micro_step, {"n": 0}
 
     def dies_at_step_4(*args, **kwargs):
@@ -439,8 +443,15 @@ def test_a_resumed_run_hands_its_hooks_the_state_they_saved(tmp_path, toy_train,
     with pytest.raises(KeyboardInterrupt):
         train.distill(cfg, teacher, tmp_path / "w", None, progress=False, hooks=first.hooks())
     monkeypatch.setattr(train_loop, "micro_step", real)
+    earlier = torch.load(tmp_path / "w" / "checkpoint.pt", weights_only=False)["seconds"]
     again = _Recorder(keep_from_stage=0)
     train.distill(cfg, teacher, tmp_path / "w", None, progress=False, hooks=again.hooks())
-    # saved at step 2 after start, 2 x (before, optimizer, after): 7 calls; handed back before the first step
+    # saved at step 2 after start, 2 x (before, optimizer, after): 7 calls; handed back before the first step, once
     assert again.calls[:2] == [("start", 0, 5, "AdamW"), ("load", {"calls": 7})]
-    assert [c for c in again.calls if c[0] == "after"] == [("after", 0, s, 5) for s in (3, 4, 5)]
+    assert [c for c in again.calls if c[0] == "load"] == [("load", {"calls": 7})]
+    # stage 1 resumes at step 2; stage 2 runs whole, from its start
+    assert [c[1:] for c in again.calls if c[0] == "after"] == [(0, 3, 5), (0, 4, 5), (0, 5, 5), (1, 1, 2), (1, 2, 2)]
+    info = json.loads((tmp_path / "w" / "training.json").read_text())
+    assert info["starts"] == [{"stage": 0, "step": 0, "steps_run": 2}, {"stage": 0, "step": 2, "steps_run": 5}]
+    assert info["train_seconds"] >= round(earlier, 1)  # the killed start's time counts
+    assert len(list((tmp_path / "w" / "cache").glob("teacher-logits-*/logits.npy"))) == 1  # under the work folder
