@@ -179,6 +179,7 @@ PARTS: dict[str, Part] = {
         ),
         (
             "tests/test_train_loop.py",
+            "tests/test_train_pieces.py",
             "tests/test_forward.py",
             "tests/test_trainset.py",
             "tests/test_distill.py",
