@@ -265,6 +265,13 @@ def toy_squad(tmp_path) -> Path:
     return write_squad(tmp_path / "toy.json", TOY_QAS)
 
 
+@pytest.fixture
+def toy_train(tmp_path) -> Path:
+    """48 answered questions, one window each at 384 tokens: 6 training batches of 8 (files that train on other
+    windows define their own)."""
+    return write_squad(tmp_path / "train.json", TOY_QAS * 16)
+
+
 @pytest.fixture(scope="session")
 def teacher() -> Path:
     """The shared SQuAD teacher; its absence is a broken checkout, so it fails rather than skips."""

@@ -11,18 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TOY_QAS, make_tiny_qa_model, write_squad
+from conftest import make_tiny_qa_model
 from edgeqa.bench.engines import load_tokenizer, load_torch_qa_model
 from edgeqa.bench.qa import QAConfig
 from edgeqa.compress import train, train_loop
 from edgeqa.compress.train_config import DistillConfig, Hooks
 from edgeqa.compress.trainset import epoch_batches, load_trainset
-
-
-@pytest.fixture
-def toy_train(tmp_path) -> Path:
-    """48 answered questions, one window each at the default 384 tokens: 6 batches of 8 per epoch."""
-    return write_squad(tmp_path / "train.json", TOY_QAS * 16)
 
 
 def _cfg(train_file: Path, stages: list[dict], **train_settings) -> DistillConfig:

@@ -5,14 +5,14 @@ score. Whole runs of the loop are in test_train_loop.py."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from test_train_loop import _cfg
 
-from conftest import TOY_QAS, make_tiny_qa_model, write_squad
+from conftest import make_tiny_qa_model
 from edgeqa.bench.engines import load_tokenizer, load_torch_qa_model, model_input_names
 from edgeqa.bench.evaluate import evaluate
 from edgeqa.bench.files import EdgeQAError
@@ -23,17 +23,6 @@ from edgeqa.compress.losses import LossConfig
 from edgeqa.compress.student import StudentSpec
 from edgeqa.compress.train_config import DistillConfig, Hooks, Stage, TrainConfig
 from edgeqa.compress.trainset import load_trainset
-
-
-@pytest.fixture
-def toy_train(tmp_path) -> Path:
-    """48 answered questions, one window each at the default 384 tokens: 6 batches of 8 per epoch."""
-    return write_squad(tmp_path / "train.json", TOY_QAS * 16)
-
-
-def _cfg(train_file: Path, stages: list[dict], **train_settings) -> DistillConfig:
-    settings = {"data": str(train_file), "batch_size": 8, "precision": "fp32", **train_settings}
-    return DistillConfig.from_dict({"student": {"layers": [0, 1]}, "train": settings, "stages": stages})
 
 
 def test_optimizer_groups_exempt_biases_and_layer_norms_from_weight_decay_and_skip_frozen_weights(tmp_path):
