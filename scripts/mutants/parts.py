@@ -67,7 +67,6 @@ PARTS: dict[str, Part] = {
             "edgeqa.compress.trainset.x_cache_*",
             "edgeqa.compress.trainset.x_check_cache*",
             "edgeqa.compress.trainset.x_build_cache*",
-            "edgeqa.bench.serial.*",
         ),
         (
             "tests/test_records.py",
@@ -188,7 +187,9 @@ PARTS: dict[str, Part] = {
         ),
     ),
     # The least-squares refit of what magnitude masks keep, and OBS's choice of the mask inside it.
-    "refit": Part(("edgeqa.compress.prune_refit.*",), ("tests/test_prune.py", "tests/test_prune_apply.py")),
+    "refit": Part(
+        ("edgeqa.compress.prune_refit.*",), ("tests/test_prune.py", "tests/test_prune_apply.py", "tests/test_refit.py")
+    ),
     # The methods as the pipeline applies them and recovery carries them (what `prune` leaves out: what chooses the
     # weights), the windows pruning reads, and the verbs the pipeline calls.
     "methods": Part(
@@ -252,6 +253,26 @@ PARTS: dict[str, Part] = {
             "tests/test_torch_int8.py",
         ),
     ),
+    # The one serialiser of settings and records (configs to JSON and back, fields added later).
+    "serial": Part(("edgeqa.bench.serial.*",), ("tests/test_serial.py", "tests/test_records.py")),
+    # The CPU's instruction class, the model families, the torch-free tokenizer, PyTorch's int8 baseline.
+    "tokenizer": Part(
+        (
+            "edgeqa.bench.tokenizer.*",
+            "edgeqa.bench.families.*",
+            "edgeqa.bench.cpu.*",
+            "edgeqa.bench.torch_int8.*",
+        ),
+        (
+            "tests/test_runtime.py",
+            "tests/test_families.py",
+            "tests/test_engine_pieces.py",
+            "tests/test_cpu.py",
+            "tests/test_torch_int8.py",
+        ),
+    ),
+    # The side-by-side benchmark against Optimum's own int8 path (`make compare-optimum`).
+    "optimum": Part(("edgeqa.bench.compare_optimum.*",), ("tests/test_compare_optimum.py",)),
     # Reading SQuAD and scoring a model on it, the one place EM/F1 come from.
     "squad": Part(
         ("edgeqa.bench.squad.*", "edgeqa.bench.evaluate.*"), ("tests/test_squad.py", "tests/test_evaluate.py")
