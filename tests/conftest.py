@@ -272,6 +272,18 @@ def toy_train(tmp_path) -> Path:
     return write_squad(tmp_path / "train.json", TOY_QAS * 16)
 
 
+@pytest.fixture
+def trainset(tmp_path):
+    """32 labelled windows of 24 tokens (stride 4) for a tiny BERT: what the pruning tests read windows from."""
+    from edgeqa.bench.engines import load_tokenizer
+    from edgeqa.bench.qa import QAConfig
+    from edgeqa.compress.trainset import load_trainset
+
+    tok = load_tokenizer(make_tiny_qa_model(tmp_path / "tok"))
+    data = write_squad(tmp_path / "t.json", TOY_QAS * 8)
+    return load_trainset(data, None, tok, QAConfig(max_length=24, doc_stride=4))
+
+
 @pytest.fixture(scope="session")
 def teacher() -> Path:
     """The shared SQuAD teacher; its absence is a broken checkout, so it fails rather than skips."""

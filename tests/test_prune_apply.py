@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from conftest import TOY_QAS, make_tiny_qa_model, write_squad
-from edgeqa.bench.engines import load_tokenizer, load_torch_qa_model
+from edgeqa.bench.engines import load_torch_qa_model
 from edgeqa.bench.files import EdgeQAError
-from edgeqa.bench.qa import QAConfig
 from edgeqa.compress import prune_magnitude
 from edgeqa.compress.losses import span_ce
 from edgeqa.compress.prune import describe_pruning, prune_now
@@ -20,14 +19,6 @@ from edgeqa.compress.prune_magnitude import MagnitudeConfig, cubic_sparsity, spa
 from edgeqa.compress.prune_structured import StructuredConfig, span_loss
 from edgeqa.compress.train import distill
 from edgeqa.compress.train_config import DistillConfig
-from edgeqa.compress.trainset import load_trainset
-
-
-@pytest.fixture
-def trainset(tmp_path):
-    tok = load_tokenizer(make_tiny_qa_model(tmp_path / "tok"))
-    data = write_squad(tmp_path / "t.json", TOY_QAS * 8)
-    return load_trainset(data, None, tok, QAConfig(max_length=24, doc_stride=4))  # 32 windows
 
 
 def _sparsity(model) -> float:

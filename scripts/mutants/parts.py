@@ -227,7 +227,13 @@ PARTS: dict[str, Part] = {
                 )
             ),
         ),  # fmt: skip
-        ("tests/test_prune_apply.py", "tests/test_prune_methods.py", "tests/test_prune_settings.py"),
+        (
+            "tests/test_prune_apply.py",
+            "tests/test_prune_follow.py",
+            "tests/test_prune_inc.py",
+            "tests/test_prune_methods.py",
+            "tests/test_prune_settings.py",
+        ),
     ),
     # ONNX export and parity, fusion, the mobile format, and int8 quantization itself (its settings are `quantize`).
     "export": Part(
