@@ -58,6 +58,20 @@ def test_a_cubic_schedule_starts_at_its_initial_share_and_rises_per_matrix(tiny,
     cfg.follow(tiny, trainset, 2, 8)
     # Zhu and Gupta: s = s_f + (s_i - s_f)(1 - t / (ramp T))^3 = 0.6 - 0.3 x (1 - 2/4)^3 = 0.5625, in every matrix
     assert all(_zeros(m) == 0.5625 for m in masked.values())
+    assert not any(hasattr(m, "weight_mask") for n, m in layers.items() if n not in masked)  # still excluded
+
+
+def test_a_global_scope_sets_one_threshold_for_every_matrix(tiny, trainset):
+    """One threshold over all matrices: each keeps its own share, as masks made by hand over all of them."""
+    by_hand = copy.deepcopy(tiny)
+    cfg = MagnitudeConfig(sparsity=0.6, schedule="cubic", ramp=0.5, update_every=2, initial=0.3)
+    cfg.apply(tiny, trainset, gradual=True)
+    apply_magnitude_masks(prunable_linears(by_hand), 0.3, "global")
+    assert _same_masks(tiny, by_hand)
+    cfg.follow(tiny, trainset, 2, 8)
+    apply_magnitude_masks(prunable_linears(by_hand), 0.5625, "global")
+    assert _same_masks(tiny, by_hand)
+    assert len({round(_zeros(m), 3) for m in prunable_linears(tiny).values()}) > 1  # not one share per matrix
 
 
 def test_a_cubic_refit_reads_the_windows_of_its_step_and_the_method_chosen(tiny, trainset, monkeypatch):

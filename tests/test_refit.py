@@ -241,3 +241,27 @@ def test_weights_pruned_before_stay_pruned_when_obs_chooses():
     with torch.no_grad():
         _refit_rows(m, h, cross, h, choose=True)
     assert not m.weight_mask[:, 0].any() and int(m.weight_mask.sum()) == 14
+
+
+def test_later_blocks_are_called_with_the_attention_mask(tiny):
+    """Layer 1's attention output matrix reads what attention made of the real tokens only: its statistics come
+    from layer 1 called, after the refitted layer 0, with the batch's mask, as the model calls it."""
+    batch = _batch(tiny, 3, 12, 8, pad_from=5)
+    modules = dict(tiny.named_modules())
+    name = "bert.encoder.layer.1.attention.output.dense"
+    layers = {n: modules[n] for n in (QUERY, name)}
+    w = layers[name].weight.detach().double().clone()
+    apply_magnitude_masks(layers, 0.5)
+    refit_kept_weights(tiny, layers, [batch], target="matrix")
+    seen = []
+    handle = layers[name].register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
+    with torch.no_grad():
+        tiny(**batch)
+    handle.remove()
+    x = seen[0][batch["attention_mask"].bool()].double()
+    h = x.T @ x / len(x)
+    h += 0.01 * h.diagonal().mean() * torch.eye(len(h), dtype=h.dtype)
+    new, keep = layers[name].weight.detach().double(), layers[name].weight_mask.bool()
+    for r in range(len(new)):
+        s = keep[r]
+        torch.testing.assert_close(h[s][:, s] @ new[r, s], (h @ w[r])[s], rtol=1e-4, atol=1e-6)
