@@ -189,8 +189,11 @@ def test_the_command_line_reaches_compare(monkeypatch, tmp_path, capsys):
     assert asked == {"teacher": Path("t"), "ours": Path("m"), "data": "d", "limit": 5, "out": Path("o"),
                      "cfg": LatencyConfig(batch_sizes=(1,), seq_lens=(384,), repeats=8, threads=1, rounds=2),
                      "preset": "arm64"}  # fmt: skip
+    assert compare_optimum.main(["--ours", "m", "--preset", "auto"]) == 0 and asked["preset"] == "auto"
     with pytest.raises(SystemExit):
         compare_optimum.main(["--ours", "m", "--preset", "amx"])  # not one of Optimum's presets
+    with pytest.raises(SystemExit):
+        compare_optimum.main([])  # the model to compare is required
 
 
 def test_a_refused_comparison_is_one_line_and_exit_2(monkeypatch, capsys):
@@ -201,3 +204,20 @@ def test_a_refused_comparison_is_one_line_and_exit_2(monkeypatch, capsys):
     assert compare_optimum.main(["--ours", "m"]) == 2
     captured = capsys.readouterr()
     assert captured.err == "compare_optimum: error: m/model.onnx: not an ONNX model\n" and captured.out == ""
+
+
+def test_scores_are_rounded_to_three_places_on_the_timing_threads(monkeypatch, tmp_path, onnx_dir):
+    _stand_ins(monkeypatch, tmp_path, onnx_dir, {"edgeqa": 4.0, "optimum": 5.0})
+    asked = []
+
+    def evaluate(path, data, limit, threads, out_dir):
+        asked.append((Path(path).name, threads, out_dir.name))
+        return {"f1": 81.23456, "exact_match": 70.12345, "batch_size": 1, "total": 7}
+
+    monkeypatch.setattr(compare_optimum, "evaluate", evaluate)
+    cfg = LatencyConfig(batch_sizes=(1,), seq_lens=(384,), repeats=1, threads=3)
+    result = compare_optimum.compare(tmp_path / "t", onnx_dir, "d", None, tmp_path / "o", cfg)
+    assert asked == [(onnx_dir.name, 3, "edgeqa"), ("optimum-int8-avx512_vnni", 3, "optimum")]
+    assert result["f1"] == {"edgeqa": 81.235, "optimum": 81.235}
+    assert result["exact_match"] == {"edgeqa": 70.123, "optimum": 70.123}
+    assert result["eval"] == {"data": "d", "limit": None, "questions": 7}

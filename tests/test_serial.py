@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any, Tuple  # noqa: UP035 (a tuple hint without element types, below)
 
 import pytest
 
@@ -57,3 +58,24 @@ def test_older_step_records_are_upgraded_here_and_newer_ones_refused():
     assert upgrade({"version": 2, "step": "prune", "refit": True}) == {"step": "prune", "refit": True}
     with pytest.raises(EdgeQAError, match="newer than this edgeqa reads"):
         upgrade({"version": 99, "step": "export"})
+
+
+def test_optional_nested_configs_tuples_and_plain_values_read_back_as_declared():
+    @dataclass(frozen=True)
+    class Holder:  # declared here, so that `added_later` runs inside the test
+        late: int = added_later(7)
+        inner: Inner | None = None
+        stages: tuple[Inner, ...] | None = None
+        raw: Tuple = ()  # noqa: UP006
+        anything: Any = None
+
+    back = config_from_dict(Holder, {"inner": {"weights": [2.0], "by_layer": {"2": 5}}, "stages": [{}, {}],
+                                     "raw": [1, "a"], "anything": [1, 2]}, "holder")  # fmt: skip
+    assert back == Holder(7, Inner((2.0,), {"2": 5}), (Inner(), Inner()), (1, "a"), [1, 2])
+    assert isinstance(back.inner, Inner) and isinstance(back.stages, tuple) and isinstance(back.raw, tuple)
+    assert isinstance(back.anything, list) and isinstance(back.inner.by_layer, dict)
+    assert config_from_dict(Holder, {"inner": None, "stages": None}, "holder") == Holder()
+    assert config_to_dict(Holder()) == {"inner": None, "stages": None, "raw": [], "anything": None}
+    assert config_to_dict(Holder(late=8))["late"] == 8 and Holder().late == 7
+    with pytest.raises(EdgeQAError, match=r"unknown holder\.stages setting\(s\): weight"):
+        config_from_dict(Holder, {"stages": [{"weight": 1}]}, "holder")
