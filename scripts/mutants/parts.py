@@ -270,6 +270,7 @@ PARTS: dict[str, Part] = {
             "edgeqa.bench.torch_int8.*",
         ),
         (
+            "tests/test_bench_pieces.py",
             "tests/test_runtime.py",
             "tests/test_families.py",
             "tests/test_engine_pieces.py",
