@@ -67,3 +67,25 @@ def test_a_tokenizer_without_tokenizer_json_or_vocab_is_converted_by_transformer
         f"{folder}: no tokenizer.json (nor a BERT vocab.txt); converting its tokenizer needs transformers, "
         "which `pip install 'edgeqa[full]'` installs"
     )
+
+
+def test_a_slow_tokenizer_is_refused_and_a_fast_one_wrapped_with_its_settings(tmp_path):
+    from transformers import AutoTokenizer, BertTokenizer
+
+    folder = make_tiny_qa_model(tmp_path / "bert")
+    with pytest.raises(EdgeQAError) as e:
+        tokenizer.as_qa_tokenizer(BertTokenizer.from_pretrained(folder))
+    assert str(e.value) == "QA needs a fast (Rust) tokenizer for character offsets; this model folder has a slow one"
+    fast = AutoTokenizer.from_pretrained(folder)
+    wrapped = tokenizer.as_qa_tokenizer(fast)
+    assert wrapped.backend is fast.backend_tokenizer and tokenizer.as_qa_tokenizer(wrapped) is wrapped
+    assert (wrapped.cls_token, wrapped.pad_token, wrapped.question_first, wrapped.type_ids) == ("[CLS]", "[PAD]",
+                                                                                               True, True)  # fmt: skip
+    assert len(wrapped) == len(fast)  # the vocabulary with its added tokens
+
+
+def test_an_arm_cpus_record_lists_its_own_flags():
+    cpu = parse_cpuinfo("Features\t: fp asimd asimddp i8mm sve\nCPU part\t: 0xd40\n", "arm64")
+    assert cpu.to_dict()["flags"] == ["asimd", "asimddp", "i8mm", "sve"] and cpu.to_dict()["arch"] == "arm64"
+    aarch = parse_cpuinfo("Features\t: fp asimd bf16\n", "aarch64")
+    assert aarch.to_dict()["flags"] == ["asimd", "bf16"] and aarch.isa == "arm64" and aarch.native_bf16
