@@ -21,6 +21,7 @@ tests count: code run in a subprocess is the unmutated checkout.
     python scripts/mutants/parts.py summary       # killed/total per part from the saved results, and survivors
     python scripts/mutants/parts.py sample N [SEED]  # test N mutants drawn at random from outside the parts
     python scripts/mutants/parts.py estimate      # the library's score: the parts counted, the rest estimated
+    python scripts/mutants/parts.py draw PART N SEED [--survivors]  # N of a part's untested mutants, at random
 
 `retest` is the quick way after adding tests for survivors: a killed mutant stays killed when tests are added, and
 mutmut itself remakes (and so tests again) the mutants of every function whose source changed.
@@ -280,6 +281,31 @@ PARTS: dict[str, Part] = {
     ),
     # The side-by-side benchmark against Optimum's own int8 path (`make compare-optimum`).
     "optimum": Part(("edgeqa.bench.compare_optimum.*",), ("tests/test_compare_optimum.py",)),
+    # The pipeline: recipes and their YAML, the steps, runs, report rows (records and the bench step are `records`).
+    # Its tests run recipes, so a survivor costs minutes: `make mutants-sample` style draws suit it best.
+    "pipeline": Part(
+        (
+            *(f"edgeqa.pipeline.{m}.*" for m in ("context", "recipe", "rows", "run", "step", "yamlfile")),
+            *(
+                f"edgeqa.pipeline.steps.{m}_step.*"
+                for m in ("distill", "export", "fuse", "mobile", "prune", "quantize", "report", "torch_int8")
+            ),
+        ),
+        (
+            "tests/test_recipe.py",
+            "tests/test_recipe_parts.py",
+            "tests/test_recipe_qa.py",
+            "tests/test_steps.py",
+            "tests/test_report_step.py",
+            "tests/test_identities.py",
+            "tests/test_cli.py",
+            "tests/test_cli_errors.py",
+            "tests/test_promises_making.py",
+            "tests/test_prune_recipes.py",
+            "tests/test_prune_methods.py",
+            "tests/test_distill_runs.py",
+        ),
+    ),
     # Reading SQuAD and scoring a model on it, the one place EM/F1 come from.
     "squad": Part(
         ("edgeqa.bench.squad.*", "edgeqa.bench.evaluate.*"), ("tests/test_squad.py", "tests/test_evaluate.py")
@@ -421,6 +447,29 @@ def summary(names: list[str]) -> None:
         print(f"all: {killed}/{total} killed ({100 * killed / total:.1f}%)")
 
 
+def draw(name: str, size: int, seed: int, children: int, survivors: bool = False) -> None:
+    """Test `size` of a part's untested mutants drawn at random (seeded), and with `survivors` its survivors again:
+    for a part whose tests run whole recipes, where a survivor costs minutes, the drawn share's rate estimates the
+    rest. The draw is kept in mutants/tree/results/NAME.draw.json; `summary` counts the rest as not checked."""
+    before = saved(name) or {m: "not checked" for m in _of_part({m: "" for m in results()}, name)}
+    untested = sorted(m for m, s in before.items() if s not in ("killed", "timeout", "survived"))
+    drawn = random.Random(seed).sample(untested, min(size, len(untested)))
+    todo = sorted(drawn + ([m for m, s in before.items() if s == "survived"] if survivors else []))
+    check_selection()
+    stage(PARTS[name].tests)
+    subprocess.run([str(MUTMUT), "run", "--max-children", str(children), *todo], cwd=TREE, env=_env(), check=True)
+    now = _of_part(results(), name)
+    merged = {m: before[m] if before.get(m) in ("killed", "timeout") or m not in todo else s for m, s in now.items()}
+    (TREE / "results").mkdir(exist_ok=True)
+    (TREE / "results" / f"{name}.json").write_text(json.dumps(merged, indent=1, sort_keys=True))
+    k = sum(merged[m] in ("killed", "timeout") for m in drawn)
+    record = {"seed": seed, "of": len(untested), "drawn": sorted(drawn), "killed": k}
+    (TREE / "results" / f"{name}.draw.json").write_text(json.dumps(record, indent=1))
+    lo, hi = _wilson(k, len(drawn)) if drawn else (0.0, 0.0)
+    print(f"{name}: {k}/{len(drawn)} drawn killed (95% interval {100 * lo:.1f}-{100 * hi:.1f}%) of {len(untested)}")
+    summary([name])
+
+
 def _outside_parts(found: dict[str, str]) -> list[str]:
     return sorted(m for m in found if not any(_of_part({m: ""}, n) for n in PARTS))
 
@@ -492,6 +541,9 @@ def main(argv: list[str]) -> None:
         summary(names or list(PARTS))
     elif command == "sample":
         sample(int(names[0]), int(names[1]) if len(names) > 1 else 0, int(os.environ.get("MUTANT_CHILDREN", "1")))
+    elif command == "draw":
+        children = int(os.environ.get("MUTANT_CHILDREN", "1"))
+        draw(names[0], int(names[1]), int(names[2]), children, "--survivors" in names)
     elif command == "estimate":
         estimate()
     else:
