@@ -304,6 +304,7 @@ PARTS: dict[str, Part] = {
             "tests/test_prune_recipes.py",
             "tests/test_prune_methods.py",
             "tests/test_distill_runs.py",
+            "tests/test_pipeline_pieces.py",
         ),
     ),
     # Reading SQuAD and scoring a model on it, the one place EM/F1 come from.
@@ -462,9 +463,13 @@ def draw(name: str, size: int, seed: int, children: int, survivors: bool = False
     merged = {m: before[m] if before.get(m) in ("killed", "timeout") or m not in todo else s for m, s in now.items()}
     (TREE / "results").mkdir(exist_ok=True)
     (TREE / "results" / f"{name}.json").write_text(json.dumps(merged, indent=1, sort_keys=True))
+    kept = TREE / "results" / f"{name}.draw.json"
+    if not drawn and kept.exists():  # N = 0: the survivors tested again, the earlier draw counted anew
+        record = json.loads(kept.read_text())
+        drawn, untested = record["drawn"], [None] * record["of"]
     k = sum(merged[m] in ("killed", "timeout") for m in drawn)
     record = {"seed": seed, "of": len(untested), "drawn": sorted(drawn), "killed": k}
-    (TREE / "results" / f"{name}.draw.json").write_text(json.dumps(record, indent=1))
+    kept.write_text(json.dumps(record, indent=1))
     lo, hi = _wilson(k, len(drawn)) if drawn else (0.0, 0.0)
     print(f"{name}: {k}/{len(drawn)} drawn killed (95% interval {100 * lo:.1f}-{100 * hi:.1f}%) of {len(untested)}")
     summary([name])
