@@ -89,3 +89,28 @@ def test_an_arm_cpus_record_lists_its_own_flags():
     assert cpu.to_dict()["flags"] == ["asimd", "asimddp", "i8mm", "sve"] and cpu.to_dict()["arch"] == "arm64"
     aarch = parse_cpuinfo("Features\t: fp asimd bf16\n", "aarch64")
     assert aarch.to_dict()["flags"] == ["asimd", "bf16"] and aarch.isa == "arm64" and aarch.native_bf16
+
+
+def test_added_tokens_beyond_the_vocabulary_split_text_as_transformers_does(tmp_path):
+    """tokenizer_config.json's added tokens (one special, one plain that strips the space before it) are whole
+    tokens of their own in the pipeline built from vocab.txt alone, at the ids transformers gives them."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    folder = make_tiny_qa_model(tmp_path / "bert")
+    (folder / "tokenizer.json").unlink()
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    flags = {"normalized": False, "rstrip": False, "single_word": False}
+    config["added_tokens_decoder"].update({
+        "145": {"content": "[ANS]", "lstrip": False, "special": True, **flags},
+        "144": {"content": "Qx", "lstrip": True, "special": False, **flags},
+    })  # fmt: skip
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    question, context = "who [ANS] lived Qx in the city?", "the king [ANS] lived in the city Qx."
+    want = AutoTokenizer.from_pretrained(folder)(question, context)["input_ids"]
+    got = tokenizer.load_qa_tokenizer(folder)
+    assert got.backend.encode(question, context).ids == want
+    assert {144, 145} <= set(want) and len(got) == 146
+    added = {t.content: t for t in got.backend.get_added_tokens_decoder().values()}
+    assert added["[ANS]"].special and not added["Qx"].special and added["Qx"].lstrip

@@ -1,11 +1,18 @@
 """Small pieces of the pipeline, each against values written by hand: what a model folder's records put in its
-report row, the eval section of report.json, and the QA window in a model's identity."""
+report row, the eval section of report.json, the QA window in a model's identity, and a report of untimed
+variants."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import pytest
+
+from edgeqa.bench.files import EdgeQAError
 from edgeqa.bench.qa import QAConfig
+from edgeqa.pipeline.context import RecipeRun
+from edgeqa.pipeline.recipe import load_recipe
 from edgeqa.pipeline.rows import eval_info, model_records
 from edgeqa.pipeline.step import window_identity
 
@@ -35,3 +42,40 @@ def test_only_a_window_other_than_the_default_enters_a_models_identity():
     assert window_identity(QAConfig()) == {}
     other = QAConfig(max_length=256, doc_stride=64)
     assert window_identity(other) == {"qa": other.to_dict()} and other.to_dict()["max_length"] == 256
+
+
+def _recipe(tmp_path, model, data, qa: str, steps: str) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(f"name: w\nmodel: {model}\nqa: {qa}\neval: {{data: {data}}}\ncalibration: {{data: {data}}}\n"
+                    f"steps:\n{steps}")  # fmt: skip
+    return path
+
+
+QUANTIZE_STEPS = """\
+  - export: {name: onnx}
+  - quantize: {name: static, from: onnx, mode: static}
+  - quantize: {name: dynamic, from: onnx}
+"""
+
+
+def test_static_int8_carries_the_recipes_window_in_its_identity(tmp_path, tiny_qa_model, toy_squad):
+    """Calibration windows shape a static model's scales: another window makes another model; dynamic int8 reads
+    no windows."""
+    for qa, window in (("{max_length: 48, doc_stride: 16}", QAConfig(max_length=48, doc_stride=16)), ("{}", None)):
+        recipe = load_recipe(_recipe(tmp_path, tiny_qa_model, toy_squad, qa, QUANTIZE_STEPS))
+        run = RecipeRun(recipe, tmp_path / "runs")
+        run.add("onnx")
+        made = {s.name: s.identity(run) for s in recipe.steps if s.kind == "quantize"}
+        assert made["static"]["from"] == str(tmp_path / "runs" / "models" / "onnx") and "qa" not in made["dynamic"]
+        assert made["static"].get("qa") == (window.to_dict() if window else None)
+
+
+def test_a_report_of_variants_never_timed_is_refused_by_line(tmp_path, tiny_qa_model, toy_squad):
+    steps = "  - export: {name: onnx}\n  - bench: {variants: [onnx]}\n  - report: {variants: [onnx]}\n"
+    path = _recipe(tmp_path, tiny_qa_model, toy_squad, "{}", steps)
+    recipe = load_recipe(path)
+    run = RecipeRun(recipe, tmp_path / "runs")
+    run.add("onnx")
+    with pytest.raises(EdgeQAError) as e:
+        recipe.steps[-1].run(run)
+    assert str(e.value) == f"{path}:9: report needs a bench step for onnx first"

@@ -275,7 +275,9 @@ def test_neural_compressor_patterns_during_recovery(tmp_path, toy_squad, pattern
     root = run_recipe(_prune_recipe(tmp_path, teacher, toy_squad, steps), tmp_path / "runs")
     weights = load_file(root / "models" / "patterned" / "model.safetensors")
     record = json.loads((root / "models" / "patterned" / "prune.json").read_text())
-    assert 0.45 < record["pruned_matrices_sparsity"] < 0.55
+    assert 0.45 < record["pruned_matrices_sparsity"] < 0.55 and record["source"] == str(teacher)
+    step = json.loads((root / "models" / "patterned" / "step.json").read_text())
+    assert step["from"] == str(teacher) and step["teacher"] == str(teacher)  # its identity names what it pruned
     w = weights["bert.encoder.layer.0.intermediate.dense.weight"]  # (128 out, 32 in)
     if pattern == "4x1":  # whole blocks of 4 output rows in one input column are zero together
         blocks = (w.view(32, 4, 32) == 0).sum(1)
