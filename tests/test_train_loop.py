@@ -37,13 +37,17 @@ class _Recorder:
             start_stage=lambda student, opt, si, total: self.calls.append(("start", si, total, type(opt).__name__)),
             before_step=lambda si, step: self.calls.append(("before", si, step)),
             before_optimizer=lambda: self.calls.append(("optimizer",)),
-            after_step=lambda student, si, step, total: self.calls.append(("after", si, step, total)),
+            after_step=self._after_step,
             to_save=self._to_save,
             may_keep=self._may_keep,
             state=lambda: {"calls": len(self.calls)},
             load_state=lambda s: self.calls.append(("load", s)),
             fingerprint={"recorder": 1},
         )
+
+    def _after_step(self, student, si: int, step: int, total: int) -> None:
+        assert isinstance(student, torch.nn.Module)  # the model being trained, which pruning's hooks change
+        self.calls.append(("after", si, step, total))
 
     def _may_keep(self, si: int, step: int, total: int) -> bool:
         self.asked.append((si, step, total))
@@ -257,3 +261,16 @@ def test_a_resumed_run_hands_its_hooks_the_state_they_saved(tmp_path, toy_train,
     assert info["starts"] == [{"stage": 0, "step": 0, "steps_run": 2}, {"stage": 0, "step": 2, "steps_run": 5}]
     assert info["train_seconds"] >= round(earlier, 1)  # the killed start's time counts
     assert len(list((tmp_path / "w" / "cache").glob("teacher-logits-*/logits.npy"))) == 1  # under the work folder
+
+
+def test_hidden_state_transfer_reads_the_live_teacher_through_the_stages_layer_map(tmp_path, toy_train, toy_squad,
+                                                                                   monkeypatch):  # fmt: skip
+    """A student made of all its teacher's layers, without dropout, computes the teacher's hidden states: the
+    transfer term is 0 at the first step only if the loop hands the teacher and the layer map to each step."""
+    teacher = make_tiny_qa_model(tmp_path / "teacher", layers=2, dropout=0.0)
+    terms, real_step = [], train_loop.micro_step
+    monkeypatch.setattr(train_loop, "micro_step", lambda *a, **k: terms.append(real_step(*a, **k)) or terms[-1])
+    cfg = _cfg(toy_train, [{"loss": {"hidden": 1.0}, "max_steps": 2, "lr": 1.0e-3}], eval_limit=2)
+    train.distill(cfg, teacher, tmp_path / "work", str(toy_squad), tmp_path / "cache", False)
+    assert float(terms[0]["hidden"]) == pytest.approx(0.0, abs=1e-10) and len(terms) == 2
+    assert float(terms[1]["hidden"]) > 0  # one step of AdamW later the student has moved off its teacher
