@@ -153,7 +153,11 @@ def test_refit_after_one_shot_and_whenever_the_cubic_masks_grow(tmp_path, toy_sq
     - prune: {name: chosen, sparsity: 0.5, select: input, refit_batches: 2, train: {data: TRAIN}}
     - prune: {name: obs, sparsity: 0.5, refit: true, select: obs, refit_batches: 2, train: {data: TRAIN}}
     """.replace("TRAIN", str(train))
-    root = run_recipe(_prune_recipe(tmp_path, teacher, toy_squad, steps), tmp_path / "runs")
+    path = _prune_recipe(tmp_path, teacher, toy_squad, steps)
+    root = run_recipe(path, tmp_path / "runs")
+    assert json.loads((root / "recipe.json").read_text()) == {"path": str(path), "text": path.read_text()}
+    made = json.loads((root / "models" / "once" / "step.json").read_text())  # a one-shot prune's identity
+    assert (made["from"], made["data"], made["sparsity"]) == (str(teacher), str(train), 0.5)
     # Refits at 30% before training, then after each step whose mask update adds zeros, except the last: from
     # 59.86% to 60% is too small a rise (< REFIT_MIN_RISE) to be worth one.
     gradual_sparsities = [round(cubic_sparsity(step, 6, 0.6, 1.0, 0.3), 2) for step in range(6)]
