@@ -160,7 +160,7 @@ PARTS: dict[str, Part] = {
     # The GPU check's two halves (its device half on the CPU) and the training-step timer, both run by hand.
     "gpu": Part(
         ("edgeqa.compress.gpu_check.*", "edgeqa.compress.step_time.*"),
-        ("tests/test_gpu_check.py", "tests/test_step_time.py"),
+        ("tests/test_gpu_check.py", "tests/test_step_time.py", "tests/test_help.py"),
     ),
     # The training loop and what it runs on: the loop, a run's setup and end, the passes the losses read, devices and
     # precision, the dev-subset score, and the labelled windows and micro-batches (their order is `trainset`).
@@ -280,7 +280,7 @@ PARTS: dict[str, Part] = {
         ),
     ),
     # The side-by-side benchmark against Optimum's own int8 path (`make compare-optimum`).
-    "optimum": Part(("edgeqa.bench.compare_optimum.*",), ("tests/test_compare_optimum.py",)),
+    "optimum": Part(("edgeqa.bench.compare_optimum.*",), ("tests/test_compare_optimum.py", "tests/test_help.py")),
     # The pipeline: recipes and their YAML, the steps, runs, report rows (records and the bench step are `records`).
     # Its tests run recipes, so a survivor costs minutes: `make mutants-sample` style draws suit it best.
     "pipeline": Part(
