@@ -49,3 +49,25 @@ def test_the_step_timers_help(capsys):
     for line in ("a QA model folder", "a SQuAD training file", "global magnitude masks, as in recovery",
                  "timed steps per setting per round", "also each setting's costliest operators"):  # fmt: skip
         assert line in text
+
+
+@pytest.mark.parametrize(
+    ("module", "question", "env"),
+    [
+        ("arm64_check", "`make arm64-check`: do the int8 models answer the same on ARM processors as on this x86 "
+         "machine?", "folder scripts/arm64-env.sh provisioned"),
+        ("avx2_check", "`make avx2-check`: do 8-bit weights lose accuracy on ONNX Runtime's AVX2 int8 kernels, here, "
+         "on an AMX machine?", "folder `scripts/arm64-env.sh qemu` provisioned"),
+    ],
+)  # fmt: skip
+def test_the_emulation_checks_help(module, question, env):
+    import importlib
+
+    parser = importlib.import_module(f"edgeqa.export.emulation.{module}").build_parser()
+    text = " ".join(parser.format_help().split())
+    assert text.startswith(f"usage: python -m edgeqa.export.emulation.{module} [-h]") and question in text
+    for line in ("shared teacher and data (../shared)", "first N dev questions", "models of `make run`", env,
+                 "jobs at a time, one thread each"):  # fmt: skip
+        assert line in text
+    first = parser.get_default("profiles")[0]
+    assert parser.parse_args(["--profiles", first, first]).profiles == [first, first]  # one or more

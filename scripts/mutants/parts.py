@@ -155,7 +155,7 @@ PARTS: dict[str, Part] = {
     # The checks run by hand under qemu (`make arm64-check`, `make avx2-check`), end to end with a stand-in emulator.
     "emulation": Part(
         ("edgeqa.export.emulation.*",),
-        ("tests/test_arm64_check.py", "tests/test_avx2_check.py", "tests/test_emulation_main.py"),
+        ("tests/test_arm64_check.py", "tests/test_avx2_check.py", "tests/test_emulation_main.py", "tests/test_help.py"),
     ),
     # The GPU check's two halves (its device half on the CPU) and the training-step timer, both run by hand.
     "gpu": Part(
