@@ -59,7 +59,8 @@ def test_the_step_timers_help(capsys):
     assert f"[--profile] {description} options:" in text
     _says(text, "--model MODEL a QA model folder", "--data DATA a SQuAD training file",
           "--sparsity SPARSITY global magnitude masks, as in recovery",
-          "--steps STEPS timed steps per setting per round", "--profile also each setting's costliest operators")  # fmt: skip
+          "--steps STEPS timed steps per setting per round",
+          "--profile also each setting's costliest operators")  # fmt: skip
 
 
 @pytest.mark.parametrize(
