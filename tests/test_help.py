@@ -61,6 +61,10 @@ def test_the_step_timers_help(capsys):
           "--sparsity SPARSITY global magnitude masks, as in recovery",
           "--steps STEPS timed steps per setting per round",
           "--profile also each setting's costliest operators")  # fmt: skip
+    for missing in (["--data", "d"], ["--model", "m"]):  # both are required
+        with pytest.raises(SystemExit) as e:
+            step_time.main(missing)
+        assert e.value.code == 2
 
 
 @pytest.mark.parametrize(
