@@ -393,12 +393,19 @@ def retest(names: list[str], children: int) -> None:
         if todo:
             stage(PARTS[name].tests)
             subprocess.run([str(MUTMUT), "run", "--max-children", str(children), *todo], cwd=TREE, env=env, check=True)
-            # mutmut remakes the mutants of a changed function, under other names: keep the part's mutants as
-            # they are now, each with its earlier kill or its new result.
-            now = _of_part(results(), name)
-            merged = {m: before[m] if before.get(m) in ("killed", "timeout") else s for m, s in now.items()}
-            (TREE / "results" / f"{name}.json").write_text(json.dumps(merged, indent=1, sort_keys=True))
+            _merge(name, before, set(todo))
     summary(names or list(PARTS))
+
+
+def _merge(name: str, before: dict[str, str], ran: set[str]) -> dict[str, str]:
+    """Save a part's results after testing `ran` again: mutmut remakes the mutants of a changed function under other
+    names, so the part's mutants are taken as they are now, each with its earlier kill, or with its earlier result
+    when it was not among those run (mutmut may forget results when the selection changes)."""
+    now = _of_part(results(), name)
+    merged = {m: before[m] if before.get(m) in ("killed", "timeout") or m not in ran else s for m, s in now.items()}
+    (TREE / "results").mkdir(exist_ok=True)
+    (TREE / "results" / f"{name}.json").write_text(json.dumps(merged, indent=1, sort_keys=True))
+    return merged
 
 
 def _save(name: str) -> None:
@@ -459,19 +466,16 @@ def draw(name: str, size: int, seed: int, children: int, survivors: bool = False
     check_selection()
     stage(PARTS[name].tests)
     subprocess.run([str(MUTMUT), "run", "--max-children", str(children), *todo], cwd=TREE, env=_env(), check=True)
-    now = _of_part(results(), name)
-    merged = {m: before[m] if before.get(m) in ("killed", "timeout") or m not in todo else s for m, s in now.items()}
-    (TREE / "results").mkdir(exist_ok=True)
-    (TREE / "results" / f"{name}.json").write_text(json.dumps(merged, indent=1, sort_keys=True))
-    kept = TREE / "results" / f"{name}.draw.json"
+    merged = _merge(name, before, set(todo))
+    kept, of = TREE / "results" / f"{name}.draw.json", len(untested)
     if not drawn and kept.exists():  # N = 0: the survivors tested again, the earlier draw counted anew
         record = json.loads(kept.read_text())
-        drawn, untested = record["drawn"], [None] * record["of"]
+        drawn, of, seed = record["drawn"], record["of"], record["seed"]
     k = sum(merged[m] in ("killed", "timeout") for m in drawn)
-    record = {"seed": seed, "of": len(untested), "drawn": sorted(drawn), "killed": k}
+    record = {"seed": seed, "of": of, "drawn": sorted(drawn), "killed": k}
     kept.write_text(json.dumps(record, indent=1))
     lo, hi = _wilson(k, len(drawn)) if drawn else (0.0, 0.0)
-    print(f"{name}: {k}/{len(drawn)} drawn killed (95% interval {100 * lo:.1f}-{100 * hi:.1f}%) of {len(untested)}")
+    print(f"{name}: {k}/{len(drawn)} drawn killed (95% interval {100 * lo:.1f}-{100 * hi:.1f}%) of {of}")
     summary([name])
 
 
