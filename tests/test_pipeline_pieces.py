@@ -79,3 +79,61 @@ def test_a_report_of_variants_never_timed_is_refused_by_line(tmp_path, tiny_qa_m
     with pytest.raises(EdgeQAError) as e:
         recipe.steps[-1].run(run)
     assert str(e.value) == f"{path}:9: report needs a bench step for onnx first"
+
+
+def test_a_pruned_models_record_reaches_the_rows_of_models_exported_and_quantized_from_it(tmp_path):
+    """prune.json's reported keys and its description follow the model through export and quantize (they keep the
+    weights), also for the int8 model made from a folder at load; keys outside the report's stay out. A record
+    written before steps kept a description gets the one its settings and kept shapes give."""
+    record = {"method": "structured", "settings": {"method": "structured", "heads": 0.5}, "heads_per_layer": [2, 1],
+              "intermediate_size": 8, "scores": [0.1, 0.2]}  # fmt: skip
+    pruned, onnx_dir, int8 = (tmp_path / n for n in ("pruned", "onnx", "int8"))
+    for folder, step, source in ((pruned, "prune", None), (onnx_dir, "export", pruned), (int8, "quantize", onnx_dir)):
+        folder.mkdir()
+        (folder / "step.json").write_text(json.dumps({"step": step, **({"from": str(source)} if source else {})}))
+    (pruned / "prune.json").write_text(json.dumps(record))
+    expected = {k: v for k, v in record.items() if k != "scores"}
+    expected["description"] = "structured (magnitude): heads per layer [2, 1], FFN 8"
+    assert model_records(int8)["pruning"] == expected
+    assert model_records(onnx_dir, torch_int8=True)["pruning"] == expected
+    (int8 / "step.json").write_text(json.dumps({"step": "distill", "from": str(onnx_dir)}))  # new weights
+    assert "pruning" not in model_records(int8)
+
+
+def test_weight_statistics_are_cached_per_making_of_the_file(tmp_path, tiny_qa_model):
+    """The cache answers while the file and its making are the same; a folder made again (another step.json
+    `made`) is measured again though its file has the same bytes."""
+    from edgeqa.bench.weights import weight_stats
+    from edgeqa.pipeline.rows import weight_stats_cached
+
+    cache = tmp_path / "w.json"
+    measured = weight_stats(tiny_qa_model)
+    (tiny_qa_model / "step.json").write_text(json.dumps({"step": "distill", "made": "first"}))
+    assert weight_stats_cached(tiny_qa_model, cache) == measured and measured["parameters"] > 0
+    cached = json.loads(cache.read_text())
+    cache.write_text(json.dumps({**cached, "stats": {"parameters": -1}}))  # what only the cache could answer
+    assert weight_stats_cached(tiny_qa_model, cache) == {"parameters": -1}
+    (tiny_qa_model / "step.json").write_text(json.dumps({"step": "distill", "made": "second"}))
+    assert weight_stats_cached(tiny_qa_model, cache) == measured
+    assert weight_stats_cached(tiny_qa_model, None) == measured
+
+
+def test_a_report_row_carries_the_models_scoring_times_and_records(tmp_path):
+    from edgeqa.pipeline.rows import report_row
+
+    bench = {"backend": "onnxruntime", "model": "m.onnx", "file_bytes": 2**20, "peak_rss_mb": 50.0, "latency": []}
+    metrics = {"exact_match": 1.0, "f1": 2.0, "overhead_share": 0.25, "timings": {"tokenize_s": 0.5}}
+    (tmp_path / "fusion.json").write_text(json.dumps({"fused": []}))
+    row = report_row("m", tmp_path, False, metrics, bench, {"parameters": 3})
+    assert row["extra"] == {"overhead_share": 0.25, "timings": {"tokenize_s": 0.5}, "fusion": {"fused": []},
+                            "weights": {"parameters": 3}}  # fmt: skip
+
+
+def test_a_variant_added_as_pytorch_int8_is_marked_so(tmp_path):
+    """A torch_int8 step's variant has no folder of its own: it is its source's, made int8 at load."""
+    from edgeqa.pipeline.context import Variant
+
+    run = RecipeRun(None, tmp_path)
+    run.add("q", torch_int8=True, path=tmp_path / "src")
+    run.add("f")
+    assert run.variants == {"q": Variant("q", tmp_path / "src", True), "f": Variant("f", tmp_path / "models" / "f")}

@@ -257,3 +257,21 @@ def test_a_run_ends_with_a_warning_for_each_spoiled_timing_until_retimed(tmp_pat
     assert "edgeqa: warning" not in capsys.readouterr().err
     row = json.loads((tmp_path / "runs" / "busy" / "report.json").read_text())["rows"][0]
     assert row["p50_ms"] == pytest.approx(10.0)
+
+
+def test_retime_times_the_bench_steps_again_and_only_on_request(tmp_path, tiny_qa_model, toy_squad, samples_ms):
+    """docs/cli.md: "`edgeqa run RECIPE --retime` times the bench steps again"; without it a quiet timing is kept."""
+    from edgeqa.pipeline.run import run_recipe
+
+    recipe = _bench_recipe(tmp_path / "quiet.yaml", tiny_qa_model, toy_squad)
+
+    def p50() -> float:
+        return json.loads((tmp_path / "runs" / "quiet" / "report.json").read_text())["rows"][0]["p50_ms"]
+
+    samples_ms[:] = [10.0] * 10
+    run_recipe(recipe, tmp_path / "runs")
+    samples_ms[:] = [20.0] * 10
+    run_recipe(recipe, tmp_path / "runs")
+    assert p50() == pytest.approx(10.0)
+    run_recipe(recipe, tmp_path / "runs", retime=True)
+    assert p50() == pytest.approx(20.0)

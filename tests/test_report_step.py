@@ -33,29 +33,49 @@ EXPECTED_SPEEDUPS = {"first": 0.5, "named": 1.0, "fastest": 2.0}
 EXPECTED_DELTA_F1 = {"first": 1.0, "named": 0.0, "fastest": -3.5}
 
 
-def test_a_recipe_report_is_against_the_reference_it_names(tiny_onnx_model, tmp_path):
-    """The report step's rows, from hand-written scores and timings in the run folder: the recipe names the second
-    variant as its reference, and neither the first variant nor pytorch-fp32 may stand in for it."""
+def _report_step_run(tmp_path, tiny_onnx_model, report: str, names: dict[str, str]):
+    """Run a recipe's report step over hand-written scores and timings: `names` maps each variant to the P50/F1
+    entry it takes, in the order the run benched them."""
     from conftest import write_recipe, write_squad
     from edgeqa.pipeline.context import RecipeRun, Variant
     from edgeqa.pipeline.recipe import load_recipe
 
     onnx_dir = tiny_onnx_model[1]
+    tmp_path.mkdir(exist_ok=True)
     data = write_squad(tmp_path / "dev.json", [("Ann wrote the book.", "Who wrote the book?", ["Ann"])])
-    steps = "- export: {name: named}\n- export: {name: fastest}\n- bench: {}\n- report: {reference: named}\n"
+    steps = f"- export: {{name: named}}\n- export: {{name: fastest}}\n- bench: {{}}\n- report: {report}\n"
     recipe = load_recipe(write_recipe(tmp_path / "r.yaml", tiny_onnx_model[0], data, steps))
     (report_step,) = [s for s in recipe.steps if s.kind == "report"]
     run = RecipeRun(recipe, tmp_path / "runs" / "t")
-    run.variants = {name: Variant(name, onnx_dir) for name in P50}
-    run.benched = list(P50)  # "first" is first, as pytorch-fp32 is in a recipe
-    for name in P50:
+    run.variants = {name: Variant(name, onnx_dir) for name in names}
+    run.benched = list(names)
+    for name, entry in names.items():
         (run.root / "eval" / name).mkdir(parents=True)
-        metrics = {"exact_match": F1[name] - 10, "f1": F1[name], "total": 1, "settings": {}}
+        metrics = {"exact_match": F1[entry] - 10, "f1": F1[entry], "total": 1, "settings": {}}
         (run.root / "eval" / name / "metrics.json").write_text(json.dumps(metrics))
         (run.root / "bench").mkdir(exist_ok=True)
-        (run.root / "bench" / f"{name}.json").write_text(json.dumps(_timing(name, onnx_dir)))
+        (run.root / "bench" / f"{name}.json").write_text(json.dumps(_timing(entry, onnx_dir)))
     report_step.run(run)
-    assert _speedups(run.root / "report.json") == ("named", EXPECTED_SPEEDUPS, EXPECTED_DELTA_F1)
+    return _speedups(run.root / "report.json")
+
+
+def test_a_recipe_report_is_against_the_reference_it_names(tiny_onnx_model, tmp_path):
+    """The report step's rows, from hand-written scores and timings in the run folder: the recipe names the second
+    variant as its reference, and neither the first variant nor pytorch-fp32 may stand in for it."""
+    speedups = _report_step_run(tmp_path, tiny_onnx_model, "{reference: named}", {n: n for n in P50})
+    assert speedups == ("named", EXPECTED_SPEEDUPS, EXPECTED_DELTA_F1)
+
+
+def test_a_recipe_report_without_a_reference_is_against_the_teacher_else_its_first_variant(tiny_onnx_model, tmp_path):
+    """docs/recipes.md: the reference is "by default pytorch-fp32 when the report has it, else its first variant". By
+    hand: against "first" (40 ms, F1 80.0) named is 40/20 = 2x, fastest 4x; against pytorch-fp32, timed and scored
+    as "named" (20 ms, F1 79.0) though benched second, first is 0.5x and fastest 2x."""
+    without_teacher = _report_step_run(tmp_path / "a", tiny_onnx_model, "{}", {n: n for n in P50})
+    assert without_teacher == ("first", {"first": 1.0, "named": 2.0, "fastest": 4.0},
+                               {"first": 0.0, "named": -1.0, "fastest": -4.5})  # fmt: skip
+    names = {"first": "first", "pytorch-fp32": "named", "fastest": "fastest"}
+    with_teacher = _report_step_run(tmp_path / "b", tiny_onnx_model, "{}", names)
+    assert with_teacher[:2] == ("pytorch-fp32", {"first": 0.5, "pytorch-fp32": 1.0, "fastest": 2.0})
 
 
 def test_edgeqa_report_is_against_the_reference_given(tiny_onnx_model, tmp_path, monkeypatch, capsys):

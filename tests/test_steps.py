@@ -108,6 +108,8 @@ def test_each_made_kind_describes_what_it_made_in_one_line(tiny_qa_model, toy_sq
       - quantize: {name: int8-arm, from: fused, preset: arm64}
       - mobile: {name: ort, from: int8}
       - distill: {name: s, student: {layers: [0]}, train: {data: DATA}, stages: [{loss: {hard: 0.5, soft: 0.5}}]}
+      - distill: {name: narrow, student: {hidden_size: 16}, train: {data: DATA}, stages: [{loss: {hard: 1.0}}]}
+      - distill: {name: two, student: {num_hidden_layers: 2}, train: {data: DATA}, stages: [{loss: {soft: 1.0}}]}
       - prune: {name: p, from: s, method: structured, heads: 0.5, train: {data: DATA}, stages: [{loss: {soft: 1.0}}]}
       - prune: {name: m, sparsity: 0.5}
     """.replace("DATA", str(toy_squad))
@@ -122,6 +124,8 @@ def test_each_made_kind_describes_what_it_made_in_one_line(tiny_qa_model, toy_sq
         "does not fit it))",
         "ort": "ONNX Runtime's mobile format (.ort) of int8",
         "s": "student of teacher layers [0], distilled from pytorch-fp32 (hard+soft)",
+        "narrow": "student of the teacher's number of layers, distilled from pytorch-fp32 (hard)",
+        "two": "student of 2 layers, distilled from pytorch-fp32 (soft)",
         "p": "structured (magnitude): heads 0.5, FFN 0.0 of s, recovered by distillation from pytorch-fp32",
         "m": "magnitude 50% (global, oneshot) of pytorch-fp32",
     }

@@ -305,6 +305,7 @@ PARTS: dict[str, Part] = {
             "tests/test_prune_methods.py",
             "tests/test_distill_runs.py",
             "tests/test_pipeline_pieces.py",
+            "tests/test_promises_scoring.py",
         ),
     ),
     # Reading SQuAD and scoring a model on it, the one place EM/F1 come from.
