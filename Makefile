@@ -8,7 +8,7 @@ PRUNE_RECIPES := prune-structured-cpu prune-50-cpu prune-80-cpu prune-curve-cpu 
 	prune-50-loss-cpu prune-50-ablation-cpu prune-80-ablation-cpu prune-80-short-cpu \
 	chain-cpu
 
-.PHONY: install run full-dev front compare-optimum distill-cpu distill-ablation $(PRUNE_RECIPES) test lint clean arm64-check \
+.PHONY: install run full-dev front shapes compare-optimum distill-cpu distill-ablation $(PRUNE_RECIPES) test lint clean arm64-check \
 	avx2-check gpu-check mutants mutants-sample
 
 install: $(STAMP)
@@ -37,11 +37,15 @@ test: install
 full-dev: install
 	$(BIN)/edgeqa run recipes/full-dev.yaml --shared $(SHARED)
 
-# The latency-accuracy front from 3x to 10x over the PyTorch fp32 teacher (recipes/front-cpu.yaml): every model
-# made with at most an hour of training here, scored on the full dev set, timed side by side. Resumable; one model
-# alone: .venv/bin/edgeqa run recipes/front-cpu.yaml --only NAME.
+# The latency-accuracy front from 3x to 10x over the PyTorch fp32 teacher (recipes/front-cpu.yaml): the shapes
+# chosen from this machine's shapes table, every model made with at most an hour of training, scored on the full
+# dev set, timed side by side. Resumable.
 front: install
 	$(BIN)/edgeqa run recipes/front-cpu.yaml --shared $(SHARED)
+
+# The teacher's candidate shapes in int8, timed on this machine: runs/shapes/shapes.json (make front makes its own).
+shapes: install
+	$(BIN)/edgeqa shapes --model $(SHARED)/models/minilm-l6-h384-squad1 --out runs/shapes
 
 compare-optimum: install
 	$(BIN)/pip install -q -e ".[full,optimum]"

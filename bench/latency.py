@@ -3,7 +3,8 @@
 Every result carries the machine (CPU model, cores, SIMD flags), thread count, library versions, model file size
 and the process's peak resident memory, because a latency without them cannot be compared with anything.
 Run one model per process (`python -m edgeqa.bench.latency`, which `benchmark_subprocess` does) so that peak memory
-belongs to that model alone.
+belongs to that model alone. Given eval data, a benchmark also times the model per real question, end to end
+(`bench.question_latency`): the latency a user meets, at the lengths real questions have.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import numpy as np
 from edgeqa.bench.cpu import this_cpu
 from edgeqa.bench.engines import load_qa_model, weight_files
 from edgeqa.bench.files import EdgeQAError, check_field_types
+from edgeqa.bench.qa import QAConfig
+from edgeqa.bench.question_latency import QUESTION_WARMUP, merge_question_passes, time_questions
 from edgeqa.bench.serial import config_from_dict, config_to_dict
 
 log = logging.getLogger(__name__)
@@ -42,6 +45,7 @@ class LatencyConfig:
     threads: int = 2
     rounds: int = 1  # benchmark_interleaved: split repeats over this many passes across all models
     torch_int8: bool = False  # PyTorch-side baseline: dynamic int8 of nn.Linear applied at load
+    questions: int = 100  # real questions of the eval data timed end to end at batch 1, each pass; 0: none
 
     def __post_init__(self) -> None:
         check_field_types(self, "bench")
@@ -50,6 +54,8 @@ class LatencyConfig:
             raise EdgeQAError("bench settings: batch sizes, sequence lengths, repeats and threads must be positive")
         if not isinstance(self.warmup, int) or self.warmup < 0:
             raise EdgeQAError("bench settings: warmup must be a whole number >= 0")
+        if not isinstance(self.questions, int) or self.questions < 0:
+            raise EdgeQAError("bench settings: questions must be a whole number >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (lists, not tuples), so a saved copy compares equal to a fresh one."""
@@ -159,31 +165,43 @@ def _summarise(batch_size: int, seq_len: int, samples_ms: list[float]) -> ShapeL
     )
 
 
-def benchmark(model: str | Path, cfg: LatencyConfig = LatencyConfig()) -> dict[str, Any]:
-    """Latency at every (batch, sequence) of `cfg` for one model, with machine, versions, size and peak memory."""
+def benchmark(
+    model: str | Path, cfg: LatencyConfig = LatencyConfig(), data: str | Path | None = None, qa: QAConfig = QAConfig()
+) -> dict[str, Any]:
+    """Latency at every (batch, sequence) of `cfg` for one model, with machine, versions, size and peak memory; with
+    `data`, also per question on `cfg.questions` of its questions (windows cut by `qa`), else `questions` is None."""
 
-    qa = load_qa_model(model, cfg.threads, torch_int8=cfg.torch_int8)
-    vocab_size, cls_id = len(qa.tokenizer), qa.tokenizer.cls_token_id or 0
+    loaded = load_qa_model(model, cfg.threads, torch_int8=cfg.torch_int8)
+    vocab_size, cls_id = len(loaded.tokenizer), loaded.tokenizer.cls_token_id or 0
     shapes = [
-        time_shape(qa.engine, vocab_size, cls_id, b, s, cfg.warmup, cfg.repeats)
+        time_shape(loaded.engine, vocab_size, cls_id, b, s, cfg.warmup, cfg.repeats)
         for b in cfg.batch_sizes
         for s in cfg.seq_lens
     ]
+    questions = None
+    if data is not None and cfg.questions:
+        questions = time_questions(loaded, data, cfg.questions, qa, min(cfg.warmup, QUESTION_WARMUP))
     return {
         "model": str(model),
-        "backend": qa.engine.backend,
+        "backend": loaded.engine.backend,
         "file_bytes": model_file_size(model),
         "peak_rss_mb": peak_rss_mb(),
         "settings": cfg.to_dict(),
         "latency": [{k: v for k, v in asdict(s).items()} for s in shapes],
+        "questions": questions,
         "machine": machine_info(),
         "versions": library_versions(),
     }
 
 
-def benchmark_subprocess(model: str | Path, cfg: LatencyConfig = LatencyConfig()) -> dict[str, Any]:
+def benchmark_subprocess(
+    model: str | Path, cfg: LatencyConfig = LatencyConfig(), data: str | Path | None = None, qa: QAConfig = QAConfig()
+) -> dict[str, Any]:
     """`benchmark` in a fresh Python process, so its peak memory and thread pools are the model's alone."""
     cmd = [sys.executable, "-m", "edgeqa.bench.latency", str(model), "--config", json.dumps(cfg.to_dict())]
+    if data is not None:  # a file by its absolute path: the process runs elsewhere (a hub id stays as it is)
+        where = str(Path(data).absolute()) if Path(data).exists() else str(data)
+        cmd += ["--data", where, "--qa", json.dumps(qa.to_dict())]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -192,27 +210,34 @@ def benchmark_subprocess(model: str | Path, cfg: LatencyConfig = LatencyConfig()
 
 
 def benchmark_interleaved(
-    models: dict[str, tuple[str | Path, bool]], cfg: LatencyConfig, done: Callable[[str, dict], None] | None = None
+    models: dict[str, tuple[str | Path, bool]],
+    cfg: LatencyConfig,
+    done: Callable[[str, dict], None] | None = None,
+    data: str | Path | None = None,
+    qa: QAConfig = QAConfig(),
 ) -> dict[str, dict[str, Any]]:
     """Time several models {name: (path, torch_int8)} in `cfg.rounds` passes over all of them.
 
     On a shared machine speed drifts over minutes; timing model A for a minute and then model B bakes that drift
     into the A/B ratio. Each pass times every model with repeats/rounds runs, so drift lands on all of them alike;
     the percentiles are taken over all runs of all passes. `done(name, result)` is called for each model once all
-    passes are over (a run killed during the passes times them all again).
+    passes are over (a run killed during the passes times them all again). With `data`, every pass also times each
+    model on the same `cfg.questions` questions (not split among the passes), pooled like the shapes' runs.
     """
     per_pass = dataclasses.replace(cfg, repeats=max(1, -(-cfg.repeats // cfg.rounds)), rounds=1)
     passes: dict[str, list[dict[str, Any]]] = {name: [] for name in models}
     for r in range(cfg.rounds):
         for name, (path, torch_int8) in models.items():
             log.info("timing %s (pass %d/%d)", name, r + 1, cfg.rounds)
-            passes[name].append(benchmark_subprocess(path, dataclasses.replace(per_pass, torch_int8=torch_int8)))
+            one = dataclasses.replace(per_pass, torch_int8=torch_int8)
+            passes[name].append(benchmark_subprocess(path, one, data=data, qa=qa))
     results = {}
     for name, runs in passes.items():
         merged = dict(runs[0])
         merged["peak_rss_mb"] = max(run["peak_rss_mb"] for run in runs)
         merged["settings"] = dataclasses.replace(cfg, torch_int8=models[name][1]).to_dict()
         merged["latency"] = [_merge_passes([run["latency"][i] for run in runs]) for i in range(len(runs[0]["latency"]))]
+        merged["questions"] = merge_question_passes([run.get("questions") for run in runs])
         results[name] = merged
         if done is not None:
             done(name, merged)
@@ -235,9 +260,12 @@ def _main() -> int:
     parser = argparse.ArgumentParser(description="Benchmark one model; prints one JSON line.")
     parser.add_argument("model")
     parser.add_argument("--config", default="{}", help="LatencyConfig as JSON")
+    parser.add_argument("--data", default=None, help="SQuAD file whose questions are timed end to end")
+    parser.add_argument("--qa", default="{}", help="QAConfig as JSON: the windows of those questions")
     args = parser.parse_args()
     try:
-        result = benchmark(args.model, LatencyConfig.from_dict(json.loads(args.config)))
+        qa = config_from_dict(QAConfig, json.loads(args.qa), "qa")
+        result = benchmark(args.model, LatencyConfig.from_dict(json.loads(args.config)), data=args.data, qa=qa)
     except EdgeQAError as e:
         print(f"edgeqa: error: {e}", file=sys.stderr)
         return 2

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgeqa.bench.report import LATENCY_TOLERANCE, has_unstructured_sparsity
+from edgeqa.bench.report import LATENCY_TOLERANCE, QUESTION_FLAG, has_unstructured_sparsity
 
 
 def to_markdown(report: dict[str, Any]) -> str:
     lines = _header(report)
     if report.get("warnings"):
         lines += ["**Warnings** (⚠ in the table):", ""] + [f"- {w}" for w in report["warnings"]] + [""]
-    lines += _main_table(report) + _main_table_notes(report) + _targets(report) + _other_shapes(report)
+    lines += _main_table(report) + _main_table_notes(report) + _targets(report) + _choices(report)
+    lines += _questions(report)
+    lines += _other_shapes(report)
     lines += _weights(report)
     lines += _training(report) + _making(report)
     if report["notes"]:
@@ -38,23 +40,66 @@ def _header(report: dict[str, Any]) -> list[str]:
     ]
 
 
+def _per_question(report: dict[str, Any]) -> bool:
+    return any(r.get("question_p50_ms") is not None for r in report["rows"])
+
+
 def _main_table(report: dict[str, Any]) -> list[str]:
-    shape = report["primary_shape"]
+    """One row per variant; with timings per real question, their p50 and speed-up beside those at the primary
+    shape, the headers saying which is which."""
+    shape, per_question = report["primary_shape"], _per_question(report)
+    at = f" ({shape['batch_size']}x{shape['seq_len']})" if per_question else ""
+    asked, aligned = (" p50 ms/question | speed-up/question |", " ---: | ---: |") if per_question else ("", "")
     lines = [
-        "| variant | backend | size MB | peak RSS MB | p50 ms | p90 ms | pass spread | speed-up | EM | F1 | ΔF1 "
-        "| scored at batch | Pareto |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: |",
+        f"| variant | backend | size MB | peak RSS MB | p50 ms{at} | p90 ms{at} | pass spread | speed-up{at} |{asked} "
+        "EM | F1 | ΔF1 | scored at batch | Pareto |",
+        f"| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |{aligned} ---: | ---: | ---: | ---: | :---: |",
     ]
     for r in report["rows"]:
         s = next(x for x in r["latency"] if x["batch_size"] == shape["batch_size"] and x["seq_len"] == shape["seq_len"])
         spread = f"{s['pass_spread']:.1%}" if s.get("pass_spread") is not None else "-"
-        flag = " ⚠" if r.get("timing_flags") else ""
+        flags = r.get("timing_flags") or []
+        flag = " ⚠" if any(not f.startswith(QUESTION_FLAG) for f in flags) else ""
         batch = r.get("scored_batch_size") or "-"
+        cells = ""
+        if per_question:
+            q_flag = " ⚠" if any(f.startswith(QUESTION_FLAG) for f in flags) else ""
+            q50, q_up = r.get("question_p50_ms"), r.get("question_speedup")
+            cells = f" {q50:.1f}{q_flag} |" if q50 is not None else " - |"
+            cells += f" {q_up:.2f}x |" if q_up is not None else " - |"
         lines.append(
             f"| {r['name']} | {r['backend']} | {r['file_mb']:.1f} | {r['peak_rss_mb']:.0f} | {s['p50_ms']:.1f}{flag} | "
-            f"{s['p90_ms']:.1f} | {spread} | {r['speedup']:.2f}x{'†' if r.get('same_kernels_as') else ''} | "
+            f"{s['p90_ms']:.1f} | {spread} | {r['speedup']:.2f}x{'†' if r.get('same_kernels_as') else ''} |{cells} "
             f"{r['exact_match']:.2f} | {r['f1']:.2f} | {r['delta_f1']:+.2f} | "
             f"{batch}{'*' if r.get('batch_dependent') else ''} | {'yes' if r['pareto'] else ''} |"
+        )
+    return lines
+
+
+def _questions(report: dict[str, Any]) -> list[str]:
+    """Latency per real question: the sample, then per variant its windows, percentiles, speed-up and stage shares."""
+    timed = [r for r in report["rows"] if r.get("question_latency")]
+    if not timed:
+        return []
+    first = timed[0]["question_latency"]
+    lines = [
+        "",
+        f"Latency per question: {first['questions']} questions of {first['data']} (drawn with seed {first['seed']}), "
+        "each answered alone at batch 1, end to end: tokenisation, the model on each window at its own length, the "
+        "span search. Shares: of the three stages' time.",
+        "",
+        "| variant | questions | windows | tokens per window | p50 ms | p90 ms | pass spread | speed-up | tokenise "
+        "| model | span search |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in timed:
+        q = r["question_latency"]
+        spread = f"{q['pass_spread']:.1%}" if q.get("pass_spread") is not None else "-"
+        up = f"{r['question_speedup']:.2f}x" if r.get("question_speedup") is not None else "-"
+        shares = " | ".join(f"{v:.1%}" if v is not None else "-" for v in q["stage_share"].values())
+        lines.append(
+            f"| {r['name']} | {q['questions']} | {q['windows']} | {q['mean_tokens']:.1f} | {q['p50_ms']:.1f} | "
+            f"{q['p90_ms']:.1f} | {spread} | {up} | {shares} |"
         )
     return lines
 
@@ -71,8 +116,8 @@ def _targets(report: dict[str, Any]) -> list[str]:
             f"Against the reference ({report['reference']}, F1 {ref['f1']:.2f}): a target is met when a model at "
             "least that fast reaches that F1.",
             "",
-            "| target | F1 needed | met | most accurate model at that speed | fastest model at that F1 |",
-            "| --- | ---: | --- | --- | --- |",
+            "| target | latency | F1 needed | met | most accurate model at that speed | fastest model at that F1 |",
+            "| --- | --- | ---: | --- | --- | --- |",
         ]
     for t in report.get("targets", []):
         best, fastest = t["best_at_speed"], t["fastest_at_f1"]
@@ -85,9 +130,11 @@ def _targets(report: dict[str, Any]) -> list[str]:
         at_speed = f"{best['name']}: {best['speedup']:.2f}x, F1 {best['f1']:.2f}" if best else "-"
         # Never none: the reference itself reaches any share of its own F1.
         at_f1 = f"{fastest['name']}: {fastest['speedup']:.2f}x, F1 {fastest['f1']:.2f}"
+        shape = report["primary_shape"]
+        basis = "per question" if t.get("latency") == "questions" else f"{shape['batch_size']}x{shape['seq_len']}"
         lines.append(
-            f"| >= {t['speedup']:g}x at >= {t['f1_share']:.0%} | {t['f1_needed']:.2f} | {verdict} | {at_speed} | "
-            f"{at_f1} |"
+            f"| >= {t['speedup']:g}x at >= {t['f1_share']:.0%} | {basis} | {t['f1_needed']:.2f} | {verdict} | "
+            f"{at_speed} | {at_f1} |"
         )
     if report.get("recipe_notes"):
         lines += ["", "From the recipe:", ""] + [f"- {n}" for n in report["recipe_notes"]]
@@ -207,4 +254,28 @@ def _making(report: dict[str, Any]) -> list[str]:
         else:
             total = f"{sum(known) / 60:.1f}" + ("" if len(known) == len(steps) else " (some steps not recorded)")
         lines.append(f"| {r['name']} | {cells} | {total} |")
+    return lines
+
+
+def _choices(report: dict[str, Any]) -> list[str]:
+    """The shapes a recipe's targets step chose on a machine's shapes table, beside what this run measured."""
+    if not report.get("choices"):
+        return []
+    first = report["choices"][0]
+    lines = ["", "## Models for the targets", "",
+             f"Shapes chosen from {first['table']} (timed on {first['cpu']}, int8 class {first['isa']}).", "",
+             "| target | model | shape | why | predicted | measured | F1 (needed) | training min | met |",
+             "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | --- |"]  # fmt: skip
+    for c in report["choices"]:
+        target = f">= {c['target']:g}x at >= {c['f1_share']:.0%} ({c['latency']}, over {c['over']})"
+        if c.get("measured_speedup") is None:
+            lines.append(f"| {target} | {c['variant']} | {c['shape']} | {c['why']} | {c['predicted_speedup']:.2f}x "
+                         "| not in this report | - | - | - |")  # fmt: skip
+            continue
+        short = [f"{c['speed_short']:.2f}x slow" if c["speed_short"] else "", f"{c['f1_short']:.2f} F1 short"
+                 if c["f1_short"] else ""]  # fmt: skip
+        verdict = "yes" if c["met"] else "**no**: " + ", ".join(x for x in short if x)
+        lines.append(f"| {target} | {c['variant']} | {c['shape']} | {c['why']} | {c['predicted_speedup']:.2f}x | "
+                     f"{c['measured_speedup']:.2f}x | {c['f1']:.2f} ({c['f1_needed']:.2f}) | "
+                     f"{c['training_minutes']:.1f} | {verdict} |")  # fmt: skip
     return lines

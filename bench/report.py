@@ -4,13 +4,15 @@
 report.json, schema "edgeqa.report/1":
   name, created (UTC ISO time), machine {cpu, logical_cores, avx2, avx512f, avx512_vnni, amx_int8, arch, python},
   versions {library: version}, eval {data, limit, questions, settings}, bench {threads, warmup, repeats, rounds,
-  batch_sizes, seq_lens}, primary_shape {batch_size, seq_len}, reference (row name), notes [str], and rows, one per
-  variant: name, backend, path, file_mb, peak_rss_mb, latency [{batch_size, seq_len, p50_ms, p90_ms, p99_ms,
-  mean_ms, throughput, runs}], p50_ms (at the primary shape), speedup (reference p50 / p50), exact_match, f1,
+  batch_sizes, seq_lens, questions}, primary_shape {batch_size, seq_len}, reference (row name), notes [str], and rows,
+  one per variant: name, backend, path, file_mb, peak_rss_mb, latency [{batch_size, seq_len, p50_ms, p90_ms, p99_ms,
+  mean_ms, throughput, runs}], p50_ms (at the primary shape), speedup (reference p50 / p50), question_p50_ms,
+  question_p90_ms, question_speedup and question_latency (per real question, `bench.question_latency`; None when not
+  measured), exact_match, f1,
   delta_em and delta_f1 (against the reference), pareto (on the F1-latency front, latencies within 3% counting
   as equal), same_kernels_as (only on a row whose unstructured zeros are its one difference from another row; it
   stands on the front at that row's time), extra {free-form details such as parity, quantization settings,
-  fusion, time shares, weights}; targets [{speedup, f1_share, f1_needed, met, best_at_speed, f1_short,
+  fusion, time shares, weights}; targets [{speedup, f1_share, latency, f1_needed, met, best_at_speed, f1_short,
   fastest_at_f1}] when the report was asked to check any (`Target`); recipe_notes [str], what the recipe's author
   says about them (what was tried).
 All rows are timed in one run, in interleaved passes, so their ratios hold even on a noisy shared machine.
@@ -21,11 +23,18 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeqa.bench.files import EdgeQAError, atomic_file, check_field_types, write_json
+from edgeqa.bench.question_latency import question_fields, question_speedups
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from matplotlib.text import Text
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +43,12 @@ SCHEMA = "edgeqa.report/1"
 
 @dataclass(frozen=True)
 class Target:
-    """A point the front must reach: `speedup` times the reference's speed or more, at `f1_share` of its F1 or more."""
+    """A point the front must reach: `speedup` times the reference's speed or more, at `f1_share` of its F1 or more;
+    the speed is at batch 1 and the primary shape (`latency` "fixed") or the p50 per real question ("questions")."""
 
     speedup: float
     f1_share: float
+    latency: str = "fixed"
 
     def __post_init__(self) -> None:
         check_field_types(self, "report target")
@@ -45,33 +56,42 @@ class Target:
             raise EdgeQAError(f"a target's speedup must be a positive number, got {self.speedup!r}")
         if not 0 < self.f1_share <= 1:
             raise EdgeQAError(f"a target's f1_share must be in (0, 1], got {self.f1_share!r}")
+        if self.latency not in ("fixed", "questions"):
+            raise EdgeQAError(f"a target's latency must be fixed or questions, got {self.latency!r}")
 
     @classmethod
     def parse(cls, text: str) -> Target:
-        """`3:0.98` (3x at 98% of the reference's F1), as the CLI takes it."""
+        """`3:0.98` (3x at 98% of the reference's F1), or `3:0.98:questions` (per question), as the CLI takes it."""
         speedup, _, share = text.partition(":")
+        share, _, latency = share.partition(":")
         try:
-            return cls(float(speedup), float(share))
+            return cls(float(speedup), float(share), latency or "fixed")
         except ValueError:
             raise EdgeQAError(f"a target is SPEEDUP:F1_SHARE such as 3:0.98, got {text!r}") from None
 
 
 def check_targets(rows: list[dict], reference: dict, targets: tuple[Target, ...]) -> list[dict[str, Any]]:
     """For each target: is it met, the most accurate row at its speed (and how much F1 it lacks), and the fastest row
-    at its F1, so that a miss says by how much, both ways. Rows need `speedup` already."""
+    at its F1, so that a miss says by how much, both ways. Rows need `speedup` (and `question_speedup`) already."""
 
-    def brief(row: dict | None) -> dict | None:
-        return None if row is None else {"name": row["name"], "speedup": row["speedup"], "f1": row["f1"]}
+    def brief(row: dict | None, key: str) -> dict | None:
+        return None if row is None else {"name": row["name"], "speedup": row[key], "f1": row["f1"]}
 
     out = []
     for t in targets:
+        key = "question_speedup" if t.latency == "questions" else "speedup"  # the speed-up the target is about
+        timed = [r for r in rows if r.get(key) is not None]
+        if not timed:
+            raise EdgeQAError(f"target {t.speedup:g}x at {t.f1_share:.0%} is per question, but no row was timed per "
+                              "question (bench questions 0, or no eval data)")  # fmt: skip
         needed = t.f1_share * reference["f1"]  # compared unrounded; rounded only where it is shown
-        best = max((r for r in rows if r["speedup"] >= t.speedup), key=lambda r: r["f1"], default=None)
-        fastest = max((r for r in rows if r["f1"] >= needed), key=lambda r: r["speedup"], default=None)
+        best = max((r for r in timed if r[key] >= t.speedup), key=lambda r: r["f1"], default=None)
+        fastest = max((r for r in timed if r["f1"] >= needed), key=lambda r: r[key], default=None)
         met = best is not None and best["f1"] >= needed
         short = None if met or best is None else round(needed - best["f1"], 2)
-        out.append({**dataclasses.asdict(t), "f1_needed": round(needed, 2), "met": met, "best_at_speed": brief(best),
-                    "f1_short": short, "fastest_at_f1": brief(fastest)})  # fmt: skip
+        out.append({**dataclasses.asdict(t), "f1_needed": round(needed, 2), "met": met,
+                    "best_at_speed": brief(best, key), "f1_short": short,
+                    "fastest_at_f1": brief(fastest, key)})  # fmt: skip
     return out
 
 
@@ -88,6 +108,7 @@ def make_row(name: str, bench: dict[str, Any], metrics: dict[str, Any], extra: d
         "f1": round(metrics["f1"], 3),
         "scored_batch_size": metrics.get("batch_size"),
         "batch_dependent": metrics.get("batch_dependent"),
+        **question_fields(bench),
         "extra": extra or {},
     }
 
@@ -108,15 +129,16 @@ LATENCY_TOLERANCE = 0.03
 # and more, with p90 at 1.7x to 20x p50. The limits sit between the two (docs/machines.md has the measurements).
 PASS_SPREAD_LIMIT = 0.25  # (max - min) / median of the per-pass p50s
 TAIL_RATIO_LIMIT = 1.5  # p90 / p50
+QUESTION_FLAG = "per question: "  # the start of a flag of the timing per real question
 
 
-def timing_flags(shape: dict[str, Any]) -> list[str]:
+def timing_flags(shape: dict[str, Any], tail: bool = True) -> list[str]:
     """Why one shape's timing is not to be trusted (empty when it is): passes that disagree, or a long tail."""
     flags = []
     spread = shape.get("pass_spread")
     if spread is not None and spread > PASS_SPREAD_LIMIT:
         flags.append(f"passes disagree: p50 moved {spread:.0%} between passes (limit {PASS_SPREAD_LIMIT:.0%})")
-    if shape["p90_ms"] > TAIL_RATIO_LIMIT * shape["p50_ms"]:
+    if tail and shape["p90_ms"] > TAIL_RATIO_LIMIT * shape["p50_ms"]:
         flags.append(
             f"busy machine: p90 is {shape['p90_ms'] / shape['p50_ms']:.2f}x p50 (limit {TAIL_RATIO_LIMIT:.2f}x)"
         )
@@ -183,7 +205,10 @@ def build_report(
             )
         r["p50_ms"] = match[0]["p50_ms"]
         r["timing_flags"] = timing_flags(match[0])
+        if r.get("question_latency"):  # only its passes: p90/p50 per question is the spread of question lengths
+            r["timing_flags"] += [QUESTION_FLAG + f for f in timing_flags(r["question_latency"], tail=False)]
     ref = by_name[reference]
+    question_speedups(rows, ref)
     # A sparse row is placed on the front at its dense twin's time: its own timing differs only by noise, which
     # on a busy 2-core machine reaches 15% and must not buy it a place (its measured p50 stays in the row).
     twins = {r["name"]: t for r in rows if (t := dense_twin(r, rows))}
@@ -229,7 +254,63 @@ def report_warnings(rows: list[dict], machine: dict[str, Any]) -> list[str]:
     return out
 
 
-def plot_pareto(report: dict[str, Any], path: Path) -> None:
+LABEL_DIRECTIONS = ((1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, 1), (1, -1), (-1, -1))  # right, left, up, ...
+LABEL_SPOTS = tuple((d, dx, dy) for d in (6, 16, 28, 42) for dx, dy in LABEL_DIRECTIONS)  # d: points off the point
+LEADER = {"arrowstyle": "-", "color": "0.45", "lw": 0.6, "shrinkA": 1, "shrinkB": 4}
+
+
+def place_labels(
+    ax: Axes, points: list[tuple[float, float]], labels: list[str], marker_size: float = 60, fontsize: float = 8
+) -> list[Text]:
+    """Label the points of a scatter plot where no label covers another label, a point or a line: fixed offsets
+    print the names of close points over each other, and only drawn text has a size to test.
+
+    Greedy, in display units, so call it once the axes are laid out: point by point in the given order, the spots
+    around the point (right, left, above, below, the diagonals, then the same farther out), keeping the first whose
+    text box stays inside the axes and hits no label placed before, no marker (`marker_size` as scatter's s) and no
+    line on the axes; when none is free, the least bad. A label set away from its point gets a thin line to it.
+    """
+    from matplotlib.transforms import Bbox
+
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    r = math.sqrt(marker_size) / 2 * fig.dpi / 72  # a marker's radius in pixels
+    taken = [Bbox.from_extents(x - r, y - r, x + r, y + r) for x, y in ax.transData.transform(points)]
+    lines = [line.get_transform().transform_path(line.get_path()) for line in ax.lines]
+    texts = []
+    for point, label in zip(points, labels, strict=True):
+        best = None
+        for spot in LABEL_SPOTS:
+            text = _label(ax, label, point, spot, fontsize)
+            box = text.get_window_extent(renderer)
+            text.remove()
+            hits = box.count_overlaps(taken) + sum(line.intersects_bbox(box, filled=False) for line in lines)
+            cost = (not (frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)), hits)
+            if best is None or cost < best[0]:
+                best = (cost, spot, box)
+            if cost == (False, 0):
+                break
+        cost, spot, box = best
+        if cost != (False, 0):
+            log.debug("no free spot for the label %r (outside the axes: %s, overlaps: %d)", label, *cost)
+        texts.append(_label(ax, label, point, spot, fontsize, leader=spot[0] > LABEL_SPOTS[0][0]))
+        taken.append(box.padded(2))  # a gap between neighbouring labels
+    return texts
+
+
+def _label(ax: Axes, label: str, point: tuple[float, float], spot: tuple[int, int, int], fontsize: float,
+           leader: bool = False) -> Text:  # fmt: skip
+    """`label` at `spot` (distance in points, x and y direction) from `point`, its near side or corner facing it."""
+    d, dx, dy = spot
+    return ax.annotate(label, point, xytext=(dx * d, dy * d), textcoords="offset points", fontsize=fontsize,
+                       ha=("right", "center", "left")[dx + 1], va=("top", "center", "bottom")[dy + 1],
+                       arrowprops=LEADER if leader else None)  # fmt: skip
+
+
+def pareto_figure(report: dict[str, Any]) -> tuple[Figure, list[Text]]:
+    """The Pareto plot, drawn but not saved, and its point labels: F1 against p50, the front a red step line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -237,17 +318,8 @@ def plot_pareto(report: dict[str, Any], path: Path) -> None:
 
     rows = report["rows"]
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
-    x_span = max(r["p50_ms"] for r in rows) - min(r["p50_ms"] for r in rows) or 1.0
-    y_span = max(r["f1"] for r in rows) - min(r["f1"] for r in rows) or 1.0
-    placed: list[tuple[float, float]] = []
     for r in rows:
         ax.scatter(r["p50_ms"], r["f1"], s=60, color="tab:red" if r["pareto"] else "tab:gray", zorder=3)
-        # Labels of points that nearly coincide are stacked downwards instead of printed over each other.
-        near = sum(abs(r["p50_ms"] - x) < 0.08 * x_span and abs(r["f1"] - y) < 0.04 * y_span for x, y in placed)
-        placed.append((r["p50_ms"], r["f1"]))
-        ax.annotate(
-            r["name"], (r["p50_ms"], r["f1"]), textcoords="offset points", xytext=(6, 4 - 11 * near), fontsize=8
-        )
     front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["p50_ms"])
     if len(front) > 1:
         ax.step(
@@ -258,7 +330,6 @@ def plot_pareto(report: dict[str, Any], path: Path) -> None:
             alpha=0.6,
             label="Pareto front",
         )
-        ax.legend(loc="best")
     shape = report["primary_shape"]
     ax.set_xlabel(
         f"p50 latency, ms (batch {shape['batch_size']}, sequence {shape['seq_len']}, "
@@ -266,6 +337,15 @@ def plot_pareto(report: dict[str, Any], path: Path) -> None:
     )
     ax.set_ylabel("SQuAD F1")
     ax.set_title(f"{report['name']}: F1 against latency")
+    fig.tight_layout()  # the layout _save gives it, before the labels are placed in display units
+    texts = place_labels(ax, [(r["p50_ms"], r["f1"]) for r in rows], [r["name"] for r in rows])
+    if len(front) > 1:
+        ax.legend(loc="best")  # after the labels, which "best" keeps clear of
+    return fig, texts
+
+
+def plot_pareto(report: dict[str, Any], path: Path) -> None:
+    fig, _ = pareto_figure(report)
     _save(fig, path)
 
 

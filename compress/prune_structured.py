@@ -16,6 +16,7 @@ from edgeqa.bench.families import families_with, has
 from edgeqa.bench.files import EdgeQAError
 from edgeqa.compress.prune_config import PruneConfig, register_pruning
 from edgeqa.compress.prune_data import label_batches, model_inputs
+from edgeqa.compress.student import StudentSpec, build_student
 
 if TYPE_CHECKING:
     import torch
@@ -109,6 +110,27 @@ def prune_ffn_(model, share: float, scores: torch.Tensor | None = None) -> int:
         layer.output.dense = prune_linear_layer(layer.output.dense, index, dim=1)
     model.config.intermediate_size = keep
     return keep
+
+
+def cut_to_shape(teacher, layers: int, heads: int, ffn: int):
+    """The teacher cut to a shape, for timing alone: `layers` of its layers spread as a student's are, the first
+    `heads` heads of each and its `ffn` strongest feed-forward neurons. Untrained: only its latency means anything,
+    and real weights keep int8's scales what a made model's would be."""
+    import copy
+
+    config = teacher.config
+    if layers > config.num_hidden_layers or heads > config.num_attention_heads or ffn > config.intermediate_size:
+        raise EdgeQAError(f"shape l{layers}-h{heads}-f{ffn} is larger than the teacher")
+    n_teacher = config.num_hidden_layers
+    model = (
+        build_student(StudentSpec(num_hidden_layers=layers), teacher) if layers < n_teacher else copy.deepcopy(teacher)
+    )
+    n_heads = config.num_attention_heads
+    if heads < n_heads:
+        prune_heads_(model, {i: list(range(heads, n_heads)) for i in range(layers)})
+    if ffn < config.intermediate_size:
+        prune_ffn_(model, (config.intermediate_size - ffn) / config.intermediate_size)
+    return model
 
 
 def gradient_scores(model, batches, loss_fn) -> tuple[torch.Tensor, torch.Tensor]:

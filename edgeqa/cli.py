@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from edgeqa.bench.files import FULL_DISK, NOT_WRITABLE, EdgeQAError
+from edgeqa.bench.shapes import SHAPES_BENCH
 from edgeqa.commands import (
     cmd_answer,
     cmd_bench,
@@ -29,6 +30,7 @@ from edgeqa.commands import (
     cmd_report,
     cmd_run,
     cmd_score,
+    cmd_shapes,
 )
 from edgeqa.export.onnx import MIN_OPSET
 from edgeqa.export.quantize import PRESET_CHOICES
@@ -103,6 +105,8 @@ def _add_bench_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=POSITIVE, default=100)
     p.add_argument("--threads", type=POSITIVE, default=2)
     p.add_argument("--rounds", type=POSITIVE, default=1, help="passes over all models, the repeats split among them")
+    p.add_argument("--questions", type=COUNT, default=100,
+                   help="real questions of --data timed end to end at batch 1, every pass (0: none)")  # fmt: skip
 
 
 def _add_runtime_commands(sub) -> None:
@@ -139,6 +143,7 @@ def _add_runtime_commands(sub) -> None:
     p = sub.add_parser("bench", help="latency of one model at fixed shapes")
     p.add_argument("--model", required=True)
     p.add_argument("--torch-int8", action="store_true", help="PyTorch dynamic int8 of nn.Linear (PyTorch folders)")
+    p.add_argument("--data", default=None, help="SQuAD file: also time the model per real question (default: none)")
     p.add_argument("--json", action="store_true")
     _add_bench_options(p)
     p.set_defaults(func=cmd_bench)
@@ -189,11 +194,32 @@ def _add_deploy_commands(sub) -> None:
     )
     p.add_argument("--name", default="report")
     p.add_argument("--out", required=True)
-    p.add_argument("--target", action="append", default=[], metavar="SPEEDUP:F1_SHARE",
+    p.add_argument("--target", action="append", default=[], metavar="SPEEDUP:F1_SHARE[:questions]",
                    help="report whether a model reaches this speed-up at this share of the reference's F1, "
-                   "such as 3:0.98 (repeatable)")  # fmt: skip
+                   "such as 3:0.98 (at batch 1 x the first --seq-lens) or 3:0.98:questions (p50 per question; "
+                   "repeatable)")  # fmt: skip
     _add_bench_options(p)
     p.set_defaults(func=cmd_report)
+
+
+def _add_shapes_command(sub) -> None:
+    b = SHAPES_BENCH
+    p = sub.add_parser("shapes", help="make a teacher's candidate shapes in int8 and time them on this machine")
+    p.add_argument("--model", help="the teacher: a transformers QA folder")
+    p.add_argument("--out", help="shapes folder (int8 models, manifest.json, shapes.json); resumable")
+    p.add_argument("--time", metavar="DIR", help="only time a shapes folder made elsewhere (no torch needed)")
+    p.add_argument("--no-time", action="store_true", help="make the shapes, time them later (on the target)")
+    p.add_argument("--data", default=None, help="SQuAD file: also time each model per real question")
+    p.add_argument("--shapes", nargs="+", metavar="lL-hH-fF", help="these shapes instead of a grid")
+    for axis, what in (("layers", "layers"), ("heads", "attention heads per layer"), ("ffn", "FFN neurons per layer")):
+        p.add_argument(f"--{axis}", type=POSITIVE, nargs="+", help=f"the grid's {what} (default: teacher's shares)")
+    p.add_argument("--preset", choices=PRESET_CHOICES, default="auto", help="int8 preset (default: this CPU's)")
+    p.add_argument("--seq-lens", type=POSITIVE, nargs="+", default=list(b.seq_lens))
+    p.add_argument("--warmup", type=COUNT, default=b.warmup)
+    p.add_argument("--repeats", type=POSITIVE, default=b.repeats)
+    p.add_argument("--threads", type=POSITIVE, default=b.threads)
+    p.add_argument("--rounds", type=POSITIVE, default=b.rounds, help="interleaved passes (their spread flags noise)")
+    p.set_defaults(func=cmd_shapes)
 
 
 def _add_recipe_commands(sub) -> None:
@@ -225,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_runtime_commands(sub)
     _add_deploy_commands(sub)
+    _add_shapes_command(sub)
     _add_recipe_commands(sub)
     return parser
 

@@ -17,10 +17,12 @@ from edgeqa.bench.latency import LatencyConfig, benchmark
 from edgeqa.bench.metric import load_predictions, score
 from edgeqa.bench.qa import QAConfig
 from edgeqa.bench.report import Target
+from edgeqa.bench.shapes import TABLE, Shape, candidate_shapes, time_shapes
 from edgeqa.bench.squad import SquadExample, load_squad
 from edgeqa.pipeline.context import is_main_process
 from edgeqa.pipeline.recipe import load_recipe
 from edgeqa.pipeline.run import run_recipe
+from edgeqa.pipeline.shapes import make_shapes, teacher_shape
 
 
 def _print_json(obj: dict) -> None:
@@ -133,16 +135,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
         args.repeats,
         args.threads,
         torch_int8=args.torch_int8,
+        questions=args.questions,
     )
-    result = benchmark(args.model, cfg)
+    result = benchmark(args.model, cfg, data=args.data)
     for s in result["latency"]:
         print(
             f"batch {s['batch_size']} x {s['seq_len']}: p50 {s['p50_ms']:.2f} ms, p90 {s['p90_ms']:.2f}, "
             f"p99 {s['p99_ms']:.2f}, mean {s['mean_ms']:.2f}, {s['throughput']:.1f} seq/s"
         )
+    q = result["questions"]
+    if q:
+        print(
+            f"per question ({q['questions']} questions, {q['windows']} windows of {q['mean_tokens']:.0f} tokens on "
+            f"average, batch 1): p50 {q['p50_ms']:.2f} ms, p90 {q['p90_ms']:.2f}, mean {q['mean_ms']:.2f}"
+        )
     print(f"size {result['file_bytes'] / 2**20:.1f} MiB, peak RSS {result['peak_rss_mb']:.0f} MiB")
     if args.json:
-        for s in result["latency"]:
+        for s in [*result["latency"], *([q] if q else [])]:
             s.pop("samples_ms", None)
         _print_json(result)
     return 0
@@ -159,7 +168,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         resolve_model(path)  # a missing or foreign model is refused before any work
         models[name] = Path(path)
     bench = LatencyConfig(tuple(args.batch_sizes), tuple(args.seq_lens), args.warmup, args.repeats, args.threads,
-                          args.rounds)  # fmt: skip
+                          args.rounds, questions=args.questions)  # fmt: skip
     out = report(models, args.data, args.out, args.limit, args.reference, targets, args.name, bench, args.batch_size)
     for name in ("report.json", "report.md", "pareto.png"):
         if (out / name).exists():
@@ -227,3 +236,34 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     columns = ["pruned", "method", "zeros in pruned matrices", "parameters", "nonzero parameters", "folder"]
     return _run_training_steps(args, "prune", columns, row)
+
+
+def cmd_shapes(args: argparse.Namespace) -> int:
+    """Make a teacher's candidate shapes and time them here, or (`--time DIR`) time a shapes folder made elsewhere."""
+    cfg = LatencyConfig((1,), tuple(args.seq_lens), args.warmup, args.repeats, args.threads, args.rounds)
+    if args.time:
+        folder = Path(args.time)
+    else:
+        if not args.model or not args.out:
+            raise EdgeQAError("shapes needs --model and --out to make shapes, or --time DIR to time a made folder")
+        full = teacher_shape(args.model)
+        shapes = ([Shape.parse(s) for s in args.shapes] if args.shapes else
+                  candidate_shapes(full, args.layers, args.heads, args.ffn))  # fmt: skip
+        folder = make_shapes(args.model, args.out, shapes, args.preset)
+        if args.no_time:
+            print(f"made {len(shapes)} shapes in {folder}; time them with: edgeqa shapes --time {folder}")
+            return 0
+    table = time_shapes(folder, cfg, args.data)
+    refs = table["references"]
+    print("| shape | parameters | p50 ms | pass spread | " + " | ".join(f"over {r}" for r in refs) + " |")
+    print("| --- | ---: | ---: | ---: |" + " ---: |" * len(refs))
+    for s in sorted(table["shapes"], key=lambda s: s["p50_ms"]):
+        spread = f"{s['pass_spread']:.1%}" if s.get("pass_spread") is not None else "-"
+        ratios = " | ".join(f"{s['speedup'][r]:.2f}x" for r in refs)
+        print(f"| {s['name']} | {s['parameters'] / 1e6:.1f}M | {s['p50_ms']:.2f} | {spread} | {ratios} |")
+    for flag in table["flags"]:
+        print(f"edgeqa: warning: {flag}", file=sys.stderr)
+    if table["busy"]:
+        print(f"edgeqa: time them again on a quiet machine: edgeqa shapes --time {folder}", file=sys.stderr)
+    print(f"wrote {folder / TABLE} ({table['machine']['cpu']}, int8 class {table['machine']['isa']})")
+    return 0

@@ -44,6 +44,7 @@ class RecipeRun:
     benched: list[str] = field(default_factory=list)
     retime: bool = False  # time the bench steps again though their timings are cached (a busy machine's)
     placed: dict[str, Path] = field(default_factory=dict)  # made variants the caller puts elsewhere than models/
+    choices: list[dict[str, Any]] = field(default_factory=list)  # a targets step's shapes, for the report
 
     def model_dir(self, name: str) -> Path:
         return self.placed.get(name, self.root / "models" / name)

@@ -179,5 +179,6 @@ def load_recipe(path: str | Path, shared: str | Path | None = None) -> Recipe:
         _check_references(path, step, raw, names, steps)
         if isinstance(step, MadeStep):
             names.add(step.name)
+        names.update(step.made_names())
         steps.append(step)
     return dataclasses.replace(recipe, steps=tuple(steps))

@@ -108,3 +108,29 @@ def assemble_report(
 
 def eval_info(data: str, limit: int | None, metrics: dict) -> dict[str, Any]:
     return {"data": data, "limit": limit, "questions": metrics["total"], "settings": metrics["settings"]}
+
+
+TRAINING_STEPS = ("distill", "prune")
+
+
+def target_results(choices: list[dict], rows: list[dict], reference: str) -> list[dict[str, Any]]:
+    """Each target's chosen shape beside what the run measured: the predicted speed-up (the shapes table's) and the
+    measured one (this report's, over the same reference and latency), F1 against the share of the reference's
+    the target asks, the minutes of training that made it, and met or by how much it is missed."""
+    by_name = {r["name"]: r for r in rows}
+    ref_f1 = by_name[reference]["f1"]
+    out = []
+    for choice in choices:
+        row, over = by_name.get(choice["variant"]), by_name.get(choice["over"])
+        result: dict[str, Any] = {**choice, "measured_speedup": None, "f1": None, "met": False}
+        key = "p50_ms" if choice["latency"] == "fixed" else "question_p50_ms"
+        if row is not None and over is not None and row.get(key) and over.get(key):
+            speedup = over[key] / row[key]
+            needed = choice["f1_share"] * ref_f1
+            minutes = sum(m["seconds"] for m in row["extra"].get("making", []) if m["step"] in TRAINING_STEPS) / 60
+            result.update(measured_speedup=round(speedup, 3), f1=row["f1"], f1_needed=round(needed, 2),
+                          training_minutes=round(minutes, 1), met=speedup >= choice["target"] and row["f1"] >= needed,
+                          speed_short=round(max(0.0, choice["target"] - speedup), 3),
+                          f1_short=round(max(0.0, needed - row["f1"]), 2))  # fmt: skip
+        out.append(result)
+    return out

@@ -68,6 +68,10 @@ class Step:
         """The variants the step reads besides its source, which earlier steps must make."""
         return []
 
+    def made_names(self) -> list[str]:
+        """The variants a step that is not one MadeStep makes (a `targets` step), which later steps may name."""
+        return []
+
     def check(self, run: RecipeRun) -> None:
         """Fail a bad step against what exists before any step runs (a source made by a later step is not there)."""
 

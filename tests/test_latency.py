@@ -1,11 +1,14 @@
 """Latency measurement: settings checks and interleaved passes merged into one set of percentiles."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from edgeqa.bench import latency
 from edgeqa.bench.files import EdgeQAError
 from edgeqa.bench.latency import LatencyConfig, benchmark_interleaved, machine_info, peak_rss_mb
+from edgeqa.bench.qa import QAConfig
 
 
 def test_interleaved_passes_merge_all_runs(tiny_qa_model, tmp_path):
@@ -27,8 +30,9 @@ def test_interleaved_passes_merge_all_runs(tiny_qa_model, tmp_path):
 def test_settings_round_trip_through_json():
     import json
 
-    cfg = LatencyConfig(batch_sizes=(1, 4), seq_lens=(128,), rounds=3, torch_int8=True)
+    cfg = LatencyConfig(batch_sizes=(1, 4), seq_lens=(128,), rounds=3, torch_int8=True, questions=0)
     assert LatencyConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert LatencyConfig().questions == 100 and cfg.to_dict()["questions"] == 0
     with pytest.raises(EdgeQAError, match="unknown bench setting"):
         LatencyConfig.from_dict({"turbo": True})
 
@@ -63,7 +67,7 @@ def test_interleaving_times_every_model_in_each_pass_and_merges_after_the_last(m
     passes."""
     calls = []
 
-    def fake_subprocess(model, cfg):
+    def fake_subprocess(model, cfg, data=None, qa=None):
         calls.append((model, cfg.repeats, cfg.rounds, cfg.torch_int8))
         rss = 100.0 + len(calls)
         lat = {"batch_size": 1, "seq_len": 8, "p50_ms": 3.0, "samples_ms": [3.0] * cfg.repeats}
@@ -80,6 +84,31 @@ def test_interleaving_times_every_model_in_each_pass_and_merges_after_the_last(m
     assert results["a"]["peak_rss_mb"] == 105.0 and results["b"]["peak_rss_mb"] == 106.0
     assert results["a"]["settings"] == cfg.to_dict() and results["b"]["settings"]["torch_int8"] is True
     assert results["a"]["latency"][0]["runs"] == 12 and results["a"]["latency"][0]["pass_p50_ms"] == [3.0] * 3
+    assert results["a"]["questions"] is None  # no data: nothing timed per question
+
+
+def test_every_pass_times_the_same_questions_and_the_passes_are_pooled(monkeypatch):
+    """Two passes over two models, each given the data and windows: each pass times all 3 questions (1, 2 and 3 ms,
+    then 3, 4 and 5), which pool to 6 runs with p50 3 and pass medians 2 and 4, spread (4 - 2) / 3 = 0.6667."""
+    calls = []
+
+    def fake_subprocess(model, cfg, data=None, qa=None):
+        calls.append((model, cfg.questions, data, qa))
+        base = 2.0 * sum(1 for c in calls if c[0] == model) - 1
+        lat = {"batch_size": 1, "seq_len": 8, "p50_ms": 3.0, "samples_ms": [3.0] * cfg.repeats}
+        q = {"questions": 3, "windows": 3, "p50_ms": base + 1, "samples_ms": [base, base + 1, base + 2],
+             "stage_ms": {"tokenize": 1.0, "model": 2.0, "spans": 1.0}}  # fmt: skip
+        return {"model": model, "peak_rss_mb": 1.0, "latency": [lat], "questions": q}
+
+    monkeypatch.setattr(latency, "benchmark_subprocess", fake_subprocess)
+    qa = QAConfig(max_length=64, doc_stride=16)
+    cfg = LatencyConfig(batch_sizes=(1,), seq_lens=(8,), repeats=4, rounds=2, questions=3)
+    results = latency.benchmark_interleaved({"a": ("A", False), "b": ("B", False)}, cfg, data="dev.json", qa=qa)
+    assert calls == [("A", 3, "dev.json", qa), ("B", 3, "dev.json", qa)] * 2
+    q = results["b"]["questions"]
+    assert q["samples_ms"] == [1.0, 2.0, 3.0, 3.0, 4.0, 5.0] and q["runs"] == 6 and q["p50_ms"] == 3.0
+    assert q["pass_p50_ms"] == [2.0, 4.0] and q["pass_spread"] == 0.6667 and q["questions"] == 3
+    assert q["stage_ms"] == {"tokenize": 2.0, "model": 4.0, "spans": 2.0}
 
 
 class _Tokenizer:
@@ -128,6 +157,7 @@ def test_a_benchmark_times_every_shape_of_its_settings(monkeypatch, tmp_path, cl
     assert result["model"] == str(tmp_path) and result["backend"] == "fake" and result["file_bytes"] == 1234
     assert result["settings"] == cfg.to_dict() and result["peak_rss_mb"] > 10
     assert result["machine"]["logical_cores"] >= 1 and "numpy" in result["versions"]
+    assert result["questions"] is None  # no data given: nothing timed per question
 
 
 def test_a_failed_benchmark_names_the_model_and_the_last_line_it_printed(tmp_path):
@@ -143,6 +173,8 @@ POSITIVE = "bench settings: batch sizes, sequence lengths, repeats and threads m
     [({"threads": 0}, POSITIVE), ({"rounds": 0}, POSITIVE), ({"repeats": 0}, POSITIVE), ({"batch_sizes": ()}, POSITIVE),
      ({"batch_sizes": (1, 0)}, POSITIVE), ({"seq_lens": ()}, POSITIVE), ({"seq_lens": (128, -1)}, POSITIVE),
      ({"warmup": -1}, "bench settings: warmup must be a whole number >= 0"),
+     ({"questions": -1}, "bench settings: questions must be a whole number >= 0"),
+     ({"questions": 2.5}, "bench.questions should be int, got 2.5"),
      ({"repeats": 1.5}, "bench.repeats should be int, got 1.5"),
      ({"threads": "2"}, "bench.threads should be int, got '2'")],
 )  # fmt: skip
@@ -150,7 +182,7 @@ def test_each_count_of_the_settings_is_checked(settings, message):
     with pytest.raises(EdgeQAError) as e:
         LatencyConfig(**settings)
     assert str(e.value) == message
-    assert LatencyConfig(warmup=0, repeats=1, threads=1, rounds=1).warmup == 0  # the smallest allowed
+    assert LatencyConfig(warmup=0, repeats=1, threads=1, rounds=1, questions=0).warmup == 0  # the smallest allowed
 
 
 def test_two_passes_have_a_spread_and_figures_keep_four_decimals():
@@ -167,7 +199,7 @@ def test_two_passes_have_a_spread_and_figures_keep_four_decimals():
 def test_fewer_repeats_than_passes_still_time_one_run_a_pass(monkeypatch, caplog):
     calls = []
 
-    def fake_subprocess(model, cfg):
+    def fake_subprocess(model, cfg, data=None, qa=None):
         calls.append(cfg.repeats)
         lat = {"batch_size": 1, "seq_len": 8, "p50_ms": 1.0, "samples_ms": [1.0] * cfg.repeats}
         return {"model": model, "peak_rss_mb": 1.0, "pass": len(calls), "latency": [lat]}
@@ -258,6 +290,12 @@ def test_a_subprocess_benchmark_reads_the_last_line_and_tells_a_failure(monkeypa
     cfg = LatencyConfig(repeats=3)
     assert latency.benchmark_subprocess("m", cfg) == {"model": "m"}
     assert ran == [[sys.executable, "-m", "edgeqa.bench.latency", "m", "--config", json.dumps(cfg.to_dict())]]
+    # questions: a file by its absolute path (the process runs in another folder), a hub id as given, and windows
+    qa = QAConfig(max_length=64, doc_stride=16)
+    monkeypatch.chdir(Path(__file__).parent)
+    for data, passed in (("conftest.py", str(Path(__file__).parent / "conftest.py")), ("squad", "squad")):
+        latency.benchmark_subprocess("m", cfg, data=data, qa=qa)
+        assert ran[-1][6:] == ["--data", passed, "--qa", json.dumps(qa.to_dict())]
     for code, stderr, last in ((1, "Traceback\nValueError: bad\n", "ValueError: bad"), (2, "", "no output")):
         monkeypatch.setattr(latency.subprocess, "run", lambda cmd, code=code, stderr=stderr, **kw:
                             subprocess.CompletedProcess(cmd, code, stdout="", stderr=stderr))  # fmt: skip
@@ -271,8 +309,8 @@ def test_the_benchmark_command_prints_one_json_line_or_one_error(monkeypatch, ca
 
     asked = []
 
-    def fake_benchmark(model, cfg):
-        asked.append((model, cfg))
+    def fake_benchmark(model, cfg, data=None, qa=None):
+        asked.append((model, cfg) if data is None else (model, cfg, data, qa))
         if model == "bad":
             raise EdgeQAError("bad: no such model file or folder")
         return {"model": model, "p50": 1.5}
@@ -287,3 +325,8 @@ def test_the_benchmark_command_prints_one_json_line_or_one_error(monkeypatch, ca
     out = capsys.readouterr()
     assert out.out == "" and out.err == "edgeqa: error: bad: no such model file or folder\n"
     assert asked[-1] == ("bad", LatencyConfig())
+    monkeypatch.setattr(
+        "sys.argv", ["latency", "m", "--data", "d.json", "--qa", '{"max_length": 64, "doc_stride": 16}']
+    )
+    assert latency._main() == 0
+    assert asked[-1] == ("m", LatencyConfig(), "d.json", QAConfig(max_length=64, doc_stride=16))

@@ -137,3 +137,63 @@ def test_a_variant_added_as_pytorch_int8_is_marked_so(tmp_path):
     run.add("q", torch_int8=True, path=tmp_path / "src")
     run.add("f")
     assert run.variants == {"q": Variant("q", tmp_path / "src", True), "f": Variant("f", tmp_path / "models" / "f")}
+
+
+RECIPE_MISTAKES = [  # (steps or a section, the error's text after the path) by hand from docs/recipes.md's rules
+    ("steps: []\n", ":6: steps should be a non-empty list"),
+    ("steps:\n  - prune: {name: p, sparsity: 0.5, teacher: nobody}\n", ":7: unknown teacher variant 'nobody'"),
+    (
+        "steps:\n  - report: {targets: 3}\n",
+        ":7: report targets must be a list of {speedup: X, f1_share: Y[, latency: fixed or questions]}",
+    ),
+]
+
+
+@pytest.mark.parametrize(("steps", "said"), RECIPE_MISTAKES)
+def test_recipe_mistakes_are_refused_by_line(tmp_path, tiny_qa_model, toy_squad, steps, said):
+    path = tmp_path / "r.yaml"
+    path.write_text(f"name: r\nmodel: {tiny_qa_model}\neval: {{data: {toy_squad}}}\nqa: {{}}\nbench: {{}}\n{steps}")
+    with pytest.raises(EdgeQAError) as e:
+        load_recipe(path)
+    assert str(e.value).startswith(str(path)) and str(e.value).endswith(said), str(e.value)
+
+
+def test_an_eval_setting_of_the_wrong_type_is_named(tmp_path, tiny_qa_model):
+    path = tmp_path / "r.yaml"
+    path.write_text(f"name: r\nmodel: {tiny_qa_model}\neval: {{data: 5}}\nsteps:\n  - export: {{name: o}}\n")
+    with pytest.raises(EdgeQAError) as e:
+        load_recipe(path)
+    assert str(e.value) == f"{path}: bad setting: eval.data should be str, got 5"
+
+
+def test_a_quantization_record_without_a_preset_description_gets_one(tmp_path):
+    """Records written before presets kept their description are described now, by the preset's own words."""
+    from edgeqa.export.quantize import describe_preset, preset_record
+
+    preset = {k: v for k, v in preset_record("avx2").items() if k != "description"}
+    (tmp_path / "quantization.json").write_text(json.dumps({"mode": "dynamic", "preset": preset}))
+    described = model_records(tmp_path)["quantization"]["preset"]
+    assert described == {**preset, "description": describe_preset(preset)} and described["description"]
+
+
+def test_an_unreadable_training_record_is_named_as_such(tmp_path):
+    (tmp_path / "training.json").write_bytes(b"\xff\xfe")
+    with pytest.raises(EdgeQAError) as e:
+        model_records(tmp_path)
+    assert str(e.value).startswith(f"{tmp_path / 'training.json'}: training record is not UTF-8 text")
+
+
+def test_a_run_until_a_kind_runs_the_steps_up_to_its_last_one(tmp_path, tiny_qa_model, toy_squad, monkeypatch):
+    """`edgeqa distill` and `edgeqa prune` run a recipe up to (and with) its last step of their kind."""
+    from edgeqa.pipeline import run as run_module
+
+    ran = []
+    monkeypatch.setattr(run_module, "_run_steps", lambda run, steps, *a: ran.extend(s.name for s in steps))
+    steps = ("  - export: {name: a}\n  - quantize: {name: b, from: a}\n  - export: {name: c}\n"
+             "  - quantize: {name: d, from: c}\n  - bench: {}\n")  # fmt: skip
+    path = _recipe(tmp_path, tiny_qa_model, toy_squad, "{}", steps)
+    run_module.run_recipe(path, tmp_path / "runs", until="quantize")
+    assert ran == ["a", "b", "c", "d"]
+    ran.clear()
+    run_module.run_recipe(path, tmp_path / "runs", until="export")
+    assert ran == ["a", "b", "c"]

@@ -211,15 +211,16 @@ def samples_ms(monkeypatch) -> list[float]:
         return latency.ShapeLatency(batch_size, seq_len, p50, 0.0, 0.0, 0.0, 0.0, len(samples), list(samples))
 
     monkeypatch.setattr(latency, "time_shape", time_shape)
-    monkeypatch.setattr(latency, "benchmark_subprocess", lambda model, cfg: latency.benchmark(model, cfg))
+    monkeypatch.setattr(latency, "benchmark_subprocess", lambda model, cfg, data=None, qa=QAConfig():
+                        latency.benchmark(model, cfg, data, qa))  # fmt: skip
     return samples
 
 
-def _bench_recipe(path: Path, model: Path, data: Path, eval_extra: str = "") -> Path:
+def _bench_recipe(path: Path, model: Path, data: Path, eval_extra: str = "", extra: str = "") -> Path:
     path.write_text(
         f"name: {path.stem}\nmodel: {model}\neval: {{data: {data}{eval_extra}}}\n"
         "bench: {threads: 1, batch_sizes: [1], seq_lens: [32], warmup: 0, repeats: 10}\n"
-        "steps:\n  - bench: {}\n  - report: {}\n"
+        f"{extra}steps:\n  - bench: {{}}\n  - report: {{}}\n"
     )
     return path
 
@@ -275,3 +276,26 @@ def test_retime_times_the_bench_steps_again_and_only_on_request(tmp_path, tiny_q
     assert p50() == pytest.approx(10.0)
     run_recipe(recipe, tmp_path / "runs", retime=True)
     assert p50() == pytest.approx(20.0)
+
+
+def test_every_report_times_each_model_per_real_question_in_the_recipes_windows(tmp_path, tiny_qa_model, samples_ms):
+    """The issue: "Latency per real question is in every report". A recipe that says nothing of it times its eval
+    data's questions, cut into its `qa` windows: at max_length 32 and doc_stride 8, 60 one-token words and "who?"
+    make windows of 32, 32 and 27 tokens, "who lived in the city?" one of 19 (tests/test_question_latency.py): 4
+    windows of 27.5 tokens on average, in the bench result, the report's row and report.md."""
+    from edgeqa.pipeline.run import run_recipe
+
+    samples_ms[:] = [10.0] * 10
+    data = write_squad(tmp_path / "dev.json", [(" ".join(["the"] * 60), "who?", ["the"]),
+                                               (TOY_QAS[1][0], "who lived in the city?", ["the king"])])  # fmt: skip
+    recipe = _bench_recipe(tmp_path / "q.yaml", tiny_qa_model, data, extra="qa: {max_length: 32, doc_stride: 8}\n")
+    root = run_recipe(recipe, tmp_path / "runs")
+    bench = json.loads((root / "bench" / "pytorch-fp32.json").read_text())
+    q = bench["questions"]
+    assert (q["questions"], q["windows"], q["mean_tokens"], q["runs"]) == (2, 4, 27.5, 2)
+    assert q["qa"] == QAConfig(max_length=32, doc_stride=8).to_dict() and Path(q["data"]) == data
+    assert bench["settings"]["questions"] == 100  # the default: all 2 questions of this file
+    row = json.loads((root / "report.json").read_text())["rows"][0]
+    assert row["question_p50_ms"] == q["p50_ms"] > 0 and row["question_speedup"] == 1.0
+    assert row["question_latency"]["windows"] == 4 and "samples_ms" not in row["question_latency"]
+    assert "| pytorch-fp32 | 2 | 4 | 27.5 |" in (root / "report.md").read_text()

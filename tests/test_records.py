@@ -184,7 +184,7 @@ class _Bench:
     """Stand-ins for evaluate and benchmark_interleaved that record their calls."""
 
     def __init__(self, monkeypatch, dynamic=()):
-        self.scored, self.timed = [], []
+        self.scored, self.timed, self.asked = [], [], []
         monkeypatch.setattr("edgeqa.pipeline.steps.bench_step.evaluate", self.evaluate)
         monkeypatch.setattr("edgeqa.pipeline.steps.bench_step.benchmark_interleaved", self.benchmark)
         monkeypatch.setattr("edgeqa.pipeline.steps.bench_step.answers_depend_on_batch",
@@ -195,8 +195,9 @@ class _Bench:
         return {"f1": 50.0, "model": str(model), "data": str(data), "limit": limit, "settings": cfg.to_dict(),
                 "batch_size": batch_size}  # fmt: skip
 
-    def benchmark(self, todo, cfg, done):
+    def benchmark(self, todo, cfg, done, data=None, qa=None):
         self.timed.append(sorted(todo))
+        self.asked.append((data, qa))
         for name, (_path, torch_int8) in todo.items():
             done(name, {"p50_ms": 1.0, "settings": dataclasses.replace(cfg, torch_int8=torch_int8).to_dict()})
 
@@ -262,6 +263,29 @@ def test_timings_are_taken_again_side_by_side_when_any_model_needs_them(tmp_path
     other.recipe = dataclasses.replace(other.recipe, bench=LatencyConfig(threads=1))  # other timing settings
     BenchStep(line=1, variants=("fp32",)).run(other)
     assert bench.timed[3:] == [["fp32"]]
+
+
+def test_timings_per_question_are_taken_again_when_their_data_or_windows_change(tmp_path, monkeypatch):
+    """The recipe's eval data and windows go to the timer; other data (not merely other spelling of its path), other
+    windows, or no questions at all time again."""
+    bench = _Bench(monkeypatch)
+    run = _run(tmp_path)
+    BenchStep(line=1, variants=("fp32",)).run(run)
+    assert bench.asked == [("dev.json", run.recipe.qa)]
+    saved = json.loads(bench_path(run, "fp32").read_text())
+    assert saved["questions_from"] == {"data": "dev.json", "qa": run.recipe.qa.to_dict()}
+    monkeypatch.chdir(tmp_path)
+    same = dataclasses.replace(run.recipe.eval, data=f"../{tmp_path.name}/dev.json")
+    other = dataclasses.replace(run.recipe.eval, data="other.json")
+    changes = [{"eval": same}, {"eval": other}, {"qa": QAConfig(max_length=64, doc_stride=8)},
+               {"bench": LatencyConfig(threads=3, questions=0)}]  # fmt: skip
+    for change in changes:
+        run.recipe = dataclasses.replace(run.recipe, **change)
+        BenchStep(line=1, variants=("fp32",)).run(run)
+    assert len(bench.timed) == 4  # the same file by another path is not timed again; each change after it is
+    before, after = QAConfig(max_length=64, doc_stride=16), QAConfig(max_length=64, doc_stride=8)
+    assert bench.asked[1:] == [("other.json", before), ("other.json", after), (None, after)]
+    assert json.loads(bench_path(run, "fp32").read_text())["questions_from"] is None
 
 
 def test_a_broken_record_is_named_in_the_error(tmp_path):

@@ -219,9 +219,9 @@ def test_targets_say_met_or_by_how_much_they_are_missed():
     assert not none_fast["met"] and none_fast["best_at_speed"] is None and none_fast["f1_short"] is None
     assert none_fast["fastest_at_f1"] == {"name": "fast-bad", "speedup": 2.5, "f1": 70.0}
     md = to_markdown(report)
-    assert "| >= 2x at >= 98% | 80.36 | yes | int8: 2.00x, F1 81.00 | int8: 2.00x, F1 81.00 |" in md
-    assert "| >= 2.5x at >= 90% | 73.80 | **no**: 3.80 F1 short | fast-bad: 2.50x, F1 70.00 |" in md
-    assert "| >= 3x at >= 50% | 41.00 | **no**: no model is that fast | - |" in md
+    assert "| >= 2x at >= 98% | 1x384 | 80.36 | yes | int8: 2.00x, F1 81.00 | int8: 2.00x, F1 81.00 |" in md
+    assert "| >= 2.5x at >= 90% | 1x384 | 73.80 | **no**: 3.80 F1 short | fast-bad: 2.50x, F1 70.00 |" in md
+    assert "| >= 3x at >= 50% | 1x384 | 41.00 | **no**: no model is that fast | - |" in md
     assert "- tried a 2-layer student" in md
     assert "## Targets" not in to_markdown(_report(_rows()))
     # Compared unrounded: 0.9812793 x 82.0 = 80.4649, which shows as 80.46, and a row at 80.463 falls short of it.

@@ -105,11 +105,11 @@ timings is noise, not a speed-up, and the front places such a row at its twin's 
 
 Against the reference (fp32, F1 80.46): a target is met when a model at least that fast reaches that F1.
 
-| target | F1 needed | met | most accurate model at that speed | fastest model at that F1 |
-| --- | ---: | --- | --- | --- |
-| >= 4x at >= 99% | 79.65 | yes | int8: 4.00x, F1 79.90 | int8: 4.00x, F1 79.90 |
-| >= 1.5x at >= 100% | 80.38 | **no**: 0.48 F1 short | int8: 4.00x, F1 79.90 | fp32: 1.00x, F1 80.46 |
-| >= 5x at >= 50% | 40.23 | **no**: no model is that fast | - | int8: 4.00x, F1 79.90 |
+| target | latency | F1 needed | met | most accurate model at that speed | fastest model at that F1 |
+| --- | --- | ---: | --- | --- | --- |
+| >= 4x at >= 99% | 1x384 | 79.65 | yes | int8: 4.00x, F1 79.90 | int8: 4.00x, F1 79.90 |
+| >= 1.5x at >= 100% | 1x384 | 80.38 | **no**: 0.48 F1 short | int8: 4.00x, F1 79.90 | fp32: 1.00x, F1 80.46 |
+| >= 5x at >= 50% | 1x384 | 40.23 | **no**: no model is that fast | - | int8: 4.00x, F1 79.90 |
 
 From the recipe:
 
@@ -336,7 +336,7 @@ def test_targets_and_the_recipes_notes_each_make_the_section():
     only_targets = to_markdown(_report(targets=(Target(1, 1.0),)))
     assert "## Targets" in only_targets and "From the recipe:" not in only_targets
     # 100% of the reference's own F1, at its own speed: met by the reference itself, F1 compared as >=
-    assert "| >= 1x at >= 100% | 80.46 | yes | fp32: 1.00x, F1 80.46 | fp32: 1.00x, F1 80.46 |" in only_targets
+    assert "| >= 1x at >= 100% | 1x384 | 80.46 | yes | fp32: 1.00x, F1 80.46 | fp32: 1.00x, F1 80.46 |" in only_targets
     only_notes = to_markdown(_report(recipe_notes=("tried 2 layers",)))
     assert "## Targets" in only_notes and "From the recipe:\n\n- tried 2 layers" in only_notes
     assert "| target |" not in only_notes

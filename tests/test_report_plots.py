@@ -23,9 +23,9 @@ RED, GRAY = (0.839, 0.153, 0.157, 1.0), (0.498, 0.498, 0.498, 1.0)  # matplotlib
 
 
 def test_the_pareto_plot_marks_the_front_and_labels_every_point(figures, tmp_path):
-    """Each row a point at (p50, F1), red on the front and gray off it, labelled with its name 6 points right and 4
-    up; a label whose point nearly coincides with an earlier one (within 8% of the time span and 4% of the F1
-    span) steps 11 points down; the front is a red step line from the fastest point."""
+    """Each row a point at (p50, F1), red on the front and gray off it, labelled with its name 6 points off it at the
+    first free spot: right of fp32 and sparse, left of int8 (the front runs right from it), below twin-ish and above
+    apart (the front and the labels before them in the way); the front is a red step line from the fastest point."""
     from edgeqa.bench.report import plot_pareto
 
     rows = _rows()
@@ -41,9 +41,9 @@ def test_the_pareto_plot_marks_the_front_and_labels_every_point(figures, tmp_pat
     assert points == [((40.0, 80.456), RED), ((10.0, 79.9), RED), ((38.0, 75.0), GRAY), ((10.5, 79.8), GRAY),
                       ((13.0, 79.85), GRAY)]  # fmt: skip
     labels = [(t.get_text(), t.xy, t.xyann) for t in ax.texts]
-    assert labels == [("fp32", (40.0, 80.456), (6, 4)), ("int8", (10.0, 79.9), (6, 4)),
-                      ("sparse", (38.0, 75.0), (6, 4)), ("twin-ish", (10.5, 79.8), (6, -7)),
-                      ("apart", (13.0, 79.85), (6, 4))]  # fmt: skip
+    assert labels == [("fp32", (40.0, 80.456), (6, 0)), ("int8", (10.0, 79.9), (-6, 0)),
+                      ("sparse", (38.0, 75.0), (6, 0)), ("twin-ish", (10.5, 79.8), (0, -6)),
+                      ("apart", (13.0, 79.85), (0, 6))]  # fmt: skip
     assert {(t.anncoords, t.get_fontsize()) for t in ax.texts} == {("offset points", 8)}
     (front,) = ax.lines
     assert list(front.get_xdata()) == [10.0, 40.0] and list(front.get_ydata()) == [79.9, 80.456]
@@ -53,6 +53,43 @@ def test_the_pareto_plot_marks_the_front_and_labels_every_point(figures, tmp_pat
     assert ax.get_legend() is not None
     assert ax.get_xlabel() == "p50 latency, ms (batch 1, sequence 384, 2 threads)"
     assert ax.get_ylabel() == "SQuAD F1" and ax.get_title() == "demo: F1 against latency"
+
+
+QUICKSTART = [("pytorch-fp32", 60, 82.1), ("onnx-fp32", 45, 82.1), ("onnx-int8-dynamic", 20, 81.8),
+              ("onnx-int8-dynamic-l0fp32", 21, 81.9), ("ort-int8-dynamic", 20.3, 81.8), ("onnx-int8-static", 19, 80.0),
+              ("pytorch-int8", 35, 81.5)]  # fmt: skip
+
+
+def test_labels_of_close_points_with_long_names_cover_nothing(figures):
+    """As in the quickstart's report, where three int8 points sit within 1 ms and 0.1 F1: each name once, and no
+    label over another label, a point or the front, or outside the axes; a label moved away has a line to its point."""
+    from matplotlib.text import Text
+    from matplotlib.transforms import Bbox
+
+    from edgeqa.bench.report import LABEL_SPOTS, pareto_figure
+
+    rows = [make_row(n, _bench(f"m/{n}", 50, 100.0, [_lat(1, 384, ms)]), {"exact_match": 70, "f1": f1})
+            for n, ms, f1 in QUICKSTART]  # fmt: skip
+    fig, texts = pareto_figure(_report(rows, reference="pytorch-fp32"))
+    ax = fig.axes[0]
+    assert texts == list(ax.texts) and sorted(t.get_text() for t in texts) == sorted(n for n, _, _ in QUICKSTART)
+    fig.tight_layout()  # as _save lays it out
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = [Text.get_window_extent(t, renderer) for t in texts]  # the text alone, without its leader line
+    r = 60**0.5 / 2 * fig.dpi / 72  # the markers' radius in pixels
+    xy = ax.transData.transform([(ms, f1) for _, ms, f1 in QUICKSTART])
+    markers = [Bbox.from_extents(x - r, y - r, x + r, y + r) for x, y in xy]
+    (front,) = ax.lines
+    front = front.get_transform().transform_path(front.get_path())
+    for i, box in enumerate(boxes):
+        assert not any(box.overlaps(other) for other in boxes[i + 1 :] + markers), texts[i].get_text()
+        assert fig.bbox.contains(box.x0, box.y0) and fig.bbox.contains(box.x1, box.y1)
+        assert ax.bbox.contains(box.x0, box.y0) and ax.bbox.contains(box.x1, box.y1)
+        assert not front.intersects_bbox(box, filled=False), texts[i].get_text()
+    near = LABEL_SPOTS[0][0]
+    assert all((t.arrow_patch is not None) == (max(map(abs, t.xyann)) > near) for t in texts)
+    assert any(t.arrow_patch is not None for t in texts)  # here one had to move
 
 
 def test_a_front_of_one_point_draws_no_line(figures, tmp_path):

@@ -88,7 +88,7 @@ def test_edgeqa_report_is_against_the_reference_given(tiny_onnx_model, tmp_path,
     data = write_squad(tmp_path / "dev.json", [("Ann wrote the book.", "Who wrote the book?", ["Ann"])])
     timed = {}
 
-    def hand_timer(models, cfg, done):
+    def hand_timer(models, cfg, done, data=None, qa=None):
         timed.update(models)
         for name, (path, _) in models.items():
             done(name, _timing(name, path))

@@ -192,10 +192,14 @@ def test_onnx_commands_run_without_torch_and_answer_as_pytorch_does(tiny_onnx_mo
     assert (scored["exact_match"], scored["f1"], scored["total"]) == (evaluated["exact_match"], evaluated["f1"], 3)
 
     run = _blocked("bench", "--model", str(onnx_dir), "--seq-lens", "32", "--warmup", "0", "--repeats", "3",
-                   "--threads", "1", "--json", cwd=tmp_path)  # fmt: skip
+                   "--threads", "1", "--json", "--data", str(data), "--questions", "2", cwd=tmp_path)  # fmt: skip
     assert run.returncode == 0, run.stderr
     bench = json.loads(run.stdout.splitlines()[-1])
     assert bench["backend"] == "onnxruntime" and np.isfinite(bench["latency"][0]["p50_ms"])
+    # per real question too: 2 of the 3 toy questions, one window each at 384 tokens, timed end to end
+    q = bench["questions"]
+    assert (q["questions"], q["windows"], q["runs"]) == (2, 2, 2) and np.isfinite(q["p50_ms"])
+    assert "samples_ms" not in q and "per question (2 questions, 2 windows" in run.stdout
 
 
 @pytest.mark.parametrize(

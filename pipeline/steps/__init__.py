@@ -14,6 +14,7 @@ from edgeqa.pipeline.steps import (
     prune_step,
     quantize_step,
     report_step,
+    targets_step,
     torch_int8_step,
 )
 
@@ -26,5 +27,6 @@ __all__ = [
     "prune_step",
     "quantize_step",
     "report_step",
+    "targets_step",
     "torch_int8_step",
 ]

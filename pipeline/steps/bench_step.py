@@ -1,5 +1,6 @@
-"""`bench`: score every variant on the recipe's dev data, then time them all side by side; both cached per
-variant identity and settings, so a rerun measures only what changed."""
+"""`bench`: score every variant on the recipe's dev data, then time them all side by side (at fixed shapes, and per
+question on a sample of the same dev data); both cached per variant identity and settings, so a rerun measures only
+what changed."""
 
 from __future__ import annotations
 
@@ -60,11 +61,16 @@ class BenchStep(Step):
         def settings(name: str) -> dict:
             return dataclasses.replace(run.recipe.bench, torch_int8=run.variants[name].torch_int8).to_dict()
 
+        r = run.recipe
+        # The questions timed per question: which file, cut into which windows (none when the setting is 0).
+        asked = {"data": r.eval.data, "qa": r.qa.to_dict()} if r.bench.questions else None
+
         def timed(name: str) -> bool:
             if not bench_path(run, name).exists():
                 return False
             result = read_json(bench_path(run, name))
-            return result.get("settings") == settings(name) and result.get("made") == run.variants[name].made
+            same = result.get("settings") == settings(name) and result.get("made") == run.variants[name].made
+            return same and same_settings(result.get("questions_from") or {}, asked or {}, paths=("data",))
 
         # Speed-ups are only true side by side: if one variant needs timing, all of this step's variants are timed
         # again, together, in interleaved passes.
@@ -72,9 +78,11 @@ class BenchStep(Step):
             todo = {name: (run.variants[name].path, run.variants[name].torch_int8) for name in names}
             benchmark_interleaved(
                 todo,
-                run.recipe.bench,
+                r.bench,
                 done=lambda name, result: write_json(
-                    bench_path(run, name), {**result, "made": run.variants[name].made}
+                    bench_path(run, name), {**result, "made": run.variants[name].made, "questions_from": asked}
                 ),  # fmt: skip
+                data=r.eval.data if asked else None,
+                qa=r.qa,
             )
         run.benched.extend(n for n in names if n not in run.benched)

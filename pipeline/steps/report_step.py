@@ -10,7 +10,7 @@ from edgeqa.bench.files import EdgeQAError, read_json
 from edgeqa.bench.qa import QAConfig
 from edgeqa.bench.report import Target, write_report
 from edgeqa.pipeline.context import RecipeRun
-from edgeqa.pipeline.rows import assemble_report, eval_info, report_row, weight_stats_cached
+from edgeqa.pipeline.rows import assemble_report, eval_info, report_row, target_results, weight_stats_cached
 from edgeqa.pipeline.step import BASE_VARIANT, Step, register_step
 
 log = logging.getLogger(__name__)
@@ -22,16 +22,18 @@ class ReportStep(Step):
     kind: ClassVar[str] = "report"
     reference: str | None = None
     variants: tuple[str, ...] = ()  # empty: every variant benched so far
-    targets: tuple[Target, ...] = ()  # speed-ups at shares of the reference's F1, each reported met or missed
+    targets: tuple[Target, ...] = ()  # speed-ups at shares of the reference's F1 (fixed shape or per question)
     notes: tuple[str, ...] = ()  # the author's word in the report: what was tried for a missed target
 
     @classmethod
     def parse(cls, raw: dict[str, Any], line: int, qa: QAConfig) -> ReportStep:
         targets = raw.get("targets") or []
         notes = raw.get("notes") or []
-        if not isinstance(targets, list) or not all(isinstance(t, dict) and set(t) == {"speedup", "f1_share"}
+        keys = {"speedup", "f1_share"}
+        if not isinstance(targets, list) or not all(isinstance(t, dict) and keys <= set(t) <= keys | {"latency"}
                                                     for t in targets):  # fmt: skip
-            raise EdgeQAError("report targets must be a list of {speedup: X, f1_share: Y}")
+            raise EdgeQAError("report targets must be a list of {speedup: X, f1_share: Y[, latency: fixed or "
+                              "questions]}")  # fmt: skip
         if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
             raise EdgeQAError("report notes must be a list of strings")
         return cls(line=line, reference=raw.get("reference"), variants=tuple(raw.get("variants", ())),
@@ -58,6 +60,8 @@ class ReportStep(Step):
         reference = self.reference or (BASE_VARIANT if BASE_VARIANT in names else names[0])
         info = eval_info(run.recipe.eval.data, run.recipe.eval.limit, first_metrics)
         report = assemble_report(run.recipe.name, rows, reference, info, bench[names[0]], self.targets, self.notes)
+        if run.choices:  # a targets step chose the shapes of some of these models
+            report["choices"] = target_results(run.choices, report["rows"], reference)
         for path in write_report(report, run.root):
             log.info("wrote %s", path)
         for warning in report["warnings"]:

@@ -1,0 +1,210 @@
+"""Speed targets in, shapes out: the rule of pipeline/targets.py on shapes tables written by hand from the two
+machines docs/results/front.md and issue 30 measured, and the steps that make a chosen shape."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import make_tiny_qa_model
+from edgeqa.bench.files import EdgeQAError
+from edgeqa.bench.report import Target
+from edgeqa.bench.shapes import SCHEMA, Shape
+from edgeqa.pipeline.targets import pick_shape, plan_steps
+
+TEACHER = Shape(6, 12, 1536)
+# Speed-ups over the int8 teacher, batch 1 x 384, 2 threads: the AMX Xeon (2026-12-03, docs/results/front.md) and a
+# user's Zen 4 (2026-12-06, issue 30), on the six shapes both timed; and each machine's int8 teacher and PyTorch
+# fp32 teacher in ms.
+AMX = {"l6-h6-f384": 1.79, "l6-h4-f384": 2.28, "l4-h6-f384": 2.53, "l3-h6-f768": 2.72, "l3-h4-f768": 3.19,
+       "l2-h12-f1536": 2.57}  # fmt: skip
+ZEN4 = {"l6-h6-f384": 2.65, "l6-h4-f384": 3.34, "l4-h6-f384": 3.79, "l3-h6-f768": 4.13, "l3-h4-f768": 5.23,
+        "l2-h12-f1536": 3.10}  # fmt: skip
+MS = {"amx": (21.05, 60.95), "zen4": (26.40, 75.65)}
+
+
+def table(over_int8: dict[str, float], int8_ms: float, fp32_ms: float | None, flags: list[str] = ()) -> dict:
+    """A shapes table as bench.shapes writes it: each shape's p50 from its speed-up over the int8 teacher."""
+    refs = {"teacher-int8": {"p50_ms": int8_ms, "flags": []}}
+    if fp32_ms is not None:
+        refs["pytorch-fp32"] = {"p50_ms": fp32_ms, "flags": []}
+    shapes = [{"name": n, **Shape.parse(n).__dict__, "p50_ms": int8_ms / x, "flags": []} for n, x in over_int8.items()]
+    return {"schema": SCHEMA, "machine": {"cpu": "by hand", "isa": "x"}, "teacher_shape": TEACHER.name,
+            "references": refs, "busy": bool(flags), "flags": list(flags), "shapes": shapes}  # fmt: skip
+
+
+def picks(tbl: dict, speedups=(3, 5, 8, 10), margin: float = 0.05) -> dict[float, str]:
+    return {s: pick_shape(tbl, Target(s, 0.9), "pytorch-fp32", margin)["shape"] for s in speedups}
+
+
+def test_the_same_targets_pick_other_shapes_on_another_cpu():
+    """Over the PyTorch fp32 teacher, with a 5% margin. AMX (fp32 = 2.896x the int8 teacher): l6-h6-f384 is 5.18x,
+    short of 5.25 for 5x, so 5x takes l6-h4-f384 (6.60x); 8x (8.40 needed) only l3-h4-f768 (9.24x); 10x none, so
+    the fastest. Zen 4 (fp32 = 2.866x): l6-h6-f384 is 7.59x and serves 3x and 5x; l6-h4-f384 (9.57x) serves 8x; for
+    10x (10.5) l4-h6-f384 (10.86x) keeps the most layers of the three fast enough."""
+    amx, zen4 = table(AMX, *MS["amx"]), table(ZEN4, *MS["zen4"])
+    assert picks(amx) == {3: "l6-h6-f384", 5: "l6-h4-f384", 8: "l3-h4-f768", 10: "l3-h4-f768"}
+    assert picks(zen4) == {3: "l6-h6-f384", 5: "l6-h6-f384", 8: "l6-h4-f384", 10: "l4-h6-f384"}
+    eight = pick_shape(amx, Target(8, 0.9))
+    assert eight["predicted_speedup"] == pytest.approx(60.95 / (21.05 / 3.19), abs=1e-3) and eight["fast_enough"]
+    assert "of the 1 of 7 shapes predicted at >= 8.40x (8x and a 5% margin)" in eight["why"]
+    ten = pick_shape(amx, Target(10, 0.9))
+    assert not ten["fast_enough"] and ten["why"].startswith("no shape is predicted at 10.50x")
+
+
+def test_the_front_recipe_asks_for_speedups_and_makes_other_shapes_on_another_cpu():
+    """recipes/front-cpu.yaml names targets, not shapes; on the AMX and Zen 4 tables above its 5x and 8x models
+    differ: on Zen 4, six layers reach 8x (issue 30's observation), on AMX three are needed."""
+    from conftest import REPO, SHARED
+    from edgeqa.pipeline.recipe import load_recipe
+
+    (step,) = [s for s in load_recipe(REPO / "recipes" / "front-cpu.yaml", SHARED).steps if s.kind == "targets"]
+    assert [t.speedup for t in step.targets] == [3, 5, 8, 10] and step.shapes == "auto"
+    chosen = {
+        machine: [pick_shape(table(over, *MS[machine]), t, step.over, step.margin)["shape"] for t in step.targets]
+        for machine, over in (("amx", AMX), ("zen4", ZEN4))
+    }
+    assert chosen == {"amx": ["l6-h6-f384", "l6-h4-f384", "l3-h4-f768", "l3-h4-f768"],
+                      "zen4": ["l6-h6-f384", "l6-h6-f384", "l6-h4-f384", "l4-h6-f384"]}  # fmt: skip
+
+
+def test_the_margin_and_the_reference_decide_what_is_fast_enough():
+    amx = table(AMX, *MS["amx"])
+    assert picks(amx, (5,), margin=0.0) == {5: "l6-h6-f384"}  # 5.18x: 5x without a margin, not 5.25x with one
+    assert picks(amx, (5,)) == {5: "l6-h4-f384"}
+    over_int8 = pick_shape(amx, Target(2.4, 0.9), "teacher-int8")  # 2.52x needed
+    assert over_int8["shape"] == "l4-h6-f384" and over_int8["predicted_speedup"] == pytest.approx(2.53)
+
+
+def test_the_int8_teacher_itself_serves_a_target_it_reaches():
+    """2x over PyTorch fp32 needs 2.10x: the int8 teacher (2.90x) keeps every layer and head."""
+    choice = pick_shape(table(AMX, *MS["amx"]), Target(2, 0.98))
+    assert choice["shape"] == TEACHER.name and choice["predicted_speedup"] == pytest.approx(60.95 / 21.05, abs=1e-3)
+
+
+def test_per_question_targets_read_per_question_timings():
+    """At real question lengths attention weighs less: here l6-h6-f384 reaches 5x per question but not at 384."""
+    amx = table(AMX, *MS["amx"])
+    amx["references"]["pytorch-fp32"]["question_p50_ms"] = 30.0
+    amx["references"]["teacher-int8"]["question_p50_ms"] = 12.0
+    for s in amx["shapes"]:
+        s["question_p50_ms"] = 30.0 / (5.5 if s["name"] == "l6-h6-f384" else 9.0)
+    assert pick_shape(amx, Target(5, 0.9, "questions"))["shape"] == "l6-h6-f384"
+    assert pick_shape(amx, Target(5, 0.9))["shape"] == "l6-h4-f384"
+    with pytest.raises(EdgeQAError, match="no per-question timing"):
+        pick_shape(table(AMX, *MS["amx"]), Target(5, 0.9, "questions"))
+
+
+def test_a_table_without_the_pytorch_teacher_takes_targets_over_the_int8_one_only():
+    with pytest.raises(EdgeQAError, match="no pytorch-fp32 timing .* give targets over teacher-int8"):
+        pick_shape(table(ZEN4, 26.4, None), Target(5, 0.9))
+
+
+TRAINING = {"train": {"data": "train.json"}, "stage": {"loss": {"hard": 1.0}, "lr": 1e-4}, "steps": 1000,
+            "distill_share": 0.6}  # fmt: skip
+
+
+def test_a_shape_with_all_layers_is_pruned_and_recovered_on_the_whole_budget():
+    """l6-h4-f384 of l6-h12-f1536: 8 of 12 heads (0.6667) and 1,152 of 1,536 FFN neurons (0.75) removed."""
+    steps = plan_steps("t5x", Shape(6, 4, 384), TEACHER, TRAINING)
+    assert [k for k, _ in steps] == ["prune", "export", "fuse", "quantize"]
+    assert steps[0][1] == {"name": "t5x", "from": "pytorch-fp32", "method": "structured", "importance": "gradient",
+                           "heads": 0.6667, "ffn": 0.75, "train": {"data": "train.json"},
+                           "stages": [{"loss": {"hard": 1.0}, "lr": 1e-4, "max_steps": 1000}]}  # fmt: skip
+    assert steps[-1][1] == {"name": "t5x-int8", "from": "t5x-fused"}
+
+
+def test_a_shallower_shape_is_a_student_of_spread_layers_then_pruned_on_a_split_budget():
+    """l3-h4-f768: teacher layers 0, 2, 4 distilled for 600 steps (0.6 of 1,000), then two thirds of the heads and
+    half the FFN pruned and recovered for the other 400; l3-h12-f1536 is the student alone, on all 1,000."""
+    steps = plan_steps("t8x", Shape(3, 4, 768), TEACHER, TRAINING)
+    assert [k for k, _ in steps] == ["distill", "prune", "export", "fuse", "quantize"]
+    distill, prune = steps[0][1], steps[1][1]
+    assert distill["name"] == "t8x-student" and distill["student"] == {"layers": [0, 2, 4]}
+    assert distill["stages"][0]["max_steps"] == 600 and prune["stages"][0]["max_steps"] == 400
+    assert prune["from"] == "t8x-student" and (prune["heads"], prune["ffn"]) == (0.6667, 0.5)
+    alone = plan_steps("t6x", Shape(3, 12, 1536), TEACHER, TRAINING)
+    assert [k for k, _ in alone] == ["distill", "export", "fuse", "quantize"]
+    assert alone[0][1]["name"] == "t6x" and alone[0][1]["stages"][0]["max_steps"] == 1000
+    assert alone[1][1]["from"] == "t6x"
+
+
+# --- the targets step in a recipe, on the tiny model -----------------------------------------------------------
+
+
+def _tiny_table(path, over_fp32: dict[str, float]):
+    """A table for the tiny teacher (l2-h4-f64), timed by hand: the PyTorch teacher 30 ms, its int8 model 28."""
+    refs = {"pytorch-fp32": {"p50_ms": 30.0, "flags": []}, "teacher-int8": {"p50_ms": 28.0, "flags": []}}
+    shapes = [{"name": n, **Shape.parse(n).__dict__, "p50_ms": 30.0 / x, "flags": []} for n, x in over_fp32.items()]
+    tbl = {"schema": SCHEMA, "machine": {"cpu": "by hand", "isa": "x"}, "teacher_shape": "l2-h4-f64",
+           "references": refs, "busy": False, "flags": [], "shapes": shapes}  # fmt: skip
+    path.write_text(json.dumps(tbl))
+    return path
+
+
+TARGETS_RECIPE = """\
+name: tgt
+model: {model}
+eval: {{data: {data}, batch_size: 4}}
+parity: {{limit: 0}}
+bench: {{threads: 1, batch_sizes: [1], seq_lens: [32], warmup: 0, repeats: 2, questions: 0}}
+steps:
+  - targets:
+      targets: [{{speedup: 1.2, f1_share: 0.5}}, {{speedup: 2, f1_share: 0.5}}]
+      shapes: {table}
+      train: {{data: {data}, batch_size: 2}}
+      steps: 2
+      loss: {{hard: 1.0}}
+  - bench: {{variants: [pytorch-fp32, t1.2x-int8, t2x-int8]}}
+  - report: {{reference: pytorch-fp32}}
+"""
+
+
+def test_a_recipes_targets_make_the_shapes_the_table_picks_and_the_report_weighs_them(tmp_path, toy_squad,
+                                                                                      monkeypatch):  # fmt: skip
+    """Table by hand: l2-h2-f32 1.5x, l1-h4-f64 2.5x, l1-h2-f16 4x over the PyTorch teacher. 1.2x (1.26 with the
+    margin) takes l2-h2-f32: both layers, half the heads and FFN pruned; 2x (2.1) takes l1-h4-f64: a one-layer
+    student. The run times them (by hand) at 30, 25 and 16 ms: measured 1.2x and 1.875x, so 2x is missed by 0.125x."""
+    from edgeqa.pipeline.run import run_recipe
+
+    teacher = make_tiny_qa_model(tmp_path / "teacher", layers=2, heads=4, intermediate=64)
+    table = _tiny_table(tmp_path / "shapes.json", {"l2-h2-f32": 1.5, "l1-h4-f64": 2.5, "l1-h2-f16": 4.0})
+    recipe = tmp_path / "tgt.yaml"
+    recipe.write_text(TARGETS_RECIPE.format(model=teacher, data=toy_squad, table=table))
+    p50 = {"pytorch-fp32": 30.0, "t1.2x-int8": 25.0, "t2x-int8": 16.0}
+
+    def hand_timer(models, cfg, done=None, data=None, qa=None):
+        results = {}
+        for name, (path, _) in models.items():
+            lat = [{"batch_size": 1, "seq_len": 32, "p50_ms": p50[name], "p90_ms": p50[name], "p99_ms": p50[name],
+                    "mean_ms": p50[name], "throughput": 1.0, "runs": 2, "pass_spread": None}]  # fmt: skip
+            machine = {"cpu": "x", "logical_cores": 2}
+            results[name] = {"backend": "x", "model": str(path), "file_bytes": 1, "peak_rss_mb": 1.0, "latency": lat,
+                             "settings": cfg.to_dict(), "machine": machine, "versions": {}}  # fmt: skip
+            if done:
+                done(name, results[name])
+        return results
+
+    monkeypatch.setattr("edgeqa.pipeline.steps.bench_step.benchmark_interleaved", hand_timer)
+    root = run_recipe(recipe, tmp_path / "runs")
+
+    pruned = json.loads((root / "models" / "t1.2x" / "config.json").read_text())
+    assert pruned["num_hidden_layers"] == 2 and pruned["intermediate_size"] == 32
+    assert sum(len(h) for h in pruned["pruned_heads"].values()) == 4  # 4 of 8 heads: 2 per layer on average
+    student = json.loads((root / "models" / "t2x" / "config.json").read_text())
+    assert (student["num_hidden_layers"], student["intermediate_size"], student.get("pruned_heads") or {}) == (
+        1,
+        64,
+        {},
+    )
+    choice = json.loads((root / "choice.json").read_text())
+    assert [(c["shape"], c["predicted_speedup"]) for c in choice["choices"]] == [("l2-h2-f32", 1.5), ("l1-h4-f64", 2.5)]
+    report = json.loads((root / "report.json").read_text())
+    got = {c["variant"]: (c["shape"], c["predicted_speedup"], c["measured_speedup"], c["speed_short"])
+           for c in report["choices"]}  # fmt: skip
+    assert got == {"t1.2x-int8": ("l2-h2-f32", 1.5, 1.2, 0.0), "t2x-int8": ("l1-h4-f64", 2.5, 1.875, 0.125)}
+    assert not report["choices"][1]["met"] and report["choices"][0]["training_minutes"] >= 0
+    (line,) = [x for x in (root / "report.md").read_text().splitlines() if "| t2x-int8 | l1-h4-f64 |" in x]
+    assert line.startswith("| >= 2x at >= 50% (fixed, over pytorch-fp32) |") and "| 2.50x | 1.88x |" in line
+    assert "**no**: 0.12x slow" in line
