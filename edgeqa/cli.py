@@ -219,6 +219,7 @@ def _add_shapes_command(sub) -> None:
     p.add_argument("--repeats", type=POSITIVE, default=b.repeats)
     p.add_argument("--threads", type=POSITIVE, default=b.threads)
     p.add_argument("--rounds", type=POSITIVE, default=b.rounds, help="interleaved passes (their spread flags noise)")
+    p.add_argument("--questions", type=COUNT, default=b.questions, help="real questions timed per model with --data")
     p.set_defaults(func=cmd_shapes)
 
 

@@ -240,7 +240,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def cmd_shapes(args: argparse.Namespace) -> int:
     """Make a teacher's candidate shapes and time them here, or (`--time DIR`) time a shapes folder made elsewhere."""
-    cfg = LatencyConfig((1,), tuple(args.seq_lens), args.warmup, args.repeats, args.threads, args.rounds)
+    cfg = LatencyConfig((1,), tuple(args.seq_lens), args.warmup, args.repeats, args.threads, args.rounds,
+                        questions=args.questions)  # fmt: skip
     if args.time:
         folder = Path(args.time)
     else:

@@ -27,16 +27,20 @@ def steps_making(recipe: Recipe, names: tuple[str, ...]) -> tuple[Step, ...]:
     """The steps that make the named variants and everything they are made from (sources and teachers), in recipe
     order: one part of a recipe, runnable on its own and reused by the whole run later."""
     by_name = {s.name: s for s in recipe.steps if isinstance(s, MadeStep)}
-    unknown = [n for n in names if n not in by_name]
+    parts = {id(s): part for s in recipe.steps if (part := s.making(names)) is not None}  # a targets step's targets
+    made = {n for part in parts.values() for n in part.made_names()}
+    unknown = [n for n in names if n not in by_name and n not in made]
     if unknown:
-        raise EdgeQAError(f"{recipe.path}: no step makes {', '.join(unknown)} (it makes {', '.join(by_name)})")
+        every = [*by_name, *(n for s in recipe.steps for n in s.made_names())]
+        raise EdgeQAError(f"{recipe.path}: no step makes {', '.join(unknown)} (it makes {', '.join(every)})")
     needed, todo = set(), list(names)
     while todo:
         name = todo.pop()
         if name in by_name and name not in needed:
             needed.add(name)
             todo += [by_name[name].source, *by_name[name].references()]
-    return tuple(s for s in recipe.steps if isinstance(s, MadeStep) and s.name in needed)
+    return tuple(parts.get(id(s), s) for s in recipe.steps
+                 if (isinstance(s, MadeStep) and s.name in needed) or id(s) in parts)  # fmt: skip
 
 
 def run_recipe(

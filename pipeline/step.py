@@ -72,6 +72,10 @@ class Step:
         """The variants a step that is not one MadeStep makes (a `targets` step), which later steps may name."""
         return []
 
+    def making(self, names: tuple[str, ...]) -> Step | None:
+        """Such a step cut down to making the named variants (`--only`), or None when it makes none of them."""
+        return None
+
     def check(self, run: RecipeRun) -> None:
         """Fail a bad step against what exists before any step runs (a source made by a later step is not there)."""
 

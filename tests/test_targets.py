@@ -69,6 +69,22 @@ def test_the_front_recipe_asks_for_speedups_and_makes_other_shapes_on_another_cp
                       "zen4": ["l6-h6-f384", "l6-h6-f384", "l6-h4-f384", "l4-h6-f384"]}  # fmt: skip
 
 
+def test_only_makes_the_named_targets_models():
+    """`edgeqa run recipes/front-cpu.yaml --only t8x-int8` runs the targets step for 8x alone; a name no step makes
+    is refused with the names the recipe makes, the targets' among them."""
+    from conftest import REPO, SHARED
+    from edgeqa.pipeline.recipe import load_recipe
+    from edgeqa.pipeline.run import steps_making
+
+    recipe = load_recipe(REPO / "recipes" / "front-cpu.yaml", SHARED)
+    (step,) = steps_making(recipe, ("t8x-int8",))
+    assert step.kind == "targets" and [t.speedup for t in step.targets] == [8] and step.made_names() == ["t8x-int8"]
+    both = steps_making(recipe, ("t3x-int8", "teacher-int8"))
+    assert [s.kind for s in both] == ["export", "fuse", "quantize", "targets"] and both[-1].made_names() == ["t3x-int8"]
+    with pytest.raises(EdgeQAError, match=r"no step makes t4x-int8 \(it makes teacher-onnx, .*, t10x-int8\)"):
+        steps_making(recipe, ("t4x-int8",))
+
+
 def test_the_margin_and_the_reference_decide_what_is_fast_enough():
     amx = table(AMX, *MS["amx"])
     assert picks(amx, (5,), margin=0.0) == {5: "l6-h6-f384"}  # 5.18x: 5x without a margin, not 5.25x with one

@@ -95,6 +95,10 @@ class TargetsStep(Step):
         """The variants it ships, known before the shapes are: bench and report steps may name them."""
         return [f"{self.prefix}{t.speedup:g}x-int8" for t in self.targets]
 
+    def making(self, names: tuple[str, ...]) -> TargetsStep | None:
+        kept = tuple(t for t, name in zip(self.targets, self.made_names(), strict=True) if name in names)
+        return dataclasses.replace(self, targets=kept) if kept else None
+
     def table(self, run: RecipeRun) -> tuple[Path, dict[str, Any]]:
         """The given table, or this machine's, made and timed once under the run folder (again on --retime)."""
         if self.shapes != "auto":

@@ -308,6 +308,17 @@ PARTS: dict[str, Part] = {
             "tests/test_promises_scoring.py",
         ),
     ),
+    # Shapes tables, the choice of a shape per speed target, latency per real question (issue 30).
+    "shapes": Part(
+        (
+            "edgeqa.bench.shapes.*",
+            "edgeqa.bench.question_latency.*",
+            "edgeqa.pipeline.shapes.*",
+            "edgeqa.pipeline.targets.*",
+            "edgeqa.pipeline.steps.targets_step.*",
+        ),
+        ("tests/test_shapes.py", "tests/test_targets.py", "tests/test_question_latency.py", "tests/test_latency.py"),
+    ),
     # Reading SQuAD and scoring a model on it, the one place EM/F1 come from.
     "squad": Part(
         ("edgeqa.bench.squad.*", "edgeqa.bench.evaluate.*"), ("tests/test_squad.py", "tests/test_evaluate.py")
