@@ -31,7 +31,7 @@ from edgeqa.bench.engines import load_qa_model, weight_files
 from edgeqa.bench.files import EdgeQAError, check_field_types
 from edgeqa.bench.qa import QAConfig
 from edgeqa.bench.question_latency import QUESTION_WARMUP, merge_question_passes, time_questions
-from edgeqa.bench.serial import config_from_dict, config_to_dict
+from edgeqa.bench.serial import added_later, config_from_dict, config_to_dict
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class LatencyConfig:
     threads: int = 2
     rounds: int = 1  # benchmark_interleaved: split repeats over this many passes across all models
     torch_int8: bool = False  # PyTorch-side baseline: dynamic int8 of nn.Linear applied at load
-    questions: int = 100  # real questions of the eval data timed end to end at batch 1, each pass; 0: none
+    questions: int = added_later(100)  # real questions of the eval data timed end to end at batch 1, each pass; 0: none
 
     def __post_init__(self) -> None:
         check_field_types(self, "bench")

@@ -60,6 +60,8 @@ def _serialised(recipe_path: Path) -> dict[str, dict]:
             out[key] = {"quantize": step.config.to_dict()}
         elif step.kind == "distill":
             out[key] = {"distill": step.config.to_dict()}
+        elif step.kind == "targets":  # the settings its distill and prune steps are built from
+            out[key] = {"targets": [t.__dict__ for t in step.targets], "training": step.training}
     return _placed_anywhere(out)
 
 
