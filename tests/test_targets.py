@@ -3,6 +3,7 @@ machines docs/results/front.md and issue 30 measured, and the steps that make a 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -224,3 +225,132 @@ def test_a_recipes_targets_make_the_shapes_the_table_picks_and_the_report_weighs
     (line,) = [x for x in (root / "report.md").read_text().splitlines() if "| t2x-int8 | l1-h4-f64 |" in x]
     assert line.startswith("| >= 2x at >= 50% (fixed, over pytorch-fp32) |") and "| 2.50x | 1.88x |" in line
     assert "**no**: 0.12x slow" in line
+
+
+# --- the targets step's settings, refusals and table ---------------------------------------------------------
+
+STEP = {"targets": [{"speedup": 3, "f1_share": 0.98}], "train": {"data": "train.json"}, "steps": 100}
+
+
+def _parse(**changes):
+    from edgeqa.bench.qa import QAConfig
+    from edgeqa.pipeline.steps.targets_step import TargetsStep
+
+    return TargetsStep.parse({**STEP, **changes}, 7, QAConfig())
+
+
+def test_a_targets_step_reads_its_defaults_from_the_recipe_reference():
+    """docs/recipes.md: over pytorch-fp32, shapes auto, margin 0.05, prefix t, 0.5 hard + 0.5 soft at T=2, lr 1e-4,
+    warm-up 0.05, distill_share 0.5."""
+    step = _parse()
+    assert (step.over, step.shapes, step.margin, step.accept_busy, step.prefix, step.grid) == (
+        "pytorch-fp32", "auto", 0.05, False, "t", {})  # fmt: skip
+    assert step.training == {"train": {"data": "train.json"}, "steps": 100, "distill_share": 0.5,
+                             "stage": {"loss": {"hard": 0.5, "soft": 0.5, "temperature": 2.0}, "lr": 1e-4,
+                                       "warmup": 0.05}}  # fmt: skip
+    assert step.targets == (Target(3, 0.98),) and step.made_names() == ["t3x-int8"]
+    other = _parse(over="teacher-int8", shapes="s.json", margin=0.1, accept_busy=True, prefix="m", layers=[3],
+                   heads=[4, 6], lr=2e-4, warmup=0.1, distill_share=0.7, loss={"hard": 1.0})  # fmt: skip
+    assert (other.over, other.shapes, other.margin, other.accept_busy, other.prefix) == (
+        "teacher-int8", "s.json", 0.1, True, "m")  # fmt: skip
+    assert other.grid == {"layers": (3,), "heads": (4, 6)} and other.made_names() == ["m3x-int8"]
+    assert other.training["stage"] == {"loss": {"hard": 1.0}, "lr": 2e-4, "warmup": 0.1}
+    assert other.training["distill_share"] == 0.7
+    assert _parse().keys() == {"targets", "over", "shapes", "margin", "accept_busy", "prefix", "train", "loss",
+                               "steps", "lr", "warmup", "distill_share", "layers", "heads", "ffn"}  # fmt: skip
+
+
+TARGET_MISTAKES = [
+    ({"targets": []}, "targets needs a list of {speedup: X, f1_share: Y[, latency: fixed or questions]}"),
+    ({"targets": [3]}, "targets needs a list of {speedup: X, f1_share: Y[, latency: fixed or questions]}"),
+    ({"over": "onnx"}, "targets.over must be pytorch-fp32 or teacher-int8, got 'onnx'"),
+    ({"steps": None}, "targets.steps must be a whole number of training steps >= 2, got None"),
+    ({"steps": 1}, "targets.steps must be a whole number of training steps >= 2, got 1"),
+    ({"steps": True}, "targets.steps must be a whole number of training steps >= 2, got True"),
+    ({"distill_share": 1}, "targets.distill_share must be between 0 and 1, got 1"),
+    ({"distill_share": 0}, "targets.distill_share must be between 0 and 1, got 0"),
+    ({"distill_share": "x"}, "targets.distill_share must be between 0 and 1, got 'x'"),
+    ({"targets": [{"speedup": 3, "f1_share": 0.9}, {"speedup": 3, "f1_share": 0.8}]},
+     "targets: each speed-up once, and a prefix of letters, digits, '.', '_', '-'"),
+    ({"prefix": "a b"}, "targets: each speed-up once, and a prefix of letters, digits, '.', '_', '-'"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("changes", "said"), TARGET_MISTAKES)
+def test_a_bad_targets_step_is_refused_in_words(changes, said):
+    with pytest.raises(EdgeQAError) as e:
+        _parse(**changes)
+    assert str(e.value) == said
+
+
+def test_a_targets_step_needs_training_data_and_a_budget_and_checks_the_training_settings():
+    from edgeqa.bench.qa import QAConfig
+    from edgeqa.pipeline.steps.targets_step import TargetsStep
+
+    for missing in ("train", "steps"):
+        with pytest.raises(EdgeQAError) as e:
+            TargetsStep.parse({k: v for k, v in STEP.items() if k != missing}, 7, QAConfig())
+        assert str(e.value) == "targets needs train (the training data and settings) and steps (the budget per model)"
+    with pytest.raises(EdgeQAError, match="unknown"):  # a training setting no distill step takes, refused at once
+        _parse(train={"data": "train.json", "epochz": 3})
+
+
+def _targets_run(tmp_path, toy_squad, table: str, extra: str = ""):
+    from edgeqa.pipeline.context import RecipeRun
+    from edgeqa.pipeline.recipe import load_recipe
+
+    teacher = make_tiny_qa_model(tmp_path / "teacher", layers=2, heads=4, intermediate=64)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"name: r\nmodel: {teacher}\neval: {{data: {toy_squad}}}\nbench: {{threads: 1}}\nsteps:\n"
+                      f"  - targets: {{targets: [{{speedup: 2, f1_share: 0.5}}], shapes: {table}, steps: 2,"
+                      f" train: {{data: {toy_squad}}}{extra}}}\n")  # fmt: skip
+    loaded = load_recipe(recipe)
+    return loaded.steps[0], RecipeRun(loaded, tmp_path / "runs" / "r"), recipe
+
+
+def test_a_busy_table_or_another_teachers_is_refused_before_any_training(tmp_path, toy_squad):
+    path = _tiny_table(tmp_path / "shapes.json", {"l1-h4-f64": 2.5})
+    tbl = json.loads(path.read_text())
+    path.write_text(json.dumps({**tbl, "busy": True, "flags": ["l1-h4-f64: busy machine: p90 is 2.00x p50"]}))
+    step, run, recipe = _targets_run(tmp_path, toy_squad, str(path))
+    with pytest.raises(EdgeQAError) as e:
+        step.run(run)
+    busy = "l1-h4-f64: busy machine: p90 is 2.00x p50"
+    assert str(e.value) == (f"{recipe}:6: {path} was timed on a busy machine ({busy}); time it again "
+                            f"(edgeqa shapes --time {tmp_path}) or set accept_busy: true")  # fmt: skip
+    path.write_text(json.dumps({**tbl, "teacher_shape": "l6-h12-f1536"}))
+    with pytest.raises(EdgeQAError) as e:
+        step.run(run)
+    assert str(e.value) == f"{recipe}:6: {path} holds shapes of a l6-h12-f1536 teacher, the recipe's model is l2-h4-f64"
+    assert not (run.root / "models").exists()
+
+
+def test_an_auto_table_is_made_and_timed_here_once_and_again_on_retime(tmp_path, toy_squad, monkeypatch):
+    """shapes: auto makes the recipe's teacher's grid under the run folder and times it with the recipe's threads,
+    on its eval data only when a target asks for latency per question; the next run reads the table it wrote."""
+    from edgeqa.bench.shapes import Shape
+    from edgeqa.pipeline.steps import targets_step
+
+    made, timed = [], []
+
+    def make(teacher, folder, shapes, preset_name="auto"):
+        made.append((str(teacher), folder, shapes))
+
+    def time_(folder, cfg, data):
+        timed.append((folder, cfg.threads, data))
+        folder.mkdir(parents=True, exist_ok=True)
+        _tiny_table(folder / "shapes.json", {"l1-h4-f64": 2.5})
+
+    monkeypatch.setattr(targets_step, "make_shapes", make)
+    monkeypatch.setattr(targets_step, "time_shapes", time_)
+    step, run, _ = _targets_run(tmp_path, toy_squad, "auto", ", layers: [1], heads: [2, 4], ffn: [16]")
+    path, table = step.table(run)
+    assert path == run.root / "shapes" / "shapes.json" and table["teacher_shape"] == "l2-h4-f64"
+    assert made == [(run.recipe.model, run.root / "shapes", [Shape(1, 4, 16), Shape(1, 2, 16)])]
+    assert timed == [(run.root / "shapes", 1, None)]
+    step.table(run)
+    assert len(made) == len(timed) == 1  # read, not made again
+    run.retime = True
+    step = dataclasses.replace(step, targets=(Target(2, 0.5, "questions"),))
+    step.table(run)
+    assert len(made) == 2 and timed[-1] == (run.root / "shapes", 1, run.recipe.eval.data)
