@@ -147,7 +147,13 @@ class QAModel:
         answers = best_spans(start, end, features, contexts, cfg, allow_null)
         t3 = time.perf_counter()
         if timings is not None:
-            timings.update(tokenize_s=t1 - t0, model_s=t2 - t1, postprocess_s=t3 - t2, windows=len(features))
+            timings.update(
+                tokenize_s=t1 - t0,
+                model_s=t2 - t1,
+                postprocess_s=t3 - t2,
+                windows=len(features),
+                tokens=int(features.lengths.sum()),
+            )
         return {ex.id: a for ex, a in zip(examples, answers, strict=True)}
 
     def logits(self, features, batch_size: int = 16, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:

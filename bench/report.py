@@ -379,9 +379,8 @@ def plot_sparsity(report: dict[str, Any], path: Path) -> bool:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
-    ax.plot([100 * _encoder_sparsity(r) for r in rows], [r["f1"] for r in rows], "o-", color="tab:blue")
-    for r in rows:
-        ax.annotate(r["name"], (100 * _encoder_sparsity(r), r["f1"]), textcoords="offset points", xytext=(5, 5))
+    points = [(100 * _encoder_sparsity(r), r["f1"]) for r in rows]
+    ax.plot(*zip(*points, strict=True), "o-", color="tab:blue")
     ax.set_xlabel("zeros in the encoder layers' weight matrices, % (measured on the file)")
     ax.set_ylabel("SQuAD F1", color="tab:blue")
     sized = [r for r in rows if r["extra"]["weights"].get("gzip_bytes")]
@@ -393,6 +392,8 @@ def plot_sparsity(report: dict[str, Any], path: Path) -> bool:
         right.set_ylim(bottom=0)
     ax.margins(x=0.2)  # room for the labels of the sparsest points
     ax.set_title(f"{report['name']}: F1 and compressed size against sparsity")
+    fig.tight_layout()
+    place_labels(ax, points, [r["name"] for r in rows], marker_size=36)  # the curve's own line is an obstacle too
     _save(fig, path)
     return True
 

@@ -6,6 +6,7 @@ import pytest
 
 from conftest import make_tiny_qa_model
 from edgeqa.bench.files import EdgeQAError
+from edgeqa.bench.qa import QAConfig, tokenize
 
 
 class _IdsEngine:
@@ -55,7 +56,10 @@ def test_answers_and_timings_of_every_question(tiny_qa_model, toy_squad):
     model = QAModel(_IdsEngine(), load_qa_tokenizer(tiny_qa_model), tiny_qa_model)
     answers = predict(model, examples, batch_size=8, progress=False, timings=timings)
     assert list(answers) == ["q0", "q1", "q2"] and all(isinstance(a, str) for a in answers.values())
-    assert sorted(timings) == ["model_s", "postprocess_s", "tokenize_s", "windows"] and timings["windows"] == 3
+    assert sorted(timings) == ["model_s", "postprocess_s", "tokenize_s", "tokens", "windows"]
+    assert timings["windows"] == 3
+    windows = tokenize(model.tokenizer, [e.question for e in examples], [e.context for e in examples], QAConfig())
+    assert timings["tokens"] == int(windows.lengths.sum())  # every window's tokens, as they were cut
     assert all(timings[k] >= 0 for k in ("model_s", "postprocess_s", "tokenize_s"))
 
 
@@ -319,7 +323,8 @@ def test_stage_times_are_differences_of_the_clock(tiny_qa_model, monkeypatch):
     timings = {}
     model = engines.QAModel(_IdsEngine(), load_qa_tokenizer(tiny_qa_model), tiny_qa_model)
     model.answer([SquadExample("q", "who?", "ann wrote.", (), ())], progress=False, timings=timings)
-    assert timings == {"tokenize_s": 2.0, "model_s": 4.0, "postprocess_s": 8.0, "windows": 1}
+    # [CLS] who ? [SEP] an ##n wrote . [SEP] (the tiny vocabulary splits "ann"): one window of 9 tokens
+    assert timings == {"tokenize_s": 2.0, "model_s": 4.0, "postprocess_s": 8.0, "windows": 1, "tokens": 9}
 
 
 def test_padding_uses_the_tokenizers_pad_id_or_0(tiny_qa_model):
