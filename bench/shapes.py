@@ -72,8 +72,8 @@ HEAD_SHARES = (1, 2 / 3, 1 / 2, 1 / 3, 1 / 4)
 FFN_SHARES = (1, 1 / 2, 1 / 4)
 
 
-def _levels(full: int, shares: tuple[float, ...]) -> list[int]:
-    return sorted({max(1, round(full * s)) for s in shares}, reverse=True)
+def _levels(full: int, shares: tuple[float, ...]) -> set[int]:
+    return {max(1, round(full * s)) for s in shares}  # never below 1; candidate_shapes orders the grid
 
 
 def candidate_shapes(

@@ -263,3 +263,72 @@ def test_edgeqa_report_times_each_model_per_question_and_times_again_when_that_c
     other = write_squad(tmp_path / "other.json", [SHORT, LONG])
     argv[argv.index(str(data))] = str(other)
     assert main([*argv[:-4], "--questions", "1", *argv[-2:]]) == 0 and timed[4:] == [(1, str(other))] * 2
+
+
+class _HandModel:
+    """A QAModel stand-in that records how it is asked and reports stage times set by hand: per question 1.11111 ms
+    tokenising, 2 then 3 ms in the model, 0.5 ms searching spans; 2 windows of 51 tokens together, then 1 of 50."""
+
+    def __init__(self):
+        self.calls, self.answered = [], 0
+
+    def answer(self, examples, qa, batch_size, allow_null, progress, timings=None):
+        self.calls.append((len(examples), batch_size, allow_null, progress, timings is None))
+        if timings is not None:
+            first = self.answered == 0
+            timings.update({"tokenize_s": 0.00111111, "model_s": 0.002 if first else 0.003, "postprocess_s": 0.0005,
+                            "windows": 2 if first else 1, "tokens": 51 if first else 50})  # fmt: skip
+            self.answered += 1
+
+
+class _Clock:
+    """perf_counter by hand: each question starts at 100 s and takes 1.2345678 then 3.0 ms."""
+
+    def __init__(self):
+        self.ticks = iter([100.0, 100.0012345678, 100.0, 100.003])
+
+    def perf_counter(self):
+        return next(self.ticks)
+
+
+@pytest.mark.parametrize("version", ["1.1", "2.0"])
+def test_the_question_timer_adds_each_questions_stages_and_rounds_by_hand(tmp_path, monkeypatch, version):
+    """Two questions, one warm-up answer: every answer alone at batch 1, unanswerable allowed on v2.0 only, without
+    a progress bar; samples 1.2346 and 3.0 ms (to 4 decimals); stages added: tokenising 2.2222 ms, the model 5.0,
+    spans 1.0 (shares of 8.2222: 0.2703, 0.6081, 0.1216); 101 tokens over 3 windows, 33.7 on average."""
+    data = write_squad(tmp_path / "dev.json", [SHORT, SHORT], version=version)
+    model = _HandModel()
+    monkeypatch.setattr(ql, "time", _Clock())
+    result = ql.time_questions(model, data, 2, QA, warmup=1)
+    v2 = version == "2.0"
+    assert model.calls == [(1, 1, v2, False, True), (1, 1, v2, False, False), (1, 1, v2, False, False)]
+    assert result["samples_ms"] == [1.2346, 3.0] and result["runs"] == 2
+    assert result["stage_ms"] == {"tokenize": 2.2222, "model": 5.0, "spans": 1.0}
+    assert result["stage_share"] == {"tokenize": 0.2703, "model": 0.6081, "spans": 0.1216}
+    assert (result["windows"], result["mean_tokens"]) == (3, 33.7)
+
+
+def test_a_summary_of_no_stage_time_has_no_shares_and_small_totals_have_shares():
+    assert ql.summarise([1.0], {"model": 0.0, "spans": 0.0})["stage_share"] == {"model": None, "spans": None}
+    assert ql.summarise([1.0], {"model": 0.25, "spans": 0.25})["stage_share"] == {"model": 0.5, "spans": 0.5}
+    assert ql.summarise([1.23456789], {"model": 1.0})["samples_ms"] == [1.2346]
+
+
+def test_merged_passes_round_their_medians_and_stage_times_to_four_decimals():
+    passes = [{"p50_ms": p, "samples_ms": [p], "stage_ms": {"model": m}} for p, m in ((1.23456, 0.123456), (2.0, 0.1))]
+    merged = ql.merge_question_passes(passes)
+    assert merged["pass_p50_ms"] == [1.2346, 2.0] and merged["stage_ms"] == {"model": 0.2235}
+
+
+def test_a_row_not_timed_per_question_has_every_field_empty_and_speedups_have_three_decimals():
+    assert ql.question_fields({"latency": []}) == {"question_p50_ms": None, "question_p90_ms": None,
+                                                  "question_latency": None}  # fmt: skip
+    rows = [{"question_p50_ms": 3.0}, {"question_p50_ms": None}]
+    ql.question_speedups(rows, {"question_p50_ms": 10.0})
+    assert [r["question_speedup"] for r in rows] == [3.333, None]
+
+
+def test_a_sample_of_nearly_all_questions_draws_each_once():
+    examples = [SquadExample(f"q{i}", "who?", "the king", ("king",), (4,)) for i in range(10)]
+    for seed in range(5):
+        assert len({e.id for e in ql.sample_questions(examples, 9, seed)}) == 9

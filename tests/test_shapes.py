@@ -4,6 +4,7 @@ with the runtime install alone, and the table targets are read against."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import onnx
@@ -147,3 +148,151 @@ def test_bad_shapes_input_is_one_line(tmp_path, capsys):
     (tmp_path / "shapes.json").write_text(json.dumps({"schema": "other"}))
     with pytest.raises(EdgeQAError, match="not an edgeqa shapes table"):
         read_shapes_table(tmp_path)
+
+
+def test_a_shape_refuses_what_is_not_a_positive_whole_number():
+    for bad in ((True, 1, 1), (1, 0, 1), (1, 1, 1.0)):
+        with pytest.raises(EdgeQAError, match="must be a positive whole number"):
+            Shape(*bad)
+
+
+def test_the_grid_of_a_small_teacher_keeps_one_of_each_and_names_every_shape_too_large():
+    """A 1 x 2 x 2 teacher: a quarter, a third or a half of 2 rounds to 0 or 1, kept at 1, so heads and FFN take
+    2 and 1, and layers 1: three shapes besides the teacher's, largest first."""
+    assert candidate_shapes(Shape(1, 2, 2)) == [Shape(1, 2, 1), Shape(1, 1, 2), Shape(1, 1, 1)]
+    with pytest.raises(EdgeQAError) as e:
+        candidate_shapes(TINY, layers=(1,), heads=(8,), ffn=(16, 128))
+    assert str(e.value) == "shapes larger than the teacher (l2-h4-f64): l1-h8-f128, l1-h8-f16"
+
+
+def test_the_table_records_the_machine_the_teacher_the_settings_and_each_latency():
+    """Every field of the table, for a hand-made manifest and results timed per question too; speed-ups to three
+    decimals (30 / 9 = 3.333, 90 / 9 = 10.0); the machine and versions are the timing's, not this process's."""
+    manifest = {"teacher": "/t", "teacher_shape": "l2-h4-f64", "preset": {"asked": "auto", "preset": "x"},
+                "shapes": [{"name": "l1-h4-f16", "layers": 1, "heads": 4, "ffn": 16, "parameters": 10}]}  # fmt: skip
+    results = {}
+    for name, p50, q50 in (("teacher-int8", 30.0, 12.0), ("pytorch-fp32", 90.0, 40.0), ("l1-h4-f16", 9.0, 4.0)):
+        results[name] = _result(p50, spread=0.1, p90=p50 + 1)
+        results[name]["questions"] = {"p50_ms": q50, "p90_ms": q50 + 2}
+    results["teacher-int8"]["versions"] = {"onnxruntime": "9.9"}
+    cfg = LatencyConfig(batch_sizes=(1,), seq_lens=(16,), repeats=3)
+    table = shapes_table(manifest, results, cfg)
+    created = table.pop("created")
+    assert created.endswith("+00:00") and len(created) == 25  # UTC, to the second
+
+    def timing(p50, q50):
+        return {"p50_ms": p50, "p90_ms": p50 + 1, "pass_p50_ms": [p50], "pass_spread": 0.1, "question_p50_ms": q50,
+                "question_p90_ms": q50 + 2, "flags": []}  # fmt: skip
+
+    assert table == {
+        "schema": "edgeqa.shapes/1", "machine": {"cpu": "hand", "isa": "avx2"}, "versions": {"onnxruntime": "9.9"},
+        "teacher": "/t", "teacher_shape": "l2-h4-f64", "preset": {"asked": "auto", "preset": "x"},
+        "settings": cfg.to_dict(), "busy": False, "flags": [],
+        "references": {"teacher-int8": timing(30.0, 12.0), "pytorch-fp32": timing(90.0, 40.0)},
+        "shapes": [{**manifest["shapes"][0], **timing(9.0, 4.0),
+                    "speedup": {"teacher-int8": 3.333, "pytorch-fp32": 10.0}}],
+    }  # fmt: skip
+    results["l1-h4-f16"].pop("questions")  # a shape not timed per question has no such fields
+    assert "question_p50_ms" not in shapes_table(manifest, results, cfg)["shapes"][0]
+
+
+def test_time_shapes_hands_the_timer_each_int8_model_its_settings_and_data(shapes_dir, monkeypatch, tmp_path):
+    """The ONNX models by folder, the PyTorch teacher by its own folder, none as a PyTorch int8 model; without the
+    teacher's folder here (a folder copied to a target), the PyTorch teacher is left out."""
+    from edgeqa.bench import shapes as shapes_module
+
+    calls = []
+
+    def hand_timer(models, cfg, done=None, data=None):
+        calls.append((dict(models), cfg, data))
+        return {name: _result(10.0) for name in models}
+
+    monkeypatch.setattr(shapes_module, "benchmark_interleaved", hand_timer)
+    cfg = LatencyConfig(batch_sizes=(1,), seq_lens=(16,), repeats=3)
+    time_shapes(shapes_dir, cfg, data="dev.json")
+    teacher = Path(json.loads((shapes_dir / "manifest.json").read_text())["teacher"])
+    onnx = {name: (shapes_dir / name, False) for name in ("teacher-int8", "l2-h2-f32", "l1-h4-f16")}
+    assert calls[0] == ({**onnx, "pytorch-fp32": (teacher, False)}, cfg, "dev.json")
+    assert list(calls[0][0]) == ["teacher-int8", "pytorch-fp32", "l2-h2-f32", "l1-h4-f16"]
+    copied = tmp_path / "copied"
+    shutil.copytree(shapes_dir, copied)
+    manifest = json.loads((copied / "manifest.json").read_text())
+    (copied / "manifest.json").write_text(json.dumps({**manifest, "teacher": str(tmp_path / "elsewhere")}))
+    time_shapes(copied, cfg)
+    assert list(calls[1][0]) == ["teacher-int8", "l2-h2-f32", "l1-h4-f16"] and calls[1][2] is None
+    (copied / "manifest.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "teacher"}))
+    time_shapes(copied, cfg)
+    assert list(calls[2][0]) == ["teacher-int8", "l2-h2-f32", "l1-h4-f16"]
+
+
+def test_a_shapes_folder_missing_a_part_is_refused_by_name(shapes_dir, tmp_path):
+    from edgeqa.bench.shapes import read_manifest
+
+    folder = tmp_path / "f"
+    shutil.copytree(shapes_dir, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({"teacher": "t"}))
+    with pytest.raises(EdgeQAError) as e:
+        read_manifest(folder)
+    assert str(e.value) == f"{folder / 'manifest.json'}: not a shapes manifest (no list of shapes)"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    shutil.rmtree(folder / "l1-h4-f16")
+    with pytest.raises(EdgeQAError) as e:
+        read_manifest(folder)
+    assert str(e.value) == f"{folder / 'l1-h4-f16'}: the manifest lists this shape but its model.onnx is missing"
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "shapes": manifest["shapes"][:1]}))
+    shutil.rmtree(folder / "teacher-int8")
+    with pytest.raises(EdgeQAError) as e:
+        read_manifest(folder)
+    assert str(e.value) == f"{folder / 'teacher-int8'}: the teacher's int8 model is missing"
+
+
+def test_a_shapes_table_without_a_positive_latency_is_refused_by_name(tmp_path):
+    with pytest.raises(EdgeQAError) as e:
+        read_shapes_table(tmp_path)
+    assert str(e.value) == f"{tmp_path / 'shapes.json'}: no such shapes table"
+    for p50 in (0, -1.0, "3", None):
+        (tmp_path / "shapes.json").write_text(json.dumps({"schema": "edgeqa.shapes/1", "shapes": [
+            {"name": "l1-h4-f16", "p50_ms": 2.0}, {"name": "l1-h2-f16", "p50_ms": p50}]}))  # fmt: skip
+        with pytest.raises(EdgeQAError) as e:
+            read_shapes_table(tmp_path / "shapes.json")
+        assert str(e.value) == f"{tmp_path / 'shapes.json'}: shape l1-h2-f16 has no positive p50_ms"
+
+
+def test_making_shapes_refuses_by_name_before_loading_the_teacher(shapes_dir, tmp_path):
+    from edgeqa.pipeline.shapes import make_shapes, teacher_shape
+
+    teacher = Path(json.loads((shapes_dir / "manifest.json").read_text())["teacher"])
+    with pytest.raises(EdgeQAError) as e:
+        make_shapes(teacher, tmp_path / "a", [Shape(1, 8, 16), Shape(3, 4, 16), Shape(1, 4, 16)])
+    assert str(e.value) == f"shapes larger than the teacher {teacher} (l2-h4-f64): l1-h8-f16, l3-h4-f16"
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "manifest.json").mkdir()
+    with pytest.raises(EdgeQAError, match=r"b/manifest.json: is a folder, expected a shapes manifest$"):
+        make_shapes(teacher, tmp_path / "b", [Shape(1, 4, 16)])
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "config.json").write_text(json.dumps({"num_hidden_layers": 2, "intermediate_size": 8}))
+    with pytest.raises(EdgeQAError) as e:
+        teacher_shape(tmp_path / "t")
+    assert str(e.value) == f"{tmp_path / 't'}/config.json: no num_attention_heads; shapes need a BERT-layout teacher"
+    with pytest.raises(EdgeQAError) as e:
+        teacher_shape(tmp_path)
+    assert str(e.value) == f"{tmp_path / 'config.json'}: no such model config"
+
+
+def test_a_made_shapes_record_that_cannot_be_read_is_named(shapes_dir):
+    from edgeqa.pipeline.shapes import make_shapes
+
+    teacher = Path(json.loads((shapes_dir / "manifest.json").read_text())["teacher"])
+    record = shapes_dir / "l1-h4-f16" / "shape.json"
+    kept = record.read_text()
+    record.unlink()
+    record.mkdir()
+    try:
+        with pytest.raises(EdgeQAError, match=r"l1-h4-f16/shape.json: is a folder, expected a shape record$"):
+            make_shapes(teacher, shapes_dir, [Shape(1, 4, 16)])
+    finally:
+        record.rmdir()
+        record.write_text(kept)
+    quantization = json.loads((shapes_dir / "l1-h4-f16" / "quantization.json").read_text())
+    assert quantization["preset"]["asked"] == "auto"  # the preset `auto` picked, in each model's own record

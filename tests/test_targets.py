@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 
 import pytest
 
@@ -70,7 +71,7 @@ def test_the_front_recipe_asks_for_speedups_and_makes_other_shapes_on_another_cp
                       "zen4": ["l6-h6-f384", "l6-h6-f384", "l6-h4-f384", "l4-h6-f384"]}  # fmt: skip
 
 
-def test_only_makes_the_named_targets_models():
+def test_a_run_with_only_cuts_the_targets_step_to_the_named_targets():
     """`edgeqa run recipes/front-cpu.yaml --only t8x-int8` runs the targets step for 8x alone; a name no step makes
     is refused with the names the recipe makes, the targets' among them."""
     from conftest import REPO, SHARED
@@ -109,8 +110,9 @@ def test_per_question_targets_read_per_question_timings():
         s["question_p50_ms"] = 30.0 / (5.5 if s["name"] == "l6-h6-f384" else 9.0)
     assert pick_shape(amx, Target(5, 0.9, "questions"))["shape"] == "l6-h6-f384"
     assert pick_shape(amx, Target(5, 0.9))["shape"] == "l6-h4-f384"
-    with pytest.raises(EdgeQAError, match="no per-question timing"):
+    with pytest.raises(EdgeQAError) as e:
         pick_shape(table(AMX, *MS["amx"]), Target(5, 0.9, "questions"))
+    assert str(e.value) == "the shapes table has no per-question timing: make it with --data, or use fixed latency"
 
 
 def test_a_table_without_the_pytorch_teacher_takes_targets_over_the_int8_one_only():
@@ -120,6 +122,30 @@ def test_a_table_without_the_pytorch_teacher_takes_targets_over_the_int8_one_onl
 
 TRAINING = {"train": {"data": "train.json"}, "stage": {"loss": {"hard": 1.0}, "lr": 1e-4}, "steps": 1000,
             "distill_share": 0.6}  # fmt: skip
+
+
+def test_a_choice_records_the_target_the_shape_and_the_reason():
+    """Over the int8 teacher with no margin, 1.5x needs 1.5x: l2-h2-f32 (30 / 20 = 1.5 exactly) is fast enough and
+    keeps both layers; 1.6x only l1-h4-f16 (30 / 15 = 2x). Speed-ups to three decimals (30 / 9 = 3.333)."""
+    tbl = {"references": {"teacher-int8": {"p50_ms": 30.0}}, "teacher_shape": "l2-h4-f64",
+           "shapes": [{"name": "l2-h2-f32", "p50_ms": 20.0}, {"name": "l1-h4-f16", "p50_ms": 15.0},
+                      {"name": "l1-h1-f16", "p50_ms": 9.0}]}  # fmt: skip
+    assert pick_shape(tbl, Target(1.5, 0.9), "teacher-int8", 0.0) == {
+        "target": 1.5, "f1_share": 0.9, "latency": "fixed", "over": "teacher-int8", "shape": "l2-h2-f32",
+        "layers": 2, "heads": 2, "ffn": 32, "predicted_speedup": 1.5, "fast_enough": True,
+        "why": "of the 3 of 4 shapes predicted at >= 1.50x (1.5x and a 0% margin), it keeps the most layers, then "
+               "heads, then FFN neurons"}  # fmt: skip
+    assert pick_shape(tbl, Target(1.6, 0.9), "teacher-int8", 0.0)["shape"] == "l1-h4-f16"
+    fastest = pick_shape(tbl, Target(4, 0.9), "teacher-int8", 0.0)
+    assert (fastest["shape"], fastest["predicted_speedup"], fastest["fast_enough"]) == ("l1-h1-f16", 3.333, False)
+
+
+def test_a_step_cut_to_named_targets_keeps_them_in_order():
+    both = _parse(targets=[{"speedup": 3, "f1_share": 0.9}, {"speedup": 5, "f1_share": 0.9},
+                           {"speedup": 8, "f1_share": 0.9}])  # fmt: skip
+    cut = both.making(("t8x-int8", "t3x-int8", "other"))
+    assert [t.speedup for t in cut.targets] == [3, 8] and cut.training == both.training and cut.line == both.line
+    assert both.making(("t4x-int8",)) is None
 
 
 def test_a_shape_with_all_layers_is_pruned_and_recovered_on_the_whole_budget():
@@ -147,6 +173,18 @@ def test_a_shallower_shape_is_a_student_of_spread_layers_then_pruned_on_a_split_
     assert alone[1][1]["from"] == "t6x"
 
 
+def test_heads_alone_or_ffn_alone_are_pruned_alone():
+    """l6-h4-f1536 prunes two thirds of the heads and no FFN neuron; l6-h12-f384 three quarters of the FFN and no
+    head; l3-h12-f768 is a student of 600 steps, then half its FFN pruned over the other 400."""
+    (heads, *_) = plan_steps("a", Shape(6, 4, 1536), TEACHER, TRAINING)
+    assert heads[0] == "prune" and (heads[1]["heads"], "ffn" in heads[1]) == (0.6667, False)
+    (ffn, *_) = plan_steps("b", Shape(6, 12, 384), TEACHER, TRAINING)
+    assert ffn[0] == "prune" and (ffn[1]["ffn"], "heads" in ffn[1]) == (0.75, False)
+    distill, prune, *_ = plan_steps("c", Shape(3, 12, 768), TEACHER, TRAINING)
+    assert (distill[1]["name"], distill[1]["stages"][0]["max_steps"]) == ("c-student", 600)
+    assert (prune[1]["from"], prune[1]["ffn"], prune[1]["stages"][0]["max_steps"]) == ("c-student", 0.5, 400)
+
+
 # --- the targets step in a recipe, on the tiny model -----------------------------------------------------------
 
 
@@ -170,6 +208,7 @@ steps:
   - targets:
       targets: [{{speedup: 1.2, f1_share: 0.5}}, {{speedup: 2, f1_share: 0.5}}]
       shapes: {table}
+      accept_busy: true
       train: {{data: {data}, batch_size: 2}}
       steps: 2
       loss: {{hard: 1.0}}
@@ -179,7 +218,7 @@ steps:
 
 
 def test_a_recipes_targets_make_the_shapes_the_table_picks_and_the_report_weighs_them(tmp_path, toy_squad,
-                                                                                      monkeypatch):  # fmt: skip
+                                                                                      monkeypatch, caplog):  # fmt: skip
     """Table by hand: l2-h2-f32 1.5x, l1-h4-f64 2.5x, l1-h2-f16 4x over the PyTorch teacher. 1.2x (1.26 with the
     margin) takes l2-h2-f32: both layers, half the heads and FFN pruned; 2x (2.1) takes l1-h4-f64: a one-layer
     student. The run times them (by hand) at 30, 25 and 16 ms: measured 1.2x and 1.875x, so 2x is missed by 0.125x."""
@@ -187,6 +226,8 @@ def test_a_recipes_targets_make_the_shapes_the_table_picks_and_the_report_weighs
 
     teacher = make_tiny_qa_model(tmp_path / "teacher", layers=2, heads=4, intermediate=64)
     table = _tiny_table(tmp_path / "shapes.json", {"l2-h2-f32": 1.5, "l1-h4-f64": 2.5, "l1-h2-f16": 4.0})
+    busy = {**json.loads(table.read_text()), "busy": True, "flags": ["l1-h2-f16: passes disagree"]}
+    table.write_text(json.dumps(busy))  # used all the same: the recipe accepts a busy table
     recipe = tmp_path / "tgt.yaml"
     recipe.write_text(TARGETS_RECIPE.format(model=teacher, data=toy_squad, table=table))
     p50 = {"pytorch-fp32": 30.0, "t1.2x-int8": 25.0, "t2x-int8": 16.0}
@@ -204,7 +245,9 @@ def test_a_recipes_targets_make_the_shapes_the_table_picks_and_the_report_weighs
         return results
 
     monkeypatch.setattr("edgeqa.pipeline.steps.bench_step.benchmark_interleaved", hand_timer)
-    root = run_recipe(recipe, tmp_path / "runs")
+    with caplog.at_level(logging.INFO, logger="edgeqa.pipeline.steps.targets_step"):
+        root = run_recipe(recipe, tmp_path / "runs")
+    assert "target 2x: l1-h4-f64 (of the 2 of 4 shapes predicted at >= 2.10x" in caplog.text
 
     pruned = json.loads((root / "models" / "t1.2x" / "config.json").read_text())
     assert pruned["num_hidden_layers"] == 2 and pruned["intermediate_size"] == 32
@@ -217,6 +260,9 @@ def test_a_recipes_targets_make_the_shapes_the_table_picks_and_the_report_weighs
     )
     choice = json.loads((root / "choice.json").read_text())
     assert [(c["shape"], c["predicted_speedup"]) for c in choice["choices"]] == [("l2-h2-f32", 1.5), ("l1-h4-f64", 2.5)]
+    assert (choice["table"], choice["machine"]) == (str(table), {"cpu": "by hand", "isa": "x"})
+    assert [(c["variant"], c["table"], c["cpu"], c["isa"]) for c in choice["choices"]] == [
+        ("t1.2x-int8", str(table), "by hand", "x"), ("t2x-int8", str(table), "by hand", "x")]  # fmt: skip
     report = json.loads((root / "report.json").read_text())
     got = {c["variant"]: (c["shape"], c["predicted_speedup"], c["measured_speedup"], c["speed_short"])
            for c in report["choices"]}  # fmt: skip
