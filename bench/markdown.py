@@ -127,18 +127,28 @@ def _targets(report: dict[str, Any]) -> list[str]:
             verdict = "**no**: no model is that fast"
         else:
             verdict = f"**no**: {t['f1_short']:.2f} F1 short"
-        at_speed = f"{best['name']}: {best['speedup']:.2f}x, F1 {best['f1']:.2f}" if best else "-"
+        key = "speedup" if t.get("ms") is None else "ms"
+        at_speed = f"{best['name']}: {_speed(best[key], key)}, F1 {best['f1']:.2f}" if best else "-"
         # Never none: the reference itself reaches any share of its own F1.
-        at_f1 = f"{fastest['name']}: {fastest['speedup']:.2f}x, F1 {fastest['f1']:.2f}"
+        at_f1 = f"{fastest['name']}: {_speed(fastest[key], key)}, F1 {fastest['f1']:.2f}"
         shape = report["primary_shape"]
         basis = "per question" if t.get("latency") == "questions" else f"{shape['batch_size']}x{shape['seq_len']}"
-        lines.append(
-            f"| >= {t['speedup']:g}x at >= {t['f1_share']:.0%} | {basis} | {t['f1_needed']:.2f} | {verdict} | "
-            f"{at_speed} | {at_f1} |"
-        )
+        lines.append(f"| {_target(t)} | {basis} | {t['f1_needed']:.2f} | {verdict} | {at_speed} | {at_f1} |")
     if report.get("recipe_notes"):
         lines += ["", "From the recipe:", ""] + [f"- {n}" for n in report["recipe_notes"]]
     return lines
+
+
+def _speed(value: float, key: str) -> str:
+    """A speed-up as `3.00x`, a latency (a target in ms) as `19.5 ms`."""
+    return f"{value:.2f}x" if key == "speedup" else f"{value:.1f} ms"
+
+
+def _target(t: dict[str, Any]) -> str:
+    """A target as asked, from its record (a report's check or a targets step's choice)."""
+    speedup = t["speedup"] if "speedup" in t else t["target"]
+    speed = f"<= {t['ms']:g} ms" if t.get("ms") is not None else f">= {speedup:g}x"
+    return f"{speed} at >= {t['f1_share']:.0%}"
 
 
 def _preset(row: dict[str, Any]) -> dict | None:
@@ -267,15 +277,17 @@ def _choices(report: dict[str, Any]) -> list[str]:
              "| target | model | shape | why | predicted | measured | F1 (needed) | training min | met |",
              "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | --- |"]  # fmt: skip
     for c in report["choices"]:
-        target = f">= {c['target']:g}x at >= {c['f1_share']:.0%} ({c['latency']}, over {c['over']})"
-        if c.get("measured_speedup") is None:
-            lines.append(f"| {target} | {c['variant']} | {c['shape']} | {c['why']} | {c['predicted_speedup']:.2f}x "
+        target = f"{_target(c)} ({c['latency']}, over {c['over']})"
+        key = "speedup" if c.get("ms") is None else "ms"
+        predicted = _speed(c[f"predicted_{key}"], key)
+        if c.get(f"measured_{key}") is None:
+            lines.append(f"| {target} | {c['variant']} | {c['shape']} | {c['why']} | {predicted} "
                          "| not in this report | - | - | - |")  # fmt: skip
             continue
-        short = [f"{c['speed_short']:.2f}x slow" if c["speed_short"] else "", f"{c['f1_short']:.2f} F1 short"
-                 if c["f1_short"] else ""]  # fmt: skip
+        slow = f"{c['speed_short']:.2f}x slow" if key == "speedup" else f"{c['speed_short']:.1f} ms slow"
+        short = [slow if c["speed_short"] else "", f"{c['f1_short']:.2f} F1 short" if c["f1_short"] else ""]
         verdict = "yes" if c["met"] else "**no**: " + ", ".join(x for x in short if x)
-        lines.append(f"| {target} | {c['variant']} | {c['shape']} | {c['why']} | {c['predicted_speedup']:.2f}x | "
-                     f"{c['measured_speedup']:.2f}x | {c['f1']:.2f} ({c['f1_needed']:.2f}) | "
+        lines.append(f"| {target} | {c['variant']} | {c['shape']} | {c['why']} | {predicted} | "
+                     f"{_speed(c[f'measured_{key}'], key)} | {c['f1']:.2f} ({c['f1_needed']:.2f}) | "
                      f"{c['training_minutes']:.1f} | {verdict} |")  # fmt: skip
     return lines

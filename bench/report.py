@@ -12,24 +12,23 @@ report.json, schema "edgeqa.report/1":
   delta_em and delta_f1 (against the reference), pareto (on the F1-latency front, latencies within 3% counting
   as equal), same_kernels_as (only on a row whose unstructured zeros are its one difference from another row; it
   stands on the front at that row's time), extra {free-form details such as parity, quantization settings,
-  fusion, time shares, weights}; targets [{speedup, f1_share, latency, f1_needed, met, best_at_speed, f1_short,
-  fastest_at_f1}] when the report was asked to check any (`Target`); recipe_notes [str], what the recipe's author
-  says about them (what was tried).
+  fusion, time shares, weights}; targets [{speedup, f1_share, latency, ms, f1_needed, met, best_at_speed,
+  f1_short, fastest_at_f1}] when the report was asked to check any (bench/targets.py); recipe_notes [str], what
+  the recipe's author says about them (what was tried).
 All rows are timed in one run, in interleaved passes, so their ratios hold even on a noisy shared machine.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import logging
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeqa.bench.files import EdgeQAError, atomic_file, check_field_types, write_json
+from edgeqa.bench.files import EdgeQAError, atomic_file, write_json
 from edgeqa.bench.question_latency import question_fields, question_speedups
+from edgeqa.bench.targets import Target, check_targets
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -39,60 +38,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SCHEMA = "edgeqa.report/1"
-
-
-@dataclass(frozen=True)
-class Target:
-    """A point the front must reach: `speedup` times the reference's speed or more, at `f1_share` of its F1 or more;
-    the speed is at batch 1 and the primary shape (`latency` "fixed") or the p50 per real question ("questions")."""
-
-    speedup: float
-    f1_share: float
-    latency: str = "fixed"
-
-    def __post_init__(self) -> None:
-        check_field_types(self, "report target")
-        if not self.speedup > 0:
-            raise EdgeQAError(f"a target's speedup must be a positive number, got {self.speedup!r}")
-        if not 0 < self.f1_share <= 1:
-            raise EdgeQAError(f"a target's f1_share must be in (0, 1], got {self.f1_share!r}")
-        if self.latency not in ("fixed", "questions"):
-            raise EdgeQAError(f"a target's latency must be fixed or questions, got {self.latency!r}")
-
-    @classmethod
-    def parse(cls, text: str) -> Target:
-        """`3:0.98` (3x at 98% of the reference's F1), or `3:0.98:questions` (per question), as the CLI takes it."""
-        speedup, _, share = text.partition(":")
-        share, _, latency = share.partition(":")
-        try:
-            return cls(float(speedup), float(share), latency or "fixed")
-        except ValueError:
-            raise EdgeQAError(f"a target is SPEEDUP:F1_SHARE such as 3:0.98, got {text!r}") from None
-
-
-def check_targets(rows: list[dict], reference: dict, targets: tuple[Target, ...]) -> list[dict[str, Any]]:
-    """For each target: is it met, the most accurate row at its speed (and how much F1 it lacks), and the fastest row
-    at its F1, so that a miss says by how much, both ways. Rows need `speedup` (and `question_speedup`) already."""
-
-    def brief(row: dict | None, key: str) -> dict | None:
-        return None if row is None else {"name": row["name"], "speedup": row[key], "f1": row["f1"]}
-
-    out = []
-    for t in targets:
-        key = "question_speedup" if t.latency == "questions" else "speedup"  # the speed-up the target is about
-        timed = [r for r in rows if r.get(key) is not None]
-        if not timed:
-            raise EdgeQAError(f"target {t.speedup:g}x at {t.f1_share:.0%} is per question, but no row was timed per "
-                              "question (bench questions 0, or no eval data)")  # fmt: skip
-        needed = t.f1_share * reference["f1"]  # compared unrounded; rounded only where it is shown
-        best = max((r for r in timed if r[key] >= t.speedup), key=lambda r: r["f1"], default=None)
-        fastest = max((r for r in timed if r["f1"] >= needed), key=lambda r: r[key], default=None)
-        met = best is not None and best["f1"] >= needed
-        short = None if met or best is None else round(needed - best["f1"], 2)
-        out.append({**dataclasses.asdict(t), "f1_needed": round(needed, 2), "met": met,
-                    "best_at_speed": brief(best, key), "f1_short": short,
-                    "fastest_at_f1": brief(fastest, key)})  # fmt: skip
-    return out
 
 
 def make_row(name: str, bench: dict[str, Any], metrics: dict[str, Any], extra: dict[str, Any] | None = None) -> dict:

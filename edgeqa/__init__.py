@@ -25,7 +25,7 @@ def __getattr__(name: str):
     if name in ("LatencyConfig", "QAConfig", "QuantizeConfig", "Target"):
         from edgeqa.bench.latency import LatencyConfig
         from edgeqa.bench.qa import QAConfig
-        from edgeqa.bench.report import Target
+        from edgeqa.bench.targets import Target
         from edgeqa.export.quantize import QuantizeConfig
 
         configs = {

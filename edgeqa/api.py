@@ -24,9 +24,9 @@ from edgeqa.bench.evaluate import evaluate as evaluate_model
 from edgeqa.bench.files import EdgeQAError, check_field_types, check_writable_dir, removed_on_failure
 from edgeqa.bench.latency import LatencyConfig, benchmark
 from edgeqa.bench.qa import QAConfig
-from edgeqa.bench.report import Target
 from edgeqa.bench.serial import added_later, config_from_dict, config_to_dict
 from edgeqa.bench.squad import SquadExample, load_squad
+from edgeqa.bench.targets import Target
 from edgeqa.export.quantize import preset
 from edgeqa.pipeline.recipe import EvalSettings, ParitySettings, Recipe
 from edgeqa.pipeline.run import run_in_memory, run_recipe

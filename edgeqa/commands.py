@@ -16,9 +16,9 @@ from edgeqa.bench.files import EdgeQAError, read_json
 from edgeqa.bench.latency import LatencyConfig, benchmark
 from edgeqa.bench.metric import load_predictions, score
 from edgeqa.bench.qa import QAConfig
-from edgeqa.bench.report import Target
 from edgeqa.bench.shapes import TABLE, Shape, candidate_shapes, time_shapes
 from edgeqa.bench.squad import SquadExample, load_squad
+from edgeqa.bench.targets import Target
 from edgeqa.pipeline.context import is_main_process
 from edgeqa.pipeline.recipe import load_recipe
 from edgeqa.pipeline.run import run_recipe

@@ -9,7 +9,8 @@ from typing import Any
 
 from edgeqa.bench.files import read_json, write_json
 from edgeqa.bench.latency import model_file_size
-from edgeqa.bench.report import Target, build_report, has_unstructured_sparsity, make_row
+from edgeqa.bench.report import build_report, has_unstructured_sparsity, make_row
+from edgeqa.bench.targets import LATENCY_KEYS, Target
 from edgeqa.bench.weights import weight_stats
 from edgeqa.compress.prune import describe_pruning
 from edgeqa.export.quantize import describe_preset
@@ -114,23 +115,27 @@ TRAINING_STEPS = ("distill", "prune")
 
 
 def target_results(choices: list[dict], rows: list[dict], reference: str) -> list[dict[str, Any]]:
-    """Each target's chosen shape beside what the run measured: the predicted speed-up (the shapes table's) and the
-    measured one (this report's, over the same reference and latency), F1 against the share of the reference's
-    the target asks, the minutes of training that made it, and met or by how much it is missed."""
+    """Each target's chosen shape beside what the run measured: the predicted speed-up and ms (the shapes table's)
+    and the measured ones (this report's, over the same reference and latency), F1 against the share of the
+    reference's the target asks, the minutes of training that made it, and met or by how much it is missed (in
+    speed-up, or in ms for a target in ms)."""
     by_name = {r["name"]: r for r in rows}
     ref_f1 = by_name[reference]["f1"]
     out = []
     for choice in choices:
         row, over = by_name.get(choice["variant"]), by_name.get(choice["over"])
-        result: dict[str, Any] = {**choice, "measured_speedup": None, "f1": None, "met": False}
-        key = "p50_ms" if choice["latency"] == "fixed" else "question_p50_ms"
-        if row is not None and over is not None and row.get(key) and over.get(key):
-            speedup = over[key] / row[key]
+        result: dict[str, Any] = {**choice, "measured_speedup": None, "measured_ms": None, "f1": None, "met": False}
+        key, ms_target = LATENCY_KEYS[choice["latency"]], choice.get("ms")
+        ms = row.get(key) if row is not None else None
+        speedup = over[key] / ms if ms and over is not None and over.get(key) else None
+        if ms and (speedup or ms_target):
+            fast = speedup >= choice["target"] if ms_target is None else ms <= ms_target
+            short = choice["target"] - speedup if ms_target is None else ms - ms_target
             needed = choice["f1_share"] * ref_f1
             minutes = sum(m["seconds"] for m in row["extra"].get("making", []) if m["step"] in TRAINING_STEPS) / 60
-            result.update(measured_speedup=round(speedup, 3), f1=row["f1"], f1_needed=round(needed, 2),
-                          training_minutes=round(minutes, 1), met=speedup >= choice["target"] and row["f1"] >= needed,
-                          speed_short=round(max(0.0, choice["target"] - speedup), 3),
+            result.update(measured_speedup=round(speedup, 3) if speedup else None, measured_ms=round(ms, 3),
+                          f1=row["f1"], f1_needed=round(needed, 2), training_minutes=round(minutes, 1),
+                          met=fast and row["f1"] >= needed, speed_short=round(max(0.0, short), 3),
                           f1_short=round(max(0.0, needed - row["f1"]), 2))  # fmt: skip
         out.append(result)
     return out

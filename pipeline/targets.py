@@ -15,12 +15,10 @@ from __future__ import annotations
 from typing import Any
 
 from edgeqa.bench.files import EdgeQAError
-from edgeqa.bench.report import Target
 from edgeqa.bench.shapes import TEACHER_INT8, Shape
+from edgeqa.bench.targets import LATENCY_KEYS, Target
 from edgeqa.compress.student import StudentSpec, teacher_layers
 from edgeqa.pipeline.step import BASE_VARIANT
-
-LATENCY_KEYS = {"fixed": "p50_ms", "questions": "question_p50_ms"}
 
 
 def _speedups(table: dict[str, Any], over: str, latency: str) -> dict[str, float]:
@@ -38,21 +36,32 @@ def _speedups(table: dict[str, Any], over: str, latency: str) -> dict[str, float
 
 
 def pick_shape(table: dict[str, Any], target: Target, over: str = BASE_VARIANT, margin: float = 0.05) -> dict[str, Any]:
-    """The shape to make for `target` on the machine the table was timed on, with the reason in words."""
+    """The shape to make for `target` on the machine the table was timed on, with the reason in words. A target in
+    milliseconds is read against the int8 teacher's time in the table (it is always timed): at most `ms / (1 +
+    margin)`, so the margin works the same way both ways."""
+    if target.ms is not None:
+        over = TEACHER_INT8
     speedups = _speedups(table, over, target.latency)
-    needed = target.speedup * (1 + margin)
+    ref_ms = table["references"][over][LATENCY_KEYS[target.latency]]
+    if target.ms is None:
+        needed, asked = target.speedup * (1 + margin), f"{target.speedup:g}x"
+        bar = f">= {needed:.2f}x"
+    else:
+        needed, asked = ref_ms / target.ms * (1 + margin), f"{target.ms:g} ms"
+        bar = f"<= {target.ms / (1 + margin):.2f} ms"
     fast = [name for name, x in speedups.items() if x >= needed]
     if fast:
         name = max(fast, key=lambda n: (Shape.parse(n).layers, Shape.parse(n).heads, Shape.parse(n).ffn))
-        why = (f"of the {len(fast)} of {len(speedups)} shapes predicted at >= {needed:.2f}x ({target.speedup:g}x "
-               f"and a {margin:.0%} margin), it keeps the most layers, then heads, then FFN neurons")  # fmt: skip
+        why = (f"of the {len(fast)} of {len(speedups)} shapes predicted at {bar} ({asked} and a {margin:.0%} "
+               f"margin), it keeps the most layers, then heads, then FFN neurons")  # fmt: skip
     else:
         name = max(speedups, key=lambda n: speedups[n])
-        why = f"no shape is predicted at {needed:.2f}x ({target.speedup:g}x and a {margin:.0%} margin): the fastest"
+        why = f"no shape is predicted at {bar} ({asked} and a {margin:.0%} margin): the fastest"
     shape = Shape.parse(name)
-    return {"target": target.speedup, "f1_share": target.f1_share, "latency": target.latency, "over": over,
-            "shape": name, "layers": shape.layers, "heads": shape.heads, "ffn": shape.ffn,
-            "predicted_speedup": round(speedups[name], 3), "fast_enough": bool(fast), "why": why}  # fmt: skip
+    return {"target": target.speedup, "ms": target.ms, "f1_share": target.f1_share, "latency": target.latency,
+            "over": over, "shape": name, "layers": shape.layers, "heads": shape.heads, "ffn": shape.ffn,
+            "predicted_speedup": round(speedups[name], 3), "predicted_ms": round(ref_ms / speedups[name], 3),
+            "fast_enough": bool(fast), "why": why}  # fmt: skip
 
 
 def plan_steps(prefix: str, shape: Shape, teacher: Shape, training: dict[str, Any]) -> list[tuple[str, dict]]:

@@ -11,7 +11,8 @@
 #             Bookworm's 7.2 is not enough: it lacks the emulated /proc/cpuinfo ONNX Runtime's CPU probe reads,
 #             and gets int8 wrong with SME on.
 #   sysroot/  bookworm arm64 python3.11 and the libraries it and ONNX Runtime link (qemu-aarch64 -L sysroot).
-#   site/     aarch64 wheels: onnxruntime and numpy only; the emulated side runs sessions on arrays, nothing more.
+#   site/     aarch64 wheels: onnxruntime, numpy and edgeqa's other runtime dependencies (make arm64-shapes runs
+#             `edgeqa shapes --time` there; make arm64-check runs sessions on arrays, nothing more).
 #   run-python  wrapper: `QEMU_CPU=neoverse-n1 .arm64/run-python script.py` (binfmt_misc is not needed).
 set -euo pipefail
 
@@ -21,6 +22,7 @@ MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 KEYRING=${DEBIAN_KEYRING:-/usr/share/keyrings/debian-archive-keyring.gpg}
 ORT_VERSION=${ORT_VERSION:-1.32.0}
 NUMPY_SPEC=${NUMPY_SPEC:-numpy>=1.26,<2}
+RUNTIME_WHEELS=("tokenizers==0.22.2" "pyyaml>=6" "tqdm>=4.66" "psutil>=5.9")  # as pyproject.toml's dependencies
 # Trixie's key must be in the keyring (bookworm's debian-archive-keyring 2023.3+deb12u1 has it).
 
 log() { echo "arm64-env: $*" >&2; }
@@ -82,15 +84,17 @@ stage_sysroot() {
 }
 
 stage_wheels() {
-    local stamp=$CACHE/site/.done
-    [[ -f $stamp ]] && return
-    log "aarch64 wheels: onnxruntime==$ORT_VERSION, $NUMPY_SPEC"
+    # edgeqa's runtime dependencies too, so that `edgeqa shapes --time` runs emulated (make arm64-shapes); the stamp
+    # holds the list, so a cache made with fewer wheels is provisioned again.
+    local stamp=$CACHE/site/.done wheels=("onnxruntime==$ORT_VERSION" "$NUMPY_SPEC" "${RUNTIME_WHEELS[@]}")
+    [[ -f $stamp && $(cat "$stamp") == "${wheels[*]}" ]] && return
+    log "aarch64 wheels: ${wheels[*]}"
     rm -rf "$CACHE/site"
     "$PIP" install -q --disable-pip-version-check --target "$CACHE/site" --only-binary=:all: \
-        --implementation cp --python-version 3.11 --abi cp311 \
+        --implementation cp --python-version 3.11 --abi cp311 --abi abi3 --abi none \
         --platform manylinux_2_28_aarch64 --platform manylinux_2_27_aarch64 --platform manylinux2014_aarch64 \
-        "onnxruntime==$ORT_VERSION" "$NUMPY_SPEC"
-    touch "$stamp"
+        --platform manylinux_2_17_aarch64 --platform any "${wheels[@]}"
+    echo "${wheels[*]}" >"$stamp"
 }
 
 write_wrapper() {

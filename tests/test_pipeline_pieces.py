@@ -144,7 +144,7 @@ RECIPE_MISTAKES = [  # (steps or a section, the error's text after the path) by 
     ("steps:\n  - prune: {name: p, sparsity: 0.5, teacher: nobody}\n", ":7: unknown teacher variant 'nobody'"),
     (
         "steps:\n  - report: {targets: 3}\n",
-        ":7: report targets must be a list of {speedup: X, f1_share: Y[, latency: fixed or questions]}",
+        ":7: report targets must be a list of {speedup: X or ms: Y, f1_share: Z[, latency: fixed or questions]}",
     ),
 ]
 

@@ -257,7 +257,7 @@ def test_runs_recorded_before_a_setting_existed_stay_valid(tmp_path, tiny_qa_mod
         ),
         ("steps:\n  - report: {reference: nope}\n", "", r"recipe.yaml:8: unknown variant 'nope'"),
         ("steps:\n  - export: {name: a}\n  - report: {}\n", "", r"recipe.yaml:9: a report needs a bench step"),
-        ("steps:\n  - report: {targets: [{speedup: 3}]}\n", "", r"recipe.yaml:8: report targets must be a list"),
+        ("steps:\n  - report: {targets: [{speedup: 3}]}\n", "", r"recipe.yaml:8: a target needs f1_share, the"),
         (
             "steps:\n  - report: {targets: [{speedup: 3, f1_share: 98}]}\n",
             "",

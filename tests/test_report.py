@@ -6,7 +6,8 @@ import pytest
 
 from edgeqa.bench.files import EdgeQAError
 from edgeqa.bench.markdown import to_markdown
-from edgeqa.bench.report import Target, build_report, make_row, pareto_front, plot_sparsity, write_report
+from edgeqa.bench.report import build_report, make_row, pareto_front, plot_sparsity, write_report
+from edgeqa.bench.targets import Target
 from edgeqa.compress.prune import describe_pruning
 
 

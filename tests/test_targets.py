@@ -11,8 +11,8 @@ import pytest
 
 from conftest import make_tiny_qa_model
 from edgeqa.bench.files import EdgeQAError
-from edgeqa.bench.report import Target
 from edgeqa.bench.shapes import SCHEMA, Shape
+from edgeqa.bench.targets import Target
 from edgeqa.pipeline.targets import pick_shape, plan_steps
 
 TEACHER = Shape(6, 12, 1536)
@@ -52,7 +52,7 @@ def test_the_same_targets_pick_other_shapes_on_another_cpu():
     assert eight["predicted_speedup"] == pytest.approx(60.95 / (21.05 / 3.19), abs=1e-3) and eight["fast_enough"]
     assert "of the 1 of 7 shapes predicted at >= 8.40x (8x and a 5% margin)" in eight["why"]
     ten = pick_shape(amx, Target(10, 0.9))
-    assert not ten["fast_enough"] and ten["why"].startswith("no shape is predicted at 10.50x")
+    assert not ten["fast_enough"] and ten["why"].startswith("no shape is predicted at >= 10.50x (10x and a 5% margin)")
 
 
 def test_the_front_recipe_asks_for_speedups_and_makes_other_shapes_on_another_cpu():
@@ -131,8 +131,8 @@ def test_a_choice_records_the_target_the_shape_and_the_reason():
            "shapes": [{"name": "l2-h2-f32", "p50_ms": 20.0}, {"name": "l1-h4-f16", "p50_ms": 15.0},
                       {"name": "l1-h1-f16", "p50_ms": 9.0}]}  # fmt: skip
     assert pick_shape(tbl, Target(1.5, 0.9), "teacher-int8", 0.0) == {
-        "target": 1.5, "f1_share": 0.9, "latency": "fixed", "over": "teacher-int8", "shape": "l2-h2-f32",
-        "layers": 2, "heads": 2, "ffn": 32, "predicted_speedup": 1.5, "fast_enough": True,
+        "target": 1.5, "ms": None, "f1_share": 0.9, "latency": "fixed", "over": "teacher-int8", "shape": "l2-h2-f32",
+        "layers": 2, "heads": 2, "ffn": 32, "predicted_speedup": 1.5, "predicted_ms": 20.0, "fast_enough": True,
         "why": "of the 3 of 4 shapes predicted at >= 1.50x (1.5x and a 0% margin), it keeps the most layers, then "
                "heads, then FFN neurons"}  # fmt: skip
     assert pick_shape(tbl, Target(1.6, 0.9), "teacher-int8", 0.0)["shape"] == "l1-h4-f16"
@@ -307,8 +307,8 @@ def test_a_targets_step_reads_its_defaults_from_the_recipe_reference():
 
 
 TARGET_MISTAKES = [
-    ({"targets": []}, "targets needs a list of {speedup: X, f1_share: Y[, latency: fixed or questions]}"),
-    ({"targets": [3]}, "targets needs a list of {speedup: X, f1_share: Y[, latency: fixed or questions]}"),
+    ({"targets": []}, "targets needs a list of {speedup: X or ms: Y, f1_share: Z[, latency: fixed or questions]}"),
+    ({"targets": [3]}, "targets needs a list of {speedup: X or ms: Y, f1_share: Z[, latency: fixed or questions]}"),
     ({"over": "onnx"}, "targets.over must be pytorch-fp32 or teacher-int8, got 'onnx'"),
     ({"steps": None}, "targets.steps must be a whole number of training steps >= 2, got None"),
     ({"steps": 1}, "targets.steps must be a whole number of training steps >= 2, got 1"),
@@ -317,8 +317,8 @@ TARGET_MISTAKES = [
     ({"distill_share": 0}, "targets.distill_share must be between 0 and 1, got 0"),
     ({"distill_share": "x"}, "targets.distill_share must be between 0 and 1, got 'x'"),
     ({"targets": [{"speedup": 3, "f1_share": 0.9}, {"speedup": 3, "f1_share": 0.8}]},
-     "targets: each speed-up once, and a prefix of letters, digits, '.', '_', '-'"),
-    ({"prefix": "a b"}, "targets: each speed-up once, and a prefix of letters, digits, '.', '_', '-'"),
+     "targets: each speed once, and a prefix of letters, digits, '.', '_', '-'"),
+    ({"prefix": "a b"}, "targets: each speed once, and a prefix of letters, digits, '.', '_', '-'"),
 ]  # fmt: skip
 
 

@@ -8,7 +8,8 @@ from typing import Any, ClassVar
 
 from edgeqa.bench.files import EdgeQAError, read_json
 from edgeqa.bench.qa import QAConfig
-from edgeqa.bench.report import Target, write_report
+from edgeqa.bench.report import write_report
+from edgeqa.bench.targets import TARGET_FORM, TARGET_KEYS, Target
 from edgeqa.pipeline.context import RecipeRun
 from edgeqa.pipeline.rows import assemble_report, eval_info, report_row, target_results, weight_stats_cached
 from edgeqa.pipeline.step import BASE_VARIANT, Step, register_step
@@ -29,11 +30,8 @@ class ReportStep(Step):
     def parse(cls, raw: dict[str, Any], line: int, qa: QAConfig) -> ReportStep:
         targets = raw.get("targets") or []
         notes = raw.get("notes") or []
-        keys = {"speedup", "f1_share"}
-        if not isinstance(targets, list) or not all(isinstance(t, dict) and keys <= set(t) <= keys | {"latency"}
-                                                    for t in targets):  # fmt: skip
-            raise EdgeQAError("report targets must be a list of {speedup: X, f1_share: Y[, latency: fixed or "
-                              "questions]}")  # fmt: skip
+        if not isinstance(targets, list) or not all(isinstance(t, dict) and set(t) <= TARGET_KEYS for t in targets):
+            raise EdgeQAError(f"report targets must be a list of {TARGET_FORM}")
         if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
             raise EdgeQAError("report notes must be a list of strings")
         return cls(line=line, reference=raw.get("reference"), variants=tuple(raw.get("variants", ())),

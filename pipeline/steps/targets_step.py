@@ -2,7 +2,7 @@
 table of the machine it is for (pipeline/targets.py states the rule).
 
     - targets:
-        targets: [{speedup: 3, f1_share: 0.98}, {speedup: 8, f1_share: 0.90}]
+        targets: [{speedup: 3, f1_share: 0.98}, {speedup: 8, f1_share: 0.90}, {ms: 20, f1_share: 0.9}]
         over: pytorch-fp32      # what the speed-ups are over (or teacher-int8)
         shapes: auto            # made and timed here, under runs/NAME/shapes; or a shapes.json timed on the target
         train: {data: ..., limit: 60000, batch_size: 16, dropout: 0.0}
@@ -10,9 +10,9 @@ table of the machine it is for (pipeline/targets.py states the rule).
         steps: 5000             # training steps per model: distillation and recovery together
         lr: 1.5e-4
 
-Each target's model is made by ordinary distill/prune/export/fuse/quantize steps named `{prefix}{speedup}x...` and
-ships as `{prefix}{speedup}x-int8`; the choice is written to runs/NAME/choice.json and into the report, so the same
-recipe on another CPU class makes other models on purpose, and says so.
+Each target's model is made by ordinary distill/prune/export/fuse/quantize steps named `{prefix}{label}...` and
+ships as `{prefix}{label}-int8` (t3x-int8, t20ms-int8); the choice is written to runs/NAME/choice.json and into the
+report, so the same recipe on another CPU class makes other models on purpose, and says so.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from typing import Any, ClassVar
 
 from edgeqa.bench.files import EdgeQAError, write_json
 from edgeqa.bench.qa import QAConfig
-from edgeqa.bench.report import Target
 from edgeqa.bench.shapes import (
     SHAPES_BENCH,
     TABLE,
@@ -35,6 +34,7 @@ from edgeqa.bench.shapes import (
     read_shapes_table,
     time_shapes,
 )
+from edgeqa.bench.targets import TARGET_FORM, Target
 from edgeqa.pipeline.context import RecipeRun
 from edgeqa.pipeline.shapes import make_shapes, teacher_shape
 from edgeqa.pipeline.step import BASE_VARIANT, NAME, STEP_KINDS, Step, register_step
@@ -67,7 +67,7 @@ class TargetsStep(Step):
     def parse(cls, raw: dict[str, Any], line: int, qa: QAConfig) -> TargetsStep:
         targets = raw.get("targets")
         if not isinstance(targets, list) or not targets or not all(isinstance(t, dict) for t in targets):
-            raise EdgeQAError("targets needs a list of {speedup: X, f1_share: Y[, latency: fixed or questions]}")
+            raise EdgeQAError(f"targets needs a list of {TARGET_FORM}")
         if raw.get("over", BASE_VARIANT) not in (BASE_VARIANT, TEACHER_INT8):
             raise EdgeQAError(f"targets.over must be {BASE_VARIANT} or {TEACHER_INT8}, got {raw['over']!r}")
         if "train" not in raw or "steps" not in raw:
@@ -84,8 +84,8 @@ class TargetsStep(Step):
                    shapes=str(raw.get("shapes", "auto")), margin=raw.get("margin", 0.05),
                    accept_busy=raw.get("accept_busy", False), prefix=str(raw.get("prefix", "t")), training=training,
                    grid={k: tuple(raw[k]) for k in GRID_KEYS if k in raw})  # fmt: skip
-        if len({t.speedup for t in step.targets}) < len(step.targets) or not NAME.fullmatch(step.prefix):
-            raise EdgeQAError("targets: each speed-up once, and a prefix of letters, digits, '.', '_', '-'")
+        if len({t.label for t in step.targets}) < len(step.targets) or not NAME.fullmatch(step.prefix):
+            raise EdgeQAError("targets: each speed once, and a prefix of letters, digits, '.', '_', '-'")
         # Every training setting is checked now, as the steps a layer-dropping and pruned shape would need.
         for kind, sub in plan_steps("check", Shape(1, 1, 1), Shape(2, 2, 2), training):
             STEP_KINDS[kind].parse(sub, line, qa)
@@ -93,7 +93,7 @@ class TargetsStep(Step):
 
     def made_names(self) -> list[str]:
         """The variants it ships, known before the shapes are: bench and report steps may name them."""
-        return [f"{self.prefix}{t.speedup:g}x-int8" for t in self.targets]
+        return [f"{self.prefix}{t.label}-int8" for t in self.targets]
 
     def making(self, names: tuple[str, ...]) -> TargetsStep | None:
         kept = tuple(t for t, name in zip(self.targets, self.made_names(), strict=True) if name in names)
@@ -127,9 +127,9 @@ class TargetsStep(Step):
         choices = []
         for target in self.targets:
             choice = pick_shape(table, target, self.over, self.margin)
-            prefix = f"{self.prefix}{target.speedup:g}x"
+            prefix = f"{self.prefix}{target.label}"
             choice.update(variant=f"{prefix}-int8", table=str(path), cpu=machine.get("cpu"), isa=machine.get("isa"))
-            log.info("target %gx: %s (%s)", target.speedup, choice["shape"], choice["why"])
+            log.info("target %s: %s (%s)", target.label, choice["shape"], choice["why"])
             for kind, raw in plan_steps(prefix, Shape.parse(choice["shape"]), teacher, self.training):
                 step = STEP_KINDS[kind].parse(raw, self.line, run.recipe.qa)
                 step.check(run)

@@ -316,8 +316,20 @@ PARTS: dict[str, Part] = {
             "edgeqa.pipeline.shapes.*",
             "edgeqa.pipeline.targets.*",
             "edgeqa.pipeline.steps.targets_step.*",
+            "edgeqa.bench.targets.*",
+            "edgeqa.pipeline.rows.x_target_results*",
+            "edgeqa.bench.markdown.x__choices*",
+            "edgeqa.bench.markdown.x__target*",
+            "edgeqa.bench.markdown.x__speed*",
         ),
-        ("tests/test_shapes.py", "tests/test_targets.py", "tests/test_question_latency.py", "tests/test_latency.py"),
+        (
+            "tests/test_shapes.py",
+            "tests/test_targets.py",
+            "tests/test_ms_targets.py",
+            "tests/test_question_latency.py",
+            "tests/test_latency.py",
+            "tests/test_report_contents.py",
+        ),
     ),
     # Reading SQuAD and scoring a model on it, the one place EM/F1 come from.
     "squad": Part(
