@@ -9,7 +9,7 @@ PRUNE_RECIPES := prune-structured-cpu prune-50-cpu prune-80-cpu prune-curve-cpu 
 	chain-cpu
 
 .PHONY: install run full-dev front shapes compare-optimum distill-cpu distill-ablation $(PRUNE_RECIPES) test lint clean arm64-check \
-	avx2-check gpu-check mutants mutants-sample
+	arm64-shapes avx2-check gpu-check mutants mutants-sample
 
 install: $(STAMP)
 
@@ -75,6 +75,19 @@ $(PRUNE_RECIPES): install
 arm64-check: install
 	bash scripts/arm64-env.sh
 	$(BIN)/python -m edgeqa.export.emulation.arm64_check --shared $(SHARED)
+
+# `edgeqa shapes --time` on an emulated ARM core (neoverse-n1): two shapes made here with the arm64 preset, timed by
+# the aarch64 Python under qemu-user with edgeqa's runtime install alone (no torch), as on an ARM board, per question
+# too. Function only: emulated time is not latency (docs/arm64.md). Provisions .arm64/ on its first run.
+ARM64_SHAPES ?= runs/arm64-shapes
+arm64-shapes: install
+	bash scripts/arm64-env.sh
+	$(BIN)/edgeqa shapes --model $(SHARED)/models/minilm-l6-h384-squad1 --out $(ARM64_SHAPES) --preset arm64 \
+	    --shapes l3-h4-f384 l2-h6-f768 --no-time
+	rm -rf .arm64/edgeqa && $(BIN)/pip install -q --no-deps --no-build-isolation --target .arm64/edgeqa .
+	PYTHONPATH=$(abspath .arm64/edgeqa) QEMU_CPU=neoverse-n1 .arm64/run-python -m edgeqa shapes \
+	    --time $(ARM64_SHAPES) --data $(SHARED)/data/squad/dev-v1.1.json.gz --questions 5 --seq-lens 128 \
+	    --warmup 1 --repeats 3 --rounds 2 --threads 1
 
 # The teacher's dynamic int8 variants (8/7-bit weights, per-channel/per-tensor scales) under qemu-x86_64 with an
 # AVX2-only CPU: identical answers, logit differences and EM/F1 against this machine's run (docs/avx2-emulated.md).

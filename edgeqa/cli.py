@@ -194,10 +194,10 @@ def _add_deploy_commands(sub) -> None:
     )
     p.add_argument("--name", default="report")
     p.add_argument("--out", required=True)
-    p.add_argument("--target", action="append", default=[], metavar="SPEEDUP:F1_SHARE[:questions]",
-                   help="report whether a model reaches this speed-up at this share of the reference's F1, "
-                   "such as 3:0.98 (at batch 1 x the first --seq-lens) or 3:0.98:questions (p50 per question; "
-                   "repeatable)")  # fmt: skip
+    p.add_argument("--target", action="append", default=[], metavar="SPEEDUP:F1_SHARE[:LATENCY]",
+                   help="report whether a model reaches this speed at this share of the reference's F1: a speed-up "
+                   "such as 3:0.98 (at batch 1 x the first --seq-lens) or 3:0.98:questions (p50 per question), or "
+                   "milliseconds such as 20ms:0.9 (p50 per question) or 20ms:0.9:fixed (repeatable)")  # fmt: skip
     _add_bench_options(p)
     p.set_defaults(func=cmd_report)
 

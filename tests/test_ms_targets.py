@@ -131,3 +131,80 @@ def test_a_targets_step_names_a_model_for_a_target_in_ms_by_its_ms():
     assert step.made_names() == ["t20ms-int8", "t3x-int8"] and step.targets[0].latency == "questions"
     with pytest.raises(EdgeQAError, match="each speed once"):
         TargetsStep.parse({**raw, "targets": [{"ms": 20, "f1_share": 0.9}, {"ms": 20, "f1_share": 0.8}]}, 3, QAConfig())
+
+
+def _made(name: str, f1: float, p50: float, q50: float | None, making: list | None = None) -> dict:
+    return {"name": name, "f1": f1, "p50_ms": p50, "question_p50_ms": q50, "extra": {"making": making or []}}
+
+
+def test_each_targets_result_by_hand_at_its_limits_and_rounded():
+    """Reference F1 80.123: 90% needs 72.1107 (shown 72.11). A 3x target made as t3x: over pytorch-fp32 (61 ms)
+    at 23 ms, 2.652x (2.652), 0.348x short, F1 70 is 2.11 short; distilled 200 s and pruned 47 s, exported 600 s:
+    247 / 60 = 4.1 training minutes. At exactly 2x and exactly the F1 needed (0.9 x 80.123 as a float) a target is
+    met; so is one at exactly its ms. A model not in the report, or a speed-up with no time for its reference, keeps
+    its prediction and nothing measured; a target in ms needs no reference."""
+    making = [{"step": "distill", "seconds": 200.0}, {"step": "prune", "seconds": 47.0}, {"step": "export",
+              "seconds": 600.0}]  # fmt: skip
+    rows = [_made("pytorch-fp32", 80.123, 61.0, 40.0), _made("teacher-int8", 80.0, 30.0, None),
+            _made("t3x", 70.0, 23.0, 23.45678, making), _made("t2x", 0.9 * 80.123, 30.5, 20.0)]  # fmt: skip
+    speed = {"target": 3, "ms": None, "f1_share": 0.9, "latency": "fixed", "over": "pytorch-fp32", "variant": "t3x"}
+    (got,) = target_results([speed], rows, "pytorch-fp32")
+    assert got == {**speed, "measured_speedup": 2.652, "measured_ms": 23.0, "f1": 70.0, "f1_needed": 72.11,
+                   "training_minutes": 4.1, "met": False, "speed_short": 0.348, "f1_short": 2.11}  # fmt: skip
+    (exact,) = target_results([{**speed, "target": 2, "variant": "t2x"}], rows, "pytorch-fp32")
+    assert (exact["measured_speedup"], exact["met"], exact["speed_short"], exact["f1_short"]) == (2.0, True, 0.0, 0.0)
+    ms = {**speed, "target": None, "ms": 23.45678, "latency": "questions", "over": "teacher-int8"}
+    (at_ms,) = target_results([ms], rows, "pytorch-fp32")
+    assert (at_ms["measured_ms"], at_ms["measured_speedup"], at_ms["speed_short"]) == (23.457, None, 0.0)
+    assert (at_ms["f1"], at_ms["training_minutes"], at_ms["met"]) == (70.0, 4.1, False)  # F1 short, in time
+    empty = {"measured_speedup": None, "measured_ms": None, "f1": None, "met": False}
+    for choice in ({**speed, "variant": "gone"}, {**speed, "over": "teacher-int8", "latency": "questions"}):
+        assert target_results([choice], rows, "pytorch-fp32") == [{**choice, **empty}]
+
+
+def test_a_report_with_the_recipes_word_and_no_targets_prints_the_word():
+    report = {"rows": [{"name": "ref", "f1": 80.0}], "reference": "ref", "recipe_notes": ["tried a longer schedule"]}
+    assert _targets(report) == ["", "## Targets", "", "", "From the recipe:", "", "- tried a longer schedule"]
+
+
+def test_the_models_for_the_targets_table_line_by_line():
+    """Met (3.10x measured for 3x), missed both ways (2.50x for 3x: 0.50x slow and 1.25 F1 short), and a target whose
+    model the report does not hold; the table names where its shapes were timed."""
+    base = {"target": 3, "ms": None, "f1_share": 0.9, "latency": "fixed", "over": "pytorch-fp32", "why": "w",
+            "predicted_speedup": 3.3, "predicted_ms": 18.0, "table": "runs/x/shapes/shapes.json", "cpu": "EPYC",
+            "isa": "avx2", "f1_needed": 72.0, "training_minutes": 12.34}  # fmt: skip
+    report = {"choices": [
+        {**base, "variant": "t3x-int8", "shape": "l6-h4-f384", "measured_speedup": 3.1, "f1": 73.0, "met": True,
+         "speed_short": 0.0, "f1_short": 0.0},
+        {**base, "variant": "t3x-b", "shape": "l3-h4-f384", "measured_speedup": 2.5, "f1": 70.75, "met": False,
+         "speed_short": 0.5, "f1_short": 1.25},
+        {**base, "variant": "t5x-int8", "shape": "l2-h4-f384", "measured_speedup": None, "f1": None,
+         "met": False}]}  # fmt: skip
+    target = ">= 3x at >= 90% (fixed, over pytorch-fp32)"
+    assert _choices(report) == [
+        "", "## Models for the targets", "",
+        "Shapes chosen from runs/x/shapes/shapes.json (timed on EPYC, int8 class avx2).", "",
+        "| target | model | shape | why | predicted | measured | F1 (needed) | training min | met |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | --- |",
+        f"| {target} | t3x-int8 | l6-h4-f384 | w | 3.30x | 3.10x | 73.00 (72.00) | 12.3 | yes |",
+        f"| {target} | t3x-b | l3-h4-f384 | w | 3.30x | 2.50x | 70.75 (72.00) | 12.3 | "
+        "**no**: 0.50x slow, 1.25 F1 short |",
+        f"| {target} | t5x-int8 | l2-h4-f384 | w | 3.30x | not in this report | - | - | - |",
+    ]  # fmt: skip
+    assert _choices({"choices": []}) == [] and _choices({}) == []
+
+
+def test_a_report_target_rounds_what_it_shows_and_says_why_it_cannot_judge():
+    """Reference F1 80.1234: 90% needs 72.11106 (shown 72.11); the fast row's 70.0 is 2.11 short."""
+    rows = [_row("ref", 30.0, 80.1234), _row("a", 15.0, 70.0)]
+    (t,) = check_targets(rows, rows[0], (Target(ms=20, f1_share=0.9),))
+    assert (t["f1_needed"], t["f1_short"], t["fastest_at_f1"]["name"]) == (72.11, 2.11, "ref")
+    untimed = [{**r, "question_p50_ms": None} for r in rows]
+    with pytest.raises(EdgeQAError) as e:
+        check_targets(untimed, untimed[0], (Target(ms=20, f1_share=0.9),))
+    assert str(e.value) == ("target <= 20 ms at >= 90% is per question, but no row was timed per question (bench "
+                            "questions 0, or no eval data)")  # fmt: skip
+    assert Target(ms=0.5, f1_share=0.9).ms == 0.5  # under a millisecond is a time too
+    tbl = _table()
+    tbl["shapes"][2]["question_p50_ms"] = 7.12345
+    assert pick_shape(tbl, Target(ms=5, f1_share=0.9))["predicted_ms"] == 7.123

@@ -209,6 +209,7 @@ steps:
       targets: [{{speedup: 1.2, f1_share: 0.5}}, {{speedup: 2, f1_share: 0.5}}]
       shapes: {table}
       accept_busy: true
+      margin: 0.2
       train: {{data: {data}, batch_size: 2}}
       steps: 2
       loss: {{hard: 1.0}}
@@ -219,9 +220,10 @@ steps:
 
 def test_a_recipes_targets_make_the_shapes_the_table_picks_and_the_report_weighs_them(tmp_path, toy_squad,
                                                                                       monkeypatch, caplog):  # fmt: skip
-    """Table by hand: l2-h2-f32 1.5x, l1-h4-f64 2.5x, l1-h2-f16 4x over the PyTorch teacher. 1.2x (1.26 with the
-    margin) takes l2-h2-f32: both layers, half the heads and FFN pruned; 2x (2.1) takes l1-h4-f64: a one-layer
-    student. The run times them (by hand) at 30, 25 and 16 ms: measured 1.2x and 1.875x, so 2x is missed by 0.125x."""
+    """Table by hand: l2-h2-f32 1.5x, l1-h4-f64 2.5x, l1-h2-f16 4x over the PyTorch teacher. 1.2x (1.44 with the
+    recipe's 20% margin) takes l2-h2-f32: both layers, half the heads and FFN pruned; 2x (2.4) takes l1-h4-f64: a
+    one-layer student. The run times them (by hand) at 30, 25 and 16 ms: measured 1.2x and 1.875x, so 2x is missed
+    by 0.125x."""
     from edgeqa.pipeline.run import run_recipe
 
     teacher = make_tiny_qa_model(tmp_path / "teacher", layers=2, heads=4, intermediate=64)
@@ -247,7 +249,9 @@ def test_a_recipes_targets_make_the_shapes_the_table_picks_and_the_report_weighs
     monkeypatch.setattr("edgeqa.pipeline.steps.bench_step.benchmark_interleaved", hand_timer)
     with caplog.at_level(logging.INFO, logger="edgeqa.pipeline.steps.targets_step"):
         root = run_recipe(recipe, tmp_path / "runs")
-    assert "target 2x: l1-h4-f64 (of the 2 of 4 shapes predicted at >= 2.10x" in caplog.text
+    said = [r.getMessage() for r in caplog.records if r.name == "edgeqa.pipeline.steps.targets_step"]
+    assert any(m.startswith("target 2x: l1-h4-f64 (of the 2 of 4 shapes predicted at >= 2.40x (2x and a 20% margin)")
+               for m in said)  # fmt: skip
 
     pruned = json.loads((root / "models" / "t1.2x" / "config.json").read_text())
     assert pruned["num_hidden_layers"] == 2 and pruned["intermediate_size"] == 32

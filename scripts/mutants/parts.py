@@ -408,16 +408,23 @@ def run(names: list[str], children: int) -> None:
 
 
 def retest(names: list[str], children: int) -> None:
-    """Run mutmut again on the parts' mutants that were not killed (survived, timed out, not checked, no tests)."""
+    """Run mutmut again on the parts' mutants that were not killed (survived, timed out, not checked, no tests), and
+    on those of functions added or changed since the last results."""
     check_selection()
     env = _env()
     for name in names or list(PARTS):
         before = saved(name)
         todo = sorted(m for m, s in before.items() if s not in ("killed", "timeout"))
-        if todo:
-            stage(PARTS[name].tests)
-            subprocess.run([str(MUTMUT), "run", "--max-children", str(children), *todo], cwd=TREE, env=env, check=True)
-            _merge(name, before, set(todo))
+        if not todo:  # (with none named, mutmut would run every mutant)
+            continue
+        stage(PARTS[name].tests)
+        run_mutants = [str(MUTMUT), "run", "--max-children", str(children)]
+        subprocess.run([*run_mutants, *todo], cwd=TREE, env=env, check=True)
+        # That run made the mutants of new and changed functions, under names the last results lack: test them too.
+        fresh = sorted(set(_of_part(results(), name)) - set(before))
+        if fresh:
+            subprocess.run([*run_mutants, *fresh], cwd=TREE, env=env, check=True)
+        _merge(name, before, {*todo, *fresh})
     summary(names or list(PARTS))
 
 
@@ -426,7 +433,8 @@ def _merge(name: str, before: dict[str, str], ran: set[str]) -> dict[str, str]:
     names, so the part's mutants are taken as they are now, each with its earlier kill, or with its earlier result
     when it was not among those run (mutmut may forget results when the selection changes)."""
     now = _of_part(results(), name)
-    merged = {m: before[m] if before.get(m) in ("killed", "timeout") or m not in ran else s for m, s in now.items()}
+    merged = {m: before[m] if before.get(m) in ("killed", "timeout") or (m not in ran and m in before) else s
+              for m, s in now.items()}  # fmt: skip
     (TREE / "results").mkdir(exist_ok=True)
     (TREE / "results" / f"{name}.json").write_text(json.dumps(merged, indent=1, sort_keys=True))
     return merged
