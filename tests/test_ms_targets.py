@@ -157,6 +157,8 @@ def test_each_targets_result_by_hand_at_its_limits_and_rounded():
     (at_ms,) = target_results([ms], rows, "pytorch-fp32")
     assert (at_ms["measured_ms"], at_ms["measured_speedup"], at_ms["speed_short"]) == (23.457, None, 0.0)
     assert (at_ms["f1"], at_ms["training_minutes"], at_ms["met"]) == (70.0, 4.1, False)  # F1 short, in time
+    (on_time,) = target_results([{**ms, "variant": "t2x", "ms": 20.0}], rows, "pytorch-fp32")
+    assert (on_time["measured_ms"], on_time["met"]) == (20.0, True)  # exactly its ms, exactly the F1 needed
     empty = {"measured_speedup": None, "measured_ms": None, "f1": None, "met": False}
     for choice in ({**speed, "variant": "gone"}, {**speed, "over": "teacher-int8", "latency": "questions"}):
         assert target_results([choice], rows, "pytorch-fp32") == [{**choice, **empty}]
@@ -168,8 +170,8 @@ def test_a_report_with_the_recipes_word_and_no_targets_prints_the_word():
 
 
 def test_the_models_for_the_targets_table_line_by_line():
-    """Met (3.10x measured for 3x), missed both ways (2.50x for 3x: 0.50x slow and 1.25 F1 short), and a target whose
-    model the report does not hold; the table names where its shapes were timed."""
+    """Met (3.10x measured for 3x), missed both ways (2.50x for 3x: 0.50x slow and 1.25 F1 short), a target whose
+    model the report does not hold, and one missed on F1 alone; the table names where its shapes were timed."""
     base = {"target": 3, "ms": None, "f1_share": 0.9, "latency": "fixed", "over": "pytorch-fp32", "why": "w",
             "predicted_speedup": 3.3, "predicted_ms": 18.0, "table": "runs/x/shapes/shapes.json", "cpu": "EPYC",
             "isa": "avx2", "f1_needed": 72.0, "training_minutes": 12.34}  # fmt: skip
@@ -179,7 +181,9 @@ def test_the_models_for_the_targets_table_line_by_line():
         {**base, "variant": "t3x-b", "shape": "l3-h4-f384", "measured_speedup": 2.5, "f1": 70.75, "met": False,
          "speed_short": 0.5, "f1_short": 1.25},
         {**base, "variant": "t5x-int8", "shape": "l2-h4-f384", "measured_speedup": None, "f1": None,
-         "met": False}]}  # fmt: skip
+         "met": False},
+        {**base, "variant": "t3x-c", "shape": "l6-h3-f384", "measured_speedup": 3.2, "f1": 71.5, "met": False,
+         "speed_short": 0.0, "f1_short": 0.5}]}  # fmt: skip
     target = ">= 3x at >= 90% (fixed, over pytorch-fp32)"
     assert _choices(report) == [
         "", "## Models for the targets", "",
@@ -190,6 +194,7 @@ def test_the_models_for_the_targets_table_line_by_line():
         f"| {target} | t3x-b | l3-h4-f384 | w | 3.30x | 2.50x | 70.75 (72.00) | 12.3 | "
         "**no**: 0.50x slow, 1.25 F1 short |",
         f"| {target} | t5x-int8 | l2-h4-f384 | w | 3.30x | not in this report | - | - | - |",
+        f"| {target} | t3x-c | l6-h3-f384 | w | 3.30x | 3.20x | 71.50 (72.00) | 12.3 | **no**: 0.50 F1 short |",
     ]  # fmt: skip
     assert _choices({"choices": []}) == [] and _choices({}) == []
 
