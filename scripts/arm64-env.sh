@@ -101,7 +101,8 @@ write_wrapper() {
     cat >"$CACHE/run-python" <<EOF
 #!/bin/sh
 # aarch64 python3.11 under qemu-aarch64; the emulated CPU comes from QEMU_CPU (e.g. neoverse-n1, max).
-export PYTHONPATH="$CACHE/site\${PYTHONPATH:+:\$PYTHONPATH}" PYTHONNOUSERSITE=1
+# sys.executable is this wrapper, so that a child Python (edgeqa times each model in one) runs emulated too.
+export PYTHONPATH="$CACHE/site\${PYTHONPATH:+:\$PYTHONPATH}" PYTHONNOUSERSITE=1 PYTHONEXECUTABLE="$CACHE/run-python"
 exec "$CACHE/qemu/usr/bin/qemu-aarch64" -L "$CACHE/sysroot" "$CACHE/sysroot/usr/bin/python3.11" "\$@"
 EOF
     chmod +x "$CACHE/run-python"
