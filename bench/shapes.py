@@ -184,3 +184,23 @@ def read_shapes_table(path: str | Path) -> dict[str, Any]:
         if not isinstance(entry.get("p50_ms"), int | float) or entry["p50_ms"] <= 0:
             raise EdgeQAError(f"{path}: shape {entry['name']} has no positive p50_ms")
     return table
+
+
+def shapes_markdown(table: dict[str, Any]) -> list[str]:
+    """The table as printed after timing, fastest first: p50 at the fixed shape and its speed-ups over each
+    reference, and where the shapes were timed per question, the p50 per question and its speed-ups too."""
+    refs = table["references"]
+    per_question = all(s.get("question_p50_ms") for s in [*refs.values(), *table["shapes"]])
+    head = ["shape", "parameters", "p50 ms", "pass spread", *(f"over {r}" for r in refs)]
+    if per_question:
+        head += ["p50 ms/question", *(f"over {r}, per question" for r in refs)]
+    lines = ["| " + " | ".join(head) + " |", "| --- |" + " ---: |" * (len(head) - 1)]
+    for s in sorted(table["shapes"], key=lambda s: s["p50_ms"]):
+        spread = f"{s['pass_spread']:.1%}" if s.get("pass_spread") is not None else "-"
+        cells = [s["name"], f"{s['parameters'] / 1e6:.1f}M", f"{s['p50_ms']:.2f}", spread]
+        cells += [f"{s['speedup'][r]:.2f}x" for r in refs]
+        if per_question:
+            q = s["question_p50_ms"]
+            cells += [f"{q:.2f}", *(f"{ref['question_p50_ms'] / q:.2f}x" for ref in refs.values())]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines

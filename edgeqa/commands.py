@@ -16,7 +16,7 @@ from edgeqa.bench.files import EdgeQAError, read_json
 from edgeqa.bench.latency import LatencyConfig, benchmark
 from edgeqa.bench.metric import load_predictions, score
 from edgeqa.bench.qa import QAConfig
-from edgeqa.bench.shapes import TABLE, Shape, candidate_shapes, time_shapes
+from edgeqa.bench.shapes import TABLE, Shape, candidate_shapes, shapes_markdown, time_shapes
 from edgeqa.bench.squad import SquadExample, load_squad
 from edgeqa.bench.targets import Target
 from edgeqa.pipeline.context import is_main_process
@@ -255,13 +255,7 @@ def cmd_shapes(args: argparse.Namespace) -> int:
             print(f"made {len(shapes)} shapes in {folder}; time them with: edgeqa shapes --time {folder}")
             return 0
     table = time_shapes(folder, cfg, args.data)
-    refs = table["references"]
-    print("| shape | parameters | p50 ms | pass spread | " + " | ".join(f"over {r}" for r in refs) + " |")
-    print("| --- | ---: | ---: | ---: |" + " ---: |" * len(refs))
-    for s in sorted(table["shapes"], key=lambda s: s["p50_ms"]):
-        spread = f"{s['pass_spread']:.1%}" if s.get("pass_spread") is not None else "-"
-        ratios = " | ".join(f"{s['speedup'][r]:.2f}x" for r in refs)
-        print(f"| {s['name']} | {s['parameters'] / 1e6:.1f}M | {s['p50_ms']:.2f} | {spread} | {ratios} |")
+    print("\n".join(shapes_markdown(table)))
     for flag in table["flags"]:
         print(f"edgeqa: warning: {flag}", file=sys.stderr)
     if table["busy"]:

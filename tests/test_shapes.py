@@ -296,3 +296,28 @@ def test_a_made_shapes_record_that_cannot_be_read_is_named(shapes_dir):
         record.write_text(kept)
     quantization = json.loads((shapes_dir / "l1-h4-f16" / "quantization.json").read_text())
     assert quantization["preset"]["asked"] == "auto"  # the preset `auto` picked, in each model's own record
+
+
+def test_the_printed_table_is_fastest_first_and_per_question_where_timed():
+    """teacher-int8 30 ms (12 per question), pytorch-fp32 90 (48); l1-h4-f16 9 ms (4), l2-h2-f32 15 (6): speed-ups
+    3.33x and 10.00x, 2.00x and 6.00x at 384; per question 3.00x and 12.00x, 2.00x and 8.00x."""
+
+    def timing(p50, q50, spread=0.02):
+        return {"p50_ms": p50, "question_p50_ms": q50, "pass_spread": spread}
+
+    table = {"references": {"teacher-int8": timing(30.0, 12.0), "pytorch-fp32": timing(90.0, 48.0)},
+             "shapes": [{"name": "l2-h2-f32", "parameters": 2_500_000, **timing(15.0, 6.0, None),
+                         "speedup": {"teacher-int8": 2.0, "pytorch-fp32": 6.0}},
+                        {"name": "l1-h4-f16", "parameters": 1_250_000, **timing(9.0, 4.0, 0.034),
+                         "speedup": {"teacher-int8": 3.333, "pytorch-fp32": 10.0}}]}  # fmt: skip
+    from edgeqa.bench.shapes import shapes_markdown
+
+    assert shapes_markdown(table) == [
+        "| shape | parameters | p50 ms | pass spread | over teacher-int8 | over pytorch-fp32 | p50 ms/question | "
+        "over teacher-int8, per question | over pytorch-fp32, per question |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| l1-h4-f16 | 1.2M | 9.00 | 3.4% | 3.33x | 10.00x | 4.00 | 3.00x | 12.00x |",
+        "| l2-h2-f32 | 2.5M | 15.00 | - | 2.00x | 6.00x | 6.00 | 2.00x | 8.00x |",
+    ]  # fmt: skip
+    del table["references"]["pytorch-fp32"]["question_p50_ms"]  # not timed per question: the fixed columns alone
+    assert shapes_markdown(table)[2] == "| l1-h4-f16 | 1.2M | 9.00 | 3.4% | 3.33x | 10.00x |"
