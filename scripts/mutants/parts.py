@@ -144,7 +144,13 @@ PARTS: dict[str, Part] = {
     # What a user reads: the report's rows, front, targets, warnings and files, and the latency statistics.
     "report": Part(
         ("edgeqa.bench.report.*", "edgeqa.bench.markdown.*"),
-        ("tests/test_report_contents.py", "tests/test_report_plots.py", "tests/test_report.py"),
+        (
+            "tests/test_report_contents.py",
+            "tests/test_report_plots.py",
+            "tests/test_report.py",
+            "tests/test_question_latency.py",  # the per-question table and targets
+            "tests/test_ms_targets.py",  # the targets' tables
+        ),
     ),
     "latency": Part(("edgeqa.bench.latency.*",), ("tests/test_latency.py", "tests/test_promises_scoring.py")),
     # Settings checks, JSON reading and the atomic writers every artefact goes through.
