@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from edgeqa.bench.report import LATENCY_TOLERANCE, QUESTION_FLAG, has_unstructured_sparsity
+from edgeqa.bench.targets import Target
 
 
 def to_markdown(report: dict[str, Any]) -> str:
@@ -145,10 +146,9 @@ def _speed(value: float, key: str) -> str:
 
 
 def _target(t: dict[str, Any]) -> str:
-    """A target as asked, from its record (a report's check or a targets step's choice)."""
+    """A target as asked, from its record (a report's check, or a targets step's choice, whose speed-up is `target`)."""
     speedup = t["speedup"] if "speedup" in t else t["target"]
-    speed = f"<= {t['ms']:g} ms" if t.get("ms") is not None else f">= {speedup:g}x"
-    return f"{speed} at >= {t['f1_share']:.0%}"
+    return Target(speedup, t["f1_share"], t.get("latency"), t.get("ms")).describe()
 
 
 def _preset(row: dict[str, Any]) -> dict | None:

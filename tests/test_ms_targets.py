@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_targets import RECIPE_HEAD, hand_timer
 
 from edgeqa.bench.files import EdgeQAError
 from edgeqa.bench.markdown import _choices, _targets
@@ -217,13 +218,9 @@ def test_a_report_target_rounds_what_it_shows_and_says_why_it_cannot_judge():
     assert pick_shape(tbl, Target(ms=5, f1_share=0.9))["predicted_ms"] == 7.123
 
 
-MS_RECIPE = """\
-name: ms
-model: {model}
-eval: {{data: {data}, batch_size: 4}}
-parity: {{limit: 0}}
-bench: {{threads: 1, batch_sizes: [1], seq_lens: [32], warmup: 0, repeats: 2, questions: 0}}
-steps:
+MS_RECIPE = (
+    RECIPE_HEAD
+    + """\
   - targets:
       targets: [{{ms: 20, f1_share: 0.01}}]
       shapes: {table}
@@ -233,6 +230,7 @@ steps:
   - bench: {{variants: [pytorch-fp32, t20ms-int8]}}
   - report: {{reference: pytorch-fp32}}
 """
+)
 
 
 def test_a_recipes_target_in_ms_makes_its_model_and_the_report_judges_it_in_ms(tmp_path, toy_squad, monkeypatch):
@@ -253,26 +251,8 @@ def test_a_recipes_target_in_ms_makes_its_model_and_the_report_judges_it_in_ms(t
                                  "shapes": shapes}))  # fmt: skip
     recipe = tmp_path / "ms.yaml"
     recipe.write_text(MS_RECIPE.format(model=teacher, data=toy_squad, table=table))
-    p50 = {"pytorch-fp32": (30.0, 40.0), "t20ms-int8": (12.0, 21.0)}
-
-    def hand_timer(models, cfg, done=None, data=None, qa=None):
-        results = {}
-        for name, (path, _) in models.items():
-            fixed, question = p50[name]
-            lat = [{"batch_size": 1, "seq_len": 32, "p50_ms": fixed, "p90_ms": fixed, "p99_ms": fixed,
-                    "mean_ms": fixed, "throughput": 1.0, "runs": 2, "pass_spread": None}]  # fmt: skip
-            questions = {"data": "dev.json", "seed": 0, "questions": 5, "windows": 5, "mean_tokens": 30.0,
-                         "p50_ms": question, "p90_ms": question, "mean_ms": question, "runs": 5,
-                         "stage_share": {"tokenize": 0.1, "model": 0.8, "spans": 0.1}, "pass_p50_ms": [question],
-                         "pass_spread": None, "samples_ms": [question] * 5}  # fmt: skip
-            results[name] = {"backend": "x", "model": str(path), "file_bytes": 1, "peak_rss_mb": 1.0, "latency": lat,
-                             "questions": questions, "settings": cfg.to_dict(),
-                             "machine": {"cpu": "x", "logical_cores": 2}, "versions": {}}  # fmt: skip
-            if done:
-                done(name, results[name])
-        return results
-
-    monkeypatch.setattr("edgeqa.pipeline.steps.bench_step.benchmark_interleaved", hand_timer)
+    timer = hand_timer({"pytorch-fp32": (30.0, 40.0), "t20ms-int8": (12.0, 21.0)})
+    monkeypatch.setattr("edgeqa.pipeline.steps.bench_step.benchmark_interleaved", timer)
     root = run_recipe(recipe, tmp_path / "runs")
     config = json.loads((root / "models" / "t20ms" / "config.json").read_text())
     assert config["num_hidden_layers"] == 2 and config["intermediate_size"] == 32
