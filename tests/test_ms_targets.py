@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_targets import RECIPE_HEAD, hand_timer
 
 from edgeqa.bench.files import EdgeQAError
 from edgeqa.bench.markdown import _choices, _targets
@@ -216,6 +215,42 @@ def test_a_report_target_rounds_what_it_shows_and_says_why_it_cannot_judge():
     tbl = _table()
     tbl["shapes"][2]["question_p50_ms"] = 7.12345
     assert pick_shape(tbl, Target(ms=5, f1_share=0.9))["predicted_ms"] == 7.123
+
+
+# A recipe on the tiny teacher whose bench step is timed by `hand_timer`; the steps follow.
+RECIPE_HEAD = """\
+name: tgt
+model: {model}
+eval: {{data: {data}, batch_size: 4}}
+parity: {{limit: 0}}
+bench: {{threads: 1, batch_sizes: [1], seq_lens: [32], warmup: 0, repeats: 2, questions: 0}}
+steps:
+"""
+
+
+def hand_timer(p50: dict[str, tuple[float, float | None]]):
+    """`benchmark_interleaved` by hand: each model's p50 at the recipe's one shape and, where given, per question."""
+
+    def timer(models, cfg, done=None, data=None, qa=None):
+        results = {}
+        for name, (path, _) in models.items():
+            fixed, question = p50[name]
+            lat = [{"batch_size": 1, "seq_len": 32, "p50_ms": fixed, "p90_ms": fixed, "p99_ms": fixed,
+                    "mean_ms": fixed, "throughput": 1.0, "runs": 2, "pass_spread": None}]  # fmt: skip
+            results[name] = {"backend": "x", "model": str(path), "file_bytes": 1, "peak_rss_mb": 1.0, "latency": lat,
+                             "settings": cfg.to_dict(), "machine": {"cpu": "x", "logical_cores": 2},
+                             "versions": {}}  # fmt: skip
+            if question is not None:
+                results[name]["questions"] = {
+                    "data": "dev.json", "seed": 0, "questions": 5, "windows": 5, "mean_tokens": 30.0,
+                    "p50_ms": question, "p90_ms": question, "mean_ms": question, "runs": 5,
+                    "stage_share": {"tokenize": 0.1, "model": 0.8, "spans": 0.1}, "pass_p50_ms": [question],
+                    "pass_spread": None, "samples_ms": [question] * 5}  # fmt: skip
+            if done:
+                done(name, results[name])
+        return results
+
+    return timer
 
 
 MS_RECIPE = (
